@@ -1,0 +1,90 @@
+"""apprentice: write LM programs as modules, run them with a teacher, compile them into a
+small local student."""
+
+from apprentice.evaluate.evaluate import Evaluate, EvaluationResult
+from apprentice.evaluate.metrics import (
+    answer_exact_match,
+    answer_passage_match,
+    exact_match,
+    normalize_text,
+    passage_has_answer,
+    token_f1,
+)
+from apprentice.example import Completions, Example, Prediction
+from apprentice.formats import ChatFormat, Format, JSONFormat, ParseError, SFTRow
+from apprentice.lm import (
+    BaseLM,
+    Cache,
+    LMError,
+    LMRequestError,
+    LMUnavailableError,
+    OpenAILM,
+    Price,
+    Request,
+    Response,
+    ScriptedLM,
+)
+from apprentice.module import Module, ProgramFileError
+from apprentice.predict import ChainOfThought, Predict
+from apprentice.settings import configure, context, settings
+from apprentice.signature import (
+    InputField,
+    OutputField,
+    Signature,
+    SignatureError,
+    ensure_signature,
+    make_signature,
+)
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "BaseLM",
+    "Cache",
+    "ChainOfThought",
+    "ChatFormat",
+    "Completions",
+    "Evaluate",
+    "EvaluationResult",
+    "Example",
+    "Format",
+    "InputField",
+    "JSONFormat",
+    "LMError",
+    "LMRequestError",
+    "LMUnavailableError",
+    "Module",
+    "OpenAILM",
+    "OutputField",
+    "ParseError",
+    "Predict",
+    "Prediction",
+    "Price",
+    "ProgramFileError",
+    "Request",
+    "Response",
+    "SFTRow",
+    "ScriptedLM",
+    "Signature",
+    "SignatureError",
+    "answer_exact_match",
+    "answer_passage_match",
+    "configure",
+    "context",
+    "ensure_signature",
+    "exact_match",
+    "inspect_history",
+    "make_signature",
+    "normalize_text",
+    "passage_has_answer",
+    "settings",
+    "token_f1",
+]
+
+
+def inspect_history(n: int = 1) -> str:
+    """Prints the last ``n`` calls of the configured LM."""
+    lm = settings().lm
+    if lm is None:
+        raise RuntimeError("no LM configured: call ap.configure(lm=...) first")
+    return lm.inspect_history(n)

@@ -1,0 +1,153 @@
+"""Turning typed field values into prompt text and completion text back into typed values."""
+
+from __future__ import annotations
+
+import enum
+import functools
+import json
+import re
+import typing
+from typing import Any, Literal
+
+__all__ = ["format_value", "parse_value", "json_schema_hint", "to_jsonable"]
+
+
+@functools.lru_cache(maxsize=512)
+def _adapter(annotation: Any):
+    from pydantic import TypeAdapter
+
+    return TypeAdapter(annotation)
+
+
+def _is_str_list(annotation: Any) -> bool:
+    return typing.get_origin(annotation) is list and typing.get_args(annotation) == (str,)
+
+
+def to_jsonable(value: Any) -> Any:
+    if value is None or isinstance(value, (str, int, float, bool)):
+        return value
+    if isinstance(value, enum.Enum):
+        return value.value
+    if isinstance(value, (list, tuple)):
+        return [to_jsonable(v) for v in value]
+    if isinstance(value, dict):
+        return {str(k): to_jsonable(v) for k, v in value.items()}
+    if hasattr(value, "model_dump"):
+        return value.model_dump(mode="json")
+    return str(value)
+
+
+def format_value(value: Any, annotation: Any = str, *, is_input: bool = True) -> str:
+    """Prompt text for one value. Strings stay as they are; inputs of list[str] are
+    numbered passages; everything else is compact JSON."""
+    if isinstance(value, str):
+        return value
+    if isinstance(value, enum.Enum):
+        return str(value.value)
+    if (
+        is_input
+        and isinstance(value, (list, tuple))
+        and all(isinstance(v, str) for v in value)
+        and (_is_str_list(annotation) or annotation is str)
+    ):
+        return "\n".join(f"[{i}] {v}" for i, v in enumerate(value, 1)) if value else "(none)"
+    return json.dumps(to_jsonable(value), ensure_ascii=False)
+
+
+_QUOTES = "\"'`"
+
+
+def parse_value(text: str, annotation: Any) -> Any:
+    """Parses one field's completion text into ``annotation``; raises ValueError saying why."""
+    if annotation is str or annotation is Any:
+        return text.strip()
+    text = text.strip()
+    origin = typing.get_origin(annotation)
+    if origin is Literal:
+        return _parse_literal(text, annotation)
+    if isinstance(annotation, type) and issubclass(annotation, enum.Enum):
+        return _parse_enum(text, annotation)
+    if annotation in (int, float, bool):
+        candidate = text.strip(_QUOTES).strip()
+        if annotation is not bool:
+            candidate = (
+                candidate.replace(",", "")
+                if re.fullmatch(r"-?[\d,]+(\.\d+)?", candidate)
+                else candidate
+            )
+        return _validate(candidate, annotation, text)
+    # Containers, pydantic models, unions: JSON first, then the raw string.
+    body = _strip_fences(text)
+    try:
+        loaded = json.loads(body)
+    except ValueError:
+        loaded = body
+    return _validate(loaded, annotation, text)
+
+
+def _validate(value: Any, annotation: Any, text: str) -> Any:
+    from pydantic import ValidationError
+
+    try:
+        return _adapter(annotation).validate_python(value)
+    except ValidationError as exc:
+        problem = exc.errors()[0].get("msg", str(exc))
+        raise ValueError(
+            f"{_short(text)!r} is not a valid {_type_name(annotation)}: {problem}"
+        ) from None
+
+
+def _parse_literal(text: str, annotation: Any) -> Any:
+    allowed = typing.get_args(annotation)
+    candidate = text.strip().strip(_QUOTES).strip()
+    for option in allowed:
+        if candidate == str(option):
+            return option
+    folded = candidate.lower()
+    for option in allowed:
+        if folded == str(option).lower():
+            return option
+    raise ValueError(f"{_short(text)!r} is not one of {list(allowed)}")
+
+
+def _parse_enum(text: str, annotation: type[enum.Enum]) -> enum.Enum:
+    candidate = text.strip().strip(_QUOTES).strip()
+    for member in annotation:
+        if candidate in (str(member.value), member.name):
+            return member
+    for member in annotation:
+        if candidate.lower() in (str(member.value).lower(), member.name.lower()):
+            return member
+    raise ValueError(
+        f"{_short(text)!r} is not one of {[m.value for m in annotation]} ({annotation.__name__})"
+    )
+
+
+def _strip_fences(text: str) -> str:
+    match = re.fullmatch(r"```[a-zA-Z]*\s*(.*?)\s*```", text, flags=re.S)
+    return match.group(1) if match else text
+
+
+def _short(text: str, limit: int = 80) -> str:
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def _type_name(annotation: Any) -> str:
+    from apprentice.signature import type_to_str
+
+    return type_to_str(annotation)
+
+
+def json_schema_hint(annotation: Any) -> str:
+    """A short description of what a non-string field must look like."""
+    if annotation is str:
+        return ""
+    origin = typing.get_origin(annotation)
+    if origin is Literal:
+        return "one of: " + "; ".join(str(a) for a in typing.get_args(annotation))
+    if isinstance(annotation, type) and issubclass(annotation, enum.Enum):
+        return "one of: " + "; ".join(str(m.value) for m in annotation)
+    if annotation in (int, float, bool):
+        return f"a single {annotation.__name__} value"
+    schema = _adapter(annotation).json_schema()
+    return "JSON matching the schema " + json.dumps(schema, separators=(",", ":"))

@@ -1,0 +1,292 @@
+"""The LM layer's contract: Request/Response, errors, and BaseLM (cache, usage, history).
+
+Every backend is batch-first: ``generate(list[Request]) -> list[Response]`` with an
+async twin ``agenerate``. A backend only implements ``_generate`` (and optionally
+``_agenerate``); BaseLM puts the cache, usage accounting and history around it, so
+every backend gets them the same way.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import hashlib
+import json
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from apprentice.lm.cache import Cache, resolve_cache
+from apprentice.lm.usage import Price, UsageTracker
+
+__all__ = [
+    "BaseLM",
+    "HistoryEntry",
+    "LM",
+    "LMError",
+    "LMRequestError",
+    "LMUnavailableError",
+    "Message",
+    "Request",
+    "Response",
+    "Usage",
+]
+
+Message = dict[str, str]
+
+
+class LMError(RuntimeError):
+    """An LM call that failed."""
+
+
+class LMRequestError(LMError):
+    """The backend refused the request (HTTP 4xx other than 408/429): retrying will not help."""
+
+    def __init__(self, message: str, status: int | None = None, body: str = "") -> None:
+        super().__init__(message)
+        self.status = status
+        self.body = body
+
+
+class LMUnavailableError(LMError):
+    """The backend kept failing (429, 5xx, timeouts, connection errors) after every retry."""
+
+    def __init__(self, message: str, status: int | None = None, attempts: int = 0) -> None:
+        super().__init__(message)
+        self.status = status
+        self.attempts = attempts
+
+
+@dataclass(frozen=True)
+class Request:
+    """One LM call. ``meta`` rides along for in-process backends and is not part of the key."""
+
+    messages: tuple[Message, ...]
+    temperature: float | None = None
+    max_tokens: int | None = None
+    n: int = 1
+    stop: tuple[str, ...] | None = None
+    top_p: float | None = None
+    seed: int | None = None
+    # Distinguishes otherwise identical requests (re-sampling): part of the cache key.
+    rollout: int = 0
+    meta: Any = field(default=None, compare=False, repr=False)
+
+    def key_fields(self) -> dict[str, Any]:
+        return {
+            "messages": self.messages,
+            "temperature": self.temperature,
+            "max_tokens": self.max_tokens,
+            "n": self.n,
+            "stop": self.stop,
+            "top_p": self.top_p,
+            "seed": self.seed,
+            "rollout": self.rollout,
+        }
+
+
+@dataclass(frozen=True)
+class Usage:
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+
+
+@dataclass(frozen=True)
+class Response:
+    """The completions of one request (``len(texts) == request.n``)."""
+
+    texts: list[str]
+    usage: Usage = Usage()
+    model: str = ""
+    finish_reasons: list[str | None] = field(default_factory=list)
+    latency_s: float = 0.0
+    cached: bool = False
+
+    @property
+    def text(self) -> str:
+        return self.texts[0]
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "texts": self.texts,
+            "usage": [self.usage.prompt_tokens, self.usage.completion_tokens],
+            "model": self.model,
+            "finish_reasons": self.finish_reasons,
+        }
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any], cached: bool = False) -> Response:
+        return cls(
+            texts=list(data["texts"]),
+            usage=Usage(*data.get("usage", (0, 0))),
+            model=data.get("model", ""),
+            finish_reasons=list(data.get("finish_reasons", [])),
+            cached=cached,
+        )
+
+
+@dataclass(frozen=True)
+class HistoryEntry:
+    request: Request
+    response: Response | None
+    error: str | None
+    timestamp: float
+
+
+class BaseLM:
+    """Shared machinery of every backend. Subclasses implement ``_generate``."""
+
+    backend = "base"
+
+    def __init__(
+        self,
+        model: str,
+        *,
+        adapter: str | None = None,
+        adapter_hash: str | None = None,
+        cache: bool | str | Cache | None = False,
+        price: Price | None = None,
+        history_size: int = 200,
+    ) -> None:
+        self.model = model
+        self.adapter = adapter
+        self.adapter_hash = adapter_hash
+        self.cache = resolve_cache(cache)
+        self.usage = UsageTracker(price)
+        self.history: collections.deque[HistoryEntry] = collections.deque(maxlen=history_size)
+
+    # -- identity -------------------------------------------------------------
+    @property
+    def identity(self) -> dict[str, Any]:
+        """Who answers: part of every cache key, and recorded in traces."""
+        return {
+            "backend": self.backend,
+            "model": self.model,
+            "adapter": self.adapter,
+            "adapter_hash": self.adapter_hash,
+        }
+
+    def cache_key(self, request: Request) -> str:
+        payload = json.dumps(
+            [self.identity, request.key_fields()], sort_keys=True, separators=(",", ":")
+        )
+        return hashlib.sha256(payload.encode()).hexdigest()
+
+    def to_config(self) -> dict[str, Any]:
+        """A JSON-safe description from which ``lm_from_config`` rebuilds this LM (no secrets)."""
+        raise NotImplementedError(f"{type(self).__name__} cannot be saved in a program")
+
+    def __deepcopy__(self, memo: dict) -> BaseLM:
+        # An LM is a shared resource (connection pool, cache, counters): copies of a
+        # program share it rather than duplicating it.
+        return self
+
+    def __repr__(self) -> str:
+        adapter = f", adapter={self.adapter!r}" if self.adapter else ""
+        return f"{type(self).__name__}({self.model!r}{adapter})"
+
+    # -- the batch-first API ------------------------------------------------------
+    def generate(
+        self, requests: Sequence[Request], *, return_exceptions: bool = False
+    ) -> list[Any]:
+        """Answers every request. Raises the first failure unless ``return_exceptions``."""
+        results, todo, keys = self._lookup(requests)
+        if todo:
+            fresh = self._generate([requests[i] for i in todo])
+            self._store(requests, results, todo, keys, fresh)
+        return self._finish(results, return_exceptions)
+
+    async def agenerate(
+        self, requests: Sequence[Request], *, return_exceptions: bool = False
+    ) -> list[Any]:
+        results, todo, keys = self._lookup(requests)
+        if todo:
+            fresh = await self._agenerate([requests[i] for i in todo])
+            self._store(requests, results, todo, keys, fresh)
+        return self._finish(results, return_exceptions)
+
+    def __call__(self, prompt: str | list[Message], **sampling: Any) -> list[str]:
+        """Convenience for a quick look: ``lm("Say hi")`` returns the completions' texts."""
+        messages = [{"role": "user", "content": prompt}] if isinstance(prompt, str) else prompt
+        request = Request(messages=tuple(messages), **sampling)
+        return self.generate([request])[0].texts
+
+    # -- what a backend implements ------------------------------------------------
+    def _generate(self, requests: list[Request]) -> list[Response | BaseException]:
+        """One result per request, in order; a failure is returned, not raised."""
+        raise NotImplementedError
+
+    async def _agenerate(self, requests: list[Request]) -> list[Response | BaseException]:
+        import contextvars
+
+        ctx = contextvars.copy_context()
+        return await asyncio.get_running_loop().run_in_executor(
+            None, ctx.run, self._generate, requests
+        )
+
+    # -- cache, usage, history -------------------------------------------------------
+    def _lookup(self, requests: Sequence[Request]):
+        results: list[Any] = [None] * len(requests)
+        if self.cache is None:
+            return results, list(range(len(requests))), None
+        keys = [self.cache_key(r) for r in requests]
+        todo = []
+        for i, key in enumerate(keys):
+            hit = self.cache.get(key)
+            if hit is None:
+                todo.append(i)
+            else:
+                response = Response.from_json(hit, cached=True)
+                results[i] = response
+                self.usage.record(response.usage, cached=True)
+                self.history.append(HistoryEntry(requests[i], response, None, time.time()))
+        return results, todo, keys
+
+    def _store(self, requests, results, todo, keys, fresh) -> None:
+        if len(fresh) != len(todo):
+            raise LMError(
+                f"{type(self).__name__} returned {len(fresh)} results for {len(todo)} requests"
+            )
+        now = time.time()
+        for i, outcome in zip(todo, fresh, strict=False):
+            results[i] = outcome
+            if isinstance(outcome, BaseException):
+                self.history.append(HistoryEntry(requests[i], None, repr(outcome), now))
+                continue
+            self.usage.record(outcome.usage, cached=False)
+            self.history.append(HistoryEntry(requests[i], outcome, None, now))
+            if keys is not None:
+                self.cache.put(keys[i], outcome.to_json())
+
+    @staticmethod
+    def _finish(results: list[Any], return_exceptions: bool) -> list[Any]:
+        if not return_exceptions:
+            for outcome in results:
+                if isinstance(outcome, BaseException):
+                    raise outcome
+        return results
+
+    def inspect_history(self, n: int = 1, *, file: Any = None) -> str:
+        """Prints (and returns) the last ``n`` calls: the messages sent and what came back."""
+        lines: list[str] = []
+        for entry in list(self.history)[-n:]:
+            stamp = time.strftime("%H:%M:%S", time.localtime(entry.timestamp))
+            lines.append(f"===== {stamp} {self!r} =====")
+            for message in entry.request.messages:
+                lines.append(f"--- {message['role']} ---")
+                lines.append(message["content"])
+            if entry.response is not None:
+                cached = " (cached)" if entry.response.cached else ""
+                for i, text in enumerate(entry.response.texts):
+                    lines.append(f"--- completion {i}{cached} ---")
+                    lines.append(text)
+            else:
+                lines.append(f"--- error ---\n{entry.error}")
+        text = "\n".join(lines)
+        print(text, file=file)
+        return text
+
+
+# The structural type a predictor accepts: anything with BaseLM's public methods.
+LM = BaseLM

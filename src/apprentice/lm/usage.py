@@ -1,0 +1,68 @@
+"""Token usage and cost accounting, per LM."""
+
+from __future__ import annotations
+
+import threading
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from apprentice.lm.base import Usage
+
+__all__ = ["Price", "UsageTracker"]
+
+
+@dataclass(frozen=True)
+class Price:
+    """Dollars per million tokens, e.g. ``Price(input=0.15, output=0.60)``."""
+
+    input: float
+    output: float
+
+    def __post_init__(self) -> None:
+        if self.input < 0 or self.output < 0:
+            raise ValueError(f"prices must be >= 0, got input={self.input}, output={self.output}")
+
+    def cost(self, prompt_tokens: int, completion_tokens: int) -> float:
+        return (prompt_tokens * self.input + completion_tokens * self.output) / 1e6
+
+
+class UsageTracker:
+    """Counts calls and tokens; cached answers are counted apart and cost nothing."""
+
+    def __init__(self, price: Price | None = None) -> None:
+        self.price = price
+        self._lock = threading.Lock()
+        self.calls = 0
+        self.cached_calls = 0
+        self.prompt_tokens = 0
+        self.completion_tokens = 0
+
+    def record(self, usage: Usage, cached: bool) -> None:
+        with self._lock:
+            if cached:
+                self.cached_calls += 1
+                return
+            self.calls += 1
+            self.prompt_tokens += usage.prompt_tokens
+            self.completion_tokens += usage.completion_tokens
+
+    @property
+    def cost(self) -> float | None:
+        """Dollars spent on uncached calls, or None when no price was set."""
+        if self.price is None:
+            return None
+        return self.price.cost(self.prompt_tokens, self.completion_tokens)
+
+    def summary(self) -> dict[str, float | int | None]:
+        return {
+            "calls": self.calls,
+            "cached_calls": self.cached_calls,
+            "prompt_tokens": self.prompt_tokens,
+            "completion_tokens": self.completion_tokens,
+            "cost_usd": self.cost,
+        }
+
+    def reset(self) -> None:
+        with self._lock:
+            self.calls = self.cached_calls = self.prompt_tokens = self.completion_tokens = 0

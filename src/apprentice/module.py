@@ -1,0 +1,168 @@
+"""Module: a composable program part. Predictors are found by walking its attributes."""
+
+from __future__ import annotations
+
+import asyncio
+import contextvars
+import copy
+import json
+import logging
+import os
+from collections.abc import Iterator
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from apprentice.lm.base import BaseLM
+    from apprentice.predict.predict import Predict
+
+__all__ = ["Module", "ProgramFileError"]
+
+log = logging.getLogger(__name__)
+
+PROGRAM_SCHEMA = "apprentice.program"
+PROGRAM_VERSION = 1
+
+
+class ProgramFileError(ValueError):
+    """A saved program that does not fit the program it is loaded into."""
+
+
+class Module:
+    """Subclass it, create sub-modules and predictors in ``__init__``, write ``forward``."""
+
+    def forward(self, *args: Any, **kwargs: Any) -> Any:
+        raise NotImplementedError(f"{type(self).__name__} must define forward()")
+
+    async def aforward(self, *args: Any, **kwargs: Any) -> Any:
+        """Async twin of ``forward``. By default runs ``forward`` in a worker thread with
+        this task's settings; predictors override it with a native async call."""
+        ctx = contextvars.copy_context()
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(None, lambda: ctx.run(self.forward, *args, **kwargs))
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        return self.forward(*args, **kwargs)
+
+    async def acall(self, *args: Any, **kwargs: Any) -> Any:
+        return await self.aforward(*args, **kwargs)
+
+    # -- structure ------------------------------------------------------------------
+    def named_children(self) -> Iterator[tuple[str, Any]]:
+        """Attributes that hold modules, directly or in lists, tuples and dicts."""
+        for name, value in vars(self).items():
+            if name.startswith("_"):
+                continue
+            yield from _walk(name, value)
+
+    def named_predictors(self) -> list[tuple[str, Predict]]:
+        """Every predictor with its stable dotted path, e.g. ``hops.0.generate_query``."""
+        from apprentice.predict.predict import Predict
+
+        found: list[tuple[str, Predict]] = []
+        seen: set[int] = set()
+
+        def visit(prefix: str, module: Module) -> None:
+            if id(module) in seen:
+                return
+            seen.add(id(module))
+            if isinstance(module, Predict):
+                found.append((prefix or "self", module))
+            for name, child in module.named_children():
+                visit(f"{prefix}.{name}" if prefix else name, child)
+
+        visit("", self)
+        return found
+
+    def predictors(self) -> list[Predict]:
+        return [p for _, p in self.named_predictors()]
+
+    def set_lm(self, lm: BaseLM | None) -> None:
+        """Binds every predictor of this program to ``lm``."""
+        for predictor in self.predictors():
+            predictor.lm = lm
+
+    def get_lm(self) -> BaseLM | None:
+        """The one LM all predictors are bound to; an error when they differ."""
+        lms = {id(p.lm): p.lm for p in self.predictors()}
+        if len(lms) > 1:
+            raise ValueError(
+                f"predictors of {type(self).__name__} use different LMs: {list(lms.values())}"
+            )
+        return next(iter(lms.values()), None)
+
+    def deepcopy(self) -> Module:
+        """A copy with its own demos and settings; LMs are shared, not copied."""
+        return copy.deepcopy(self)
+
+    def reset_copy(self) -> Module:
+        new = self.deepcopy()
+        for predictor in new.predictors():
+            predictor.reset()
+        return new
+
+    # -- save / load (JSON, never pickle) -----------------------------------------
+    def dump_state(self) -> dict[str, Any]:
+        return {
+            "schema": PROGRAM_SCHEMA,
+            "version": PROGRAM_VERSION,
+            "program": f"{type(self).__module__}.{type(self).__qualname__}",
+            "predictors": {path: p.dump_predictor_state() for path, p in self.named_predictors()},
+        }
+
+    def load_state(self, state: dict[str, Any], *, source: str = "state") -> Module:
+        if state.get("schema") != PROGRAM_SCHEMA:
+            raise ProgramFileError(
+                f"{source} is not a saved apprentice program (schema {state.get('schema')!r})"
+            )
+        if state.get("version", 0) > PROGRAM_VERSION:
+            raise ProgramFileError(
+                f"{source} has program version {state['version']}; this apprentice reads up to "
+                f"{PROGRAM_VERSION}: upgrade apprentice"
+            )
+        saved = state.get("predictors", {})
+        ours = dict(self.named_predictors())
+        missing, extra = sorted(set(ours) - set(saved)), sorted(set(saved) - set(ours))
+        if missing or extra:
+            raise ProgramFileError(
+                f"{source} does not match {type(self).__name__}: predictors missing from the file "
+                f"{missing}, in the file but not in the program {extra}"
+            )
+        for path, predictor in ours.items():
+            predictor.load_predictor_state(saved[path], where=f"{source}:{path}")
+        return self
+
+    def save(self, path: str | os.PathLike) -> Path:
+        """Writes demos, instructions, sampling config and LM bindings as JSON (atomically)."""
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(path.name + ".tmp")
+        tmp.write_text(json.dumps(self.dump_state(), indent=2, ensure_ascii=False))
+        os.replace(tmp, path)
+        return path
+
+    def load(self, path: str | os.PathLike) -> Module:
+        """Restores a saved program into this (freshly constructed) program; returns self."""
+        path = Path(path)
+        try:
+            state = json.loads(path.read_text())
+        except FileNotFoundError:
+            raise FileNotFoundError(f"no saved program at {path}") from None
+        except ValueError as exc:
+            raise ProgramFileError(f"{path} is not valid JSON: {exc}") from None
+        return self.load_state(state, source=str(path))
+
+    def __repr__(self) -> str:
+        inner = ", ".join(f"{path}={p!r}" for path, p in self.named_predictors())
+        return f"{type(self).__name__}({inner})"
+
+
+def _walk(name: str, value: Any) -> Iterator[tuple[str, Module]]:
+    if isinstance(value, Module):
+        yield name, value
+    elif isinstance(value, (list, tuple)):
+        for i, item in enumerate(value):
+            yield from _walk(f"{name}.{i}", item)
+    elif isinstance(value, dict):
+        for key, item in value.items():
+            yield from _walk(f"{name}.{key}", item)

@@ -1,0 +1,262 @@
+"""Predict: the one module that calls an LM. Every other predictor builds on it."""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from apprentice.example import Example, Prediction
+from apprentice.formats.base import Format, ParseError
+from apprentice.formats.values import to_jsonable
+from apprentice.module import Module, ProgramFileError
+from apprentice.settings import settings
+from apprentice.signature import Signature, ensure_signature
+
+__all__ = ["Predict", "RequestMeta", "StepRecord", "default_format"]
+
+log = logging.getLogger(__name__)
+
+_SPECIAL = ("config", "demos", "lm")
+_CONFIG_KEYS = ("temperature", "max_tokens", "n", "stop", "top_p", "seed", "rollout")
+_DEFAULT_FORMAT: Format | None = None
+
+
+def default_format() -> Format:
+    """The format in force: ``settings().format`` or the chat format."""
+    global _DEFAULT_FORMAT
+    chosen = settings().format
+    if chosen is not None:
+        return chosen
+    if _DEFAULT_FORMAT is None:  # stateless, created once
+        from apprentice.formats.chat import ChatFormat
+
+        _DEFAULT_FORMAT = ChatFormat()
+    return _DEFAULT_FORMAT
+
+
+@dataclass(frozen=True)
+class RequestMeta:
+    """What an in-process backend (ScriptedLM) may read besides the rendered messages."""
+
+    signature: type[Signature]
+    inputs: Mapping[str, Any]
+    format: Format
+
+
+@dataclass
+class StepRecord:
+    """One finished predictor call, handed to the observers in ``settings().observers``."""
+
+    predictor: Predict
+    signature: type[Signature]
+    demos: list[dict[str, Any]]
+    inputs: dict[str, Any]
+    messages: list[dict[str, str]]
+    completions: list[str]
+    outputs: list[dict[str, Any]]
+    lm_identity: dict[str, Any]
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    latency_s: float = 0.0
+    cached: bool = False
+    error: BaseException | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+class Predict(Module):
+    """Calls an LM with a signature: renders the prompt, sends it, parses the reply."""
+
+    def __init__(
+        self,
+        signature: str | type[Signature],
+        *,
+        lm: Any = None,
+        demos: Sequence[Mapping[str, Any]] | None = None,
+        temperature: float | None = None,
+        max_tokens: int | None = None,
+        n: int = 1,
+        stop: Sequence[str] | None = None,
+    ) -> None:
+        self.signature = ensure_signature(signature)
+        self.lm = lm
+        self.demos: list[Example] = [Example(d) for d in (demos or [])]
+        self.config: dict[str, Any] = {}
+        self.update_config(temperature=temperature, max_tokens=max_tokens, n=n, stop=stop)
+
+    def update_config(self, **config: Any) -> None:
+        unknown = sorted(set(config) - set(_CONFIG_KEYS))
+        if unknown:
+            raise TypeError(f"unknown sampling option(s) {unknown}; known: {list(_CONFIG_KEYS)}")
+        if config.get("n") is not None and (not isinstance(config["n"], int) or config["n"] < 1):
+            raise ValueError(f"n must be a positive integer, got {config['n']!r}")
+        if isinstance(config.get("stop"), str):
+            config["stop"] = [config["stop"]]
+        self.config.update({k: v for k, v in config.items() if v is not None})
+
+    def reset(self) -> None:
+        self.lm = None
+        self.demos = []
+
+    # -- calling -------------------------------------------------------------------
+    def _prepare(self, kwargs: dict[str, Any]):
+        config = {**self.config, **(kwargs.pop("config", None) or {})}
+        demos = kwargs.pop("demos", None)
+        demos = self.demos if demos is None else demos
+        lm = kwargs.pop("lm", None) or self.lm or settings().lm
+        if lm is None:
+            raise RuntimeError(
+                f"no LM for {self!r}: call ap.configure(lm=...), use `with ap.context(lm=...)`, "
+                "or set predictor.lm"
+            )
+        inputs = self._check_inputs(kwargs)
+        fmt = default_format()
+        messages = fmt.render(self.signature, demos, inputs)
+        from apprentice.lm.base import Request
+
+        stop = config.get("stop")
+        request = Request(
+            messages=tuple(messages),
+            temperature=config.get("temperature"),
+            max_tokens=config.get("max_tokens"),
+            n=config.get("n", 1),
+            stop=tuple(stop) if stop else None,
+            top_p=config.get("top_p"),
+            seed=config.get("seed"),
+            rollout=config.get("rollout", 0),
+            meta=RequestMeta(self.signature, inputs, fmt),
+        )
+        return lm, fmt, demos, inputs, request
+
+    def _check_inputs(self, kwargs: dict[str, Any]) -> dict[str, Any]:
+        expected = self.signature.input_fields
+        missing = [n for n in expected if n not in kwargs]
+        extra = [n for n in kwargs if n not in expected]
+        if missing or extra:
+            problems = []
+            if missing:
+                problems.append(f"missing input(s) {missing}")
+            if extra:
+                problems.append(f"unexpected input(s) {extra}")
+            raise TypeError(
+                f"{type(self).__name__}({self.signature.signature_string()}): {'; '.join(problems)}; "
+                f"expected inputs {list(expected)}"
+            )
+        return kwargs
+
+    def forward(self, *args: Any, **kwargs: Any) -> Prediction:
+        if args:
+            raise TypeError(
+                f"{type(self).__name__} takes inputs as keywords, e.g. "
+                f"{', '.join(f'{n}=...' for n in self.signature.input_fields)}; got positional {args!r}"
+            )
+        lm, fmt, demos, inputs, request = self._prepare(kwargs)
+        start = time.perf_counter()
+        try:
+            response = lm.generate([request])[0]
+        except Exception as exc:
+            self._observe(lm, demos, inputs, request, None, [], start, exc)
+            raise
+        return self._finish(lm, fmt, demos, inputs, request, response, start)
+
+    async def aforward(self, *args: Any, **kwargs: Any) -> Prediction:
+        if args:
+            raise TypeError(
+                f"{type(self).__name__} takes inputs as keywords; got positional {args!r}"
+            )
+        lm, fmt, demos, inputs, request = self._prepare(kwargs)
+        start = time.perf_counter()
+        try:
+            response = (await lm.agenerate([request]))[0]
+        except Exception as exc:
+            self._observe(lm, demos, inputs, request, None, [], start, exc)
+            raise
+        return self._finish(lm, fmt, demos, inputs, request, response, start)
+
+    def _finish(self, lm, fmt, demos, inputs, request, response, start) -> Prediction:
+        outputs: list[dict[str, Any]] = []
+        first_error: ParseError | None = None
+        for text in response.texts:
+            try:
+                outputs.append(fmt.parse(self.signature, text))
+            except ParseError as exc:
+                first_error = first_error or exc
+        if not outputs:
+            error = first_error or ParseError(
+                "", list(self.signature.output_fields), None, fmt.name
+            )
+            self._observe(lm, demos, inputs, request, response, [], start, error)
+            raise error
+        self._observe(lm, demos, inputs, request, response, outputs, start, None)
+        return Prediction.from_completions(outputs)
+
+    def _observe(self, lm, demos, inputs, request, response, outputs, start, error) -> None:
+        observers = settings().observers
+        if not observers:
+            return
+        record = StepRecord(
+            predictor=self,
+            signature=self.signature,
+            demos=[dict(d) for d in demos],
+            inputs=dict(inputs),
+            messages=list(request.messages),
+            completions=list(response.texts) if response is not None else [],
+            outputs=outputs,
+            lm_identity=lm.identity,
+            prompt_tokens=response.usage.prompt_tokens if response is not None else 0,
+            completion_tokens=response.usage.completion_tokens if response is not None else 0,
+            latency_s=time.perf_counter() - start,
+            cached=bool(response is not None and response.cached),
+            error=error,
+        )
+        for observer in observers:
+            observer(record)
+
+    # -- save / load -------------------------------------------------------------------
+    def dump_predictor_state(self) -> dict[str, Any]:
+        lm_config = None
+        if self.lm is not None:
+            try:
+                lm_config = self.lm.to_config()
+            except NotImplementedError:
+                log.warning("%r cannot be saved; the predictor is saved without its LM", self.lm)
+        return {
+            "signature": self.signature.to_dict(),
+            "demos": [
+                to_jsonable(d.to_dict() if isinstance(d, Example) else dict(d)) for d in self.demos
+            ],
+            "config": dict(self.config),
+            "lm": lm_config,
+        }
+
+    def load_predictor_state(self, state: dict[str, Any], *, where: str = "state") -> Predict:
+        saved = state.get("signature", {})
+        saved_fields = {f["name"]: f for f in saved.get("fields", [])}
+        if list(saved_fields) != list(self.signature.fields):
+            raise ProgramFileError(
+                f"{where}: saved fields {list(saved_fields)} differ from the program's "
+                f"{list(self.signature.fields)}"
+            )
+        signature = self.signature
+        if (
+            saved.get("instructions") is not None
+            and saved["instructions"] != signature._instructions
+        ):
+            signature = signature.with_instructions(saved["instructions"])
+        for name, spec in saved_fields.items():
+            if spec.get("desc", "") != signature.fields[name].desc:
+                signature = signature.with_field_desc(name, spec.get("desc", ""))
+        self.signature = signature
+        self.demos = [Example(d) for d in state.get("demos", [])]
+        self.config = {}
+        self.update_config(**state.get("config", {}))
+        if state.get("lm") is not None:
+            from apprentice.lm.registry import lm_from_config
+
+            self.lm = lm_from_config(state["lm"])
+        return self
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({self.signature.signature_string()!r})"
