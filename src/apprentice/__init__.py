@@ -26,7 +26,8 @@ from apprentice.lm import (
 )
 from apprentice.module import Module, ProgramFileError
 from apprentice.predict import ChainOfThought, Predict
-from apprentice.settings import configure, context, settings
+from apprentice.settings import configure, context
+from apprentice.settings import settings as _current_settings
 from apprentice.signature import (
     InputField,
     OutputField,
@@ -77,14 +78,13 @@ __all__ = [
     "make_signature",
     "normalize_text",
     "passage_has_answer",
-    "settings",
     "token_f1",
 ]
 
 
 def inspect_history(n: int = 1) -> str:
     """Prints the last ``n`` calls of the configured LM."""
-    lm = settings().lm
+    lm = _current_settings().lm
     if lm is None:
         raise RuntimeError("no LM configured: call ap.configure(lm=...) first")
     return lm.inspect_history(n)
