@@ -25,6 +25,11 @@ from apprentice.lm import (
     ScriptedLM,
 )
 from apprentice.module import Module, ProgramFileError
+from apprentice.optimize import (
+    BootstrapFewShot,
+    BootstrapFewShotWithRandomSearch,
+    LabeledFewShot,
+)
 from apprentice.predict import ChainOfThought, Predict
 from apprentice.settings import configure, context
 from apprentice.settings import settings as _current_settings
@@ -36,10 +41,27 @@ from apprentice.signature import (
     ensure_signature,
     make_signature,
 )
+from apprentice.traces import (
+    BootstrapResult,
+    Step,
+    Trace,
+    TraceStore,
+    bootstrap_traces,
+    capture,
+)
 
 __version__ = "0.1.0"
 
 __all__ = [
+    "BootstrapFewShot",
+    "BootstrapFewShotWithRandomSearch",
+    "BootstrapResult",
+    "LabeledFewShot",
+    "Step",
+    "Trace",
+    "TraceStore",
+    "bootstrap_traces",
+    "capture",
     "BaseLM",
     "Cache",
     "ChainOfThought",

@@ -1,0 +1,95 @@
+"""BootstrapFewShot: demos are the teacher's own successful steps, one set per predictor."""
+
+from __future__ import annotations
+
+import logging
+import random
+from collections.abc import Callable
+from typing import Any
+
+from apprentice.example import Example
+from apprentice.module import Module
+from apprentice.optimize.labeled import Optimizer, _check_trainset
+from apprentice.traces.bootstrap import _retry_copy, _teacher_program, passes
+from apprentice.traces.capture import run_traced
+
+__all__ = ["BootstrapFewShot"]
+
+log = logging.getLogger(__name__)
+
+
+class BootstrapFewShot(Optimizer):
+    """Runs the teacher over the trainset until ``max_bootstrapped_demos`` runs pass the
+    metric; each passing run's steps become demos of their predictors. Remaining demo
+    slots (up to ``max_labeled_demos``) are filled with labeled examples that were not
+    bootstrapped. Round r > 0 re-tries the failures at temperature 0.7 with a new rollout.
+    """
+
+    def __init__(
+        self,
+        metric: Callable[..., Any] | None = None,
+        *,
+        metric_threshold: float | None = None,
+        max_bootstrapped_demos: int = 4,
+        max_labeled_demos: int = 16,
+        max_rounds: int = 1,
+        max_errors: int | None = None,
+        seed: int = 0,
+    ) -> None:
+        if max_rounds < 1:
+            raise ValueError(f"max_rounds must be >= 1, got {max_rounds}")
+        self.metric = metric
+        self.metric_threshold = metric_threshold
+        self.max_bootstrapped_demos = max_bootstrapped_demos
+        self.max_labeled_demos = max_labeled_demos
+        self.max_rounds = max_rounds
+        self.max_errors = max_errors
+        self.seed = seed
+        self.stats: dict[str, int] = {}
+
+    def compile(self, student, *, trainset, teacher=None, valset=None) -> Module:
+        examples = _check_trainset(trainset)
+        program = student.deepcopy()
+        runner = _teacher_program(student, teacher)
+        paths = [path for path, _ in program.named_predictors()]
+        teacher_paths = [path for path, _ in runner.named_predictors()]
+        if paths != teacher_paths:
+            raise ValueError(
+                f"teacher's predictors {teacher_paths} differ from the student's {paths}; "
+                "the teacher must be the same program"
+            )
+        demos: dict[str, list[Example]] = {path: [] for path in paths}
+        used: set[int] = set()
+        errors = 0
+        for round_ in range(self.max_rounds):
+            current = runner if round_ == 0 else _retry_copy(runner, round_, 0.7)
+            for index, example in enumerate(examples):
+                if len(used) >= self.max_bootstrapped_demos:
+                    break
+                if index in used:
+                    continue
+                trace = run_traced(current, example, metric=self.metric)
+                if not trace.ok:
+                    errors += 1
+                    log.debug("example %d failed: %s", index, trace.error)
+                    if self.max_errors is not None and errors > self.max_errors:
+                        raise RuntimeError(
+                            f"{errors} teacher runs failed, more than max_errors={self.max_errors}; "
+                            f"last: {trace.error}"
+                        )
+                if not passes(trace, self.metric_threshold):
+                    continue
+                used.add(index)
+                for step in trace.steps:
+                    if step.error is None and step.output is not None and step.predictor in demos:
+                        demos[step.predictor].append(Example({**step.inputs, **step.output}))
+        rng = random.Random(self.seed)
+        rest = [e for i, e in enumerate(examples) if i not in used]
+        rng.shuffle(rest)
+        for path, predictor in program.named_predictors():
+            own = demos[path][: self.max_bootstrapped_demos]
+            labeled = rest[: max(0, self.max_labeled_demos - len(own))]
+            predictor.demos = own + labeled
+        self.stats = {"bootstrapped": len(used), "errors": errors, "tried": len(examples)}
+        log.info("BootstrapFewShot: %s", self.stats)
+        return program

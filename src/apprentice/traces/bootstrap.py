@@ -1,0 +1,250 @@
+"""Bootstrapping: run the teacher program over a dataset, concurrently, into a trace store.
+
+A failing example (HTTP errors after retries, unparseable replies, a crashing metric)
+becomes a failed trace and the run goes on. ``attempts > 1`` re-runs failed and
+low-scoring examples at ``retry_temperature`` with a new rollout number, so the LM cache
+does not hand back the same answer.
+"""
+
+from __future__ import annotations
+
+import contextvars
+import hashlib
+import json
+import logging
+import time
+from collections.abc import Callable, Iterable, Sequence
+from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from apprentice.example import Example
+from apprentice.formats.values import to_jsonable
+from apprentice.lm.base import BaseLM
+from apprentice.module import Module
+from apprentice.traces.capture import Trace, example_id, run_traced
+from apprentice.traces.store import StoreManifest, TraceStore
+
+__all__ = ["BootstrapResult", "bootstrap_traces", "dataset_hash", "passes", "program_hash"]
+
+log = logging.getLogger(__name__)
+
+Metric = Callable[..., Any]
+
+
+@dataclass
+class BootstrapResult:
+    total: int = 0
+    skipped: int = 0  # already in the store from an earlier run
+    ran: int = 0
+    kept: int = 0
+    failed: int = 0
+    low_score: int = 0
+    retried: int = 0
+    calls: int = 0
+    elapsed_s: float = 0.0
+    traces: list[Trace] | None = field(default=None, repr=False)
+
+    @property
+    def calls_per_s(self) -> float:
+        return self.calls / self.elapsed_s if self.elapsed_s else 0.0
+
+    def summary(self) -> dict[str, Any]:
+        return {
+            "total": self.total,
+            "skipped": self.skipped,
+            "ran": self.ran,
+            "kept": self.kept,
+            "failed": self.failed,
+            "low_score": self.low_score,
+            "retried": self.retried,
+            "calls": self.calls,
+            "elapsed_s": round(self.elapsed_s, 3),
+            "calls_per_s": round(self.calls_per_s, 1),
+        }
+
+
+def passes(trace: Trace, threshold: float | None) -> bool:
+    """A trace is kept when it ran cleanly and its score passes (truthy without a threshold)."""
+    if not trace.ok:
+        return False
+    if trace.score is None:
+        return True
+    return trace.score >= threshold if threshold is not None else bool(trace.score)
+
+
+def program_hash(program: Module) -> str:
+    """Hash of the program's predictors (signatures, demos, config), not of its LM bindings."""
+    state = program.dump_state()
+    for predictor in state["predictors"].values():
+        predictor.pop("lm", None)
+    payload = json.dumps(state, sort_keys=True, ensure_ascii=False)
+    return hashlib.sha256(payload.encode()).hexdigest()[:16]
+
+
+def dataset_hash(examples: Iterable[Example]) -> str:
+    digest = hashlib.sha256()
+    for example in examples:
+        digest.update(json.dumps(to_jsonable(example.to_dict()), sort_keys=True).encode())
+        digest.update(b"\n")
+    return digest.hexdigest()[:16]
+
+
+def _teacher_program(program: Module, teacher: BaseLM | Module | None) -> Module:
+    if isinstance(teacher, Module):
+        return teacher
+    copy = program.deepcopy()
+    if teacher is not None:
+        copy.set_lm(teacher)
+    return copy
+
+
+def _retry_copy(program: Module, attempt: int, temperature: float) -> Module:
+    copy = program.deepcopy()
+    for predictor in copy.predictors():
+        predictor.update_config(temperature=temperature, rollout=attempt)
+    return copy
+
+
+def bootstrap_traces(
+    program: Module,
+    dataset: Sequence[Example],
+    *,
+    teacher: BaseLM | Module | None = None,
+    metric: Metric | None = None,
+    store: TraceStore | str | Path | None = None,
+    concurrency: int = 16,
+    attempts: int = 1,
+    threshold: float | None = None,
+    retry_temperature: float = 0.7,
+    example_key: str = "id",
+    progress: bool = True,
+    reset: bool = False,
+) -> BootstrapResult:
+    """Runs the teacher over ``dataset`` and records one trace per example.
+
+    With a ``store`` the run is resumable: examples already traced there are skipped.
+    Without one, the traces are returned in ``result.traces``.
+    """
+    if concurrency < 1:
+        raise ValueError(f"concurrency must be >= 1, got {concurrency}")
+    if attempts < 1:
+        raise ValueError(f"attempts must be >= 1, got {attempts}")
+    runner = _teacher_program(program, teacher)
+    lm_concurrency = getattr(teacher, "concurrency", None)
+    if lm_concurrency is not None and lm_concurrency < concurrency:
+        log.warning(
+            "teacher %r allows %d requests in flight, fewer than concurrency=%d: raise the LM's "
+            "concurrency to use them",
+            teacher,
+            lm_concurrency,
+            concurrency,
+        )
+    examples = _unique(dataset, example_key)
+    result = BootstrapResult(total=len(examples))
+    teacher_id = (
+        teacher.identity if isinstance(teacher, BaseLM) else {"program": type(runner).__name__}
+    )
+
+    trace_store = TraceStore(store) if isinstance(store, (str, Path)) else store
+    done: set[str] = set()
+    if trace_store is not None:
+        manifest = StoreManifest(
+            program_hash(program), teacher_id, dataset_hash(e for _, e in examples)
+        )
+        done = trace_store.open(manifest, reset=reset)
+    else:
+        result.traces = []
+    todo = [(eid, ex) for eid, ex in examples if eid not in done]
+    result.skipped = len(examples) - len(todo)
+
+    retry_programs = {a: _retry_copy(runner, a, retry_temperature) for a in range(1, attempts)}
+
+    def run_one(ex: Example) -> tuple[Trace, int]:
+        best = run_traced(runner, ex, metric=metric, example_key=example_key)
+        calls = len(best.steps)
+        for attempt in range(1, attempts):
+            if passes(best, threshold):
+                break
+            trace = run_traced(
+                retry_programs[attempt], ex, metric=metric, example_key=example_key, attempt=attempt
+            )
+            calls += len(trace.steps)
+            if passes(trace, threshold) or _better(trace, best):
+                best = trace
+        return best, calls
+
+    from tqdm.auto import tqdm
+
+    bar = tqdm(total=len(todo), disable=not progress, desc="Bootstrap", dynamic_ncols=True)
+    start = time.perf_counter()
+    pool = ThreadPoolExecutor(concurrency, thread_name_prefix="bootstrap")
+    ctx = contextvars.copy_context()
+    try:
+        queue = iter(todo)
+        pending: set = set()
+        while True:
+            while len(pending) < concurrency * 2:
+                nxt = next(queue, None)
+                if nxt is None:
+                    break
+                pending.add(pool.submit(ctx.copy().run, run_one, nxt[1]))
+            if not pending:
+                break
+            finished, pending = wait(pending, return_when=FIRST_COMPLETED)
+            for future in finished:
+                trace, calls = future.result()  # run_traced never raises for an example
+                _count(result, trace, calls, threshold)
+                if trace_store is not None:
+                    trace_store.append(trace)
+                else:
+                    result.traces.append(trace)
+                bar.update(1)
+            bar.set_postfix(kept=f"{result.kept}/{result.ran}", failed=result.failed, refresh=False)
+    finally:
+        pool.shutdown(wait=True, cancel_futures=True)
+        bar.close()
+        if trace_store is not None:
+            trace_store.close()
+    result.elapsed_s = time.perf_counter() - start
+    log.info("bootstrap: %s", result.summary())
+    return result
+
+
+def _better(candidate: Trace, best: Trace) -> bool:
+    if candidate.ok != best.ok:
+        return candidate.ok
+    return (candidate.score or 0.0) > (best.score or 0.0)
+
+
+def _count(result: BootstrapResult, trace: Trace, calls: int, threshold: float | None) -> None:
+    result.ran += 1
+    result.calls += calls
+    result.retried += trace.attempt > 0
+    if passes(trace, threshold):
+        result.kept += 1
+    elif not trace.ok:
+        result.failed += 1
+    else:
+        result.low_score += 1
+
+
+def _unique(dataset: Sequence[Example], key: str) -> list[tuple[str, Example]]:
+    seen: dict[str, Example] = {}
+    for i, example in enumerate(dataset):
+        if not isinstance(example, Example):
+            raise TypeError(f"dataset[{i}] is {type(example).__name__}, expected ap.Example")
+        eid = example_id(example, key)
+        if eid in seen:
+            if seen[eid] != example:
+                raise ValueError(
+                    f"dataset[{i}] has id {eid!r} like an earlier, different example; ids must be unique"
+                )
+            continue
+        seen[eid] = example
+    if len(seen) < len(dataset):
+        log.warning(
+            "dataset has %d duplicate examples; each is traced once", len(dataset) - len(seen)
+        )
+    return list(seen.items())
