@@ -1,7 +1,7 @@
 """apprentice: write LM programs as modules, run them with a teacher, compile them into a
 small local student."""
 
-from apprentice.evaluate.evaluate import Evaluate, EvaluationResult
+from apprentice.evaluate.evaluate import Evaluate, EvaluationError, EvaluationResult
 from apprentice.evaluate.metrics import (
     answer_exact_match,
     answer_passage_match,
@@ -68,6 +68,7 @@ __all__ = [
     "ChatFormat",
     "Completions",
     "Evaluate",
+    "EvaluationError",
     "EvaluationResult",
     "Example",
     "Format",

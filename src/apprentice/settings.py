@@ -1,9 +1,11 @@
 """Defaults for LM calls: ``configure(...)`` sets them, ``with context(...)`` overrides them.
 
 There is one process-wide default (what ``configure`` sets) and a contextvar holding
-overrides. ``context`` is scoped to the current thread or asyncio task: overrides made
-in one task never leak into another. Work that apprentice fans out itself (Evaluate's
-threads, an LM's batch) copies the caller's context, so overrides follow it there.
+the overrides of the enclosing ``context`` blocks. An override is scoped to the current
+thread or asyncio task: overrides made in one never leak into another. A setting that no
+``context`` overrides always reads ``configure``'s current value, even one set after the
+block was entered. Work that apprentice fans out itself (Evaluate's threads, a module's
+async call) copies the caller's context, so overrides follow it there.
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ import contextvars
 import threading
 from collections.abc import Iterator
 from dataclasses import dataclass, fields, replace
+from types import MappingProxyType
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
@@ -34,28 +37,23 @@ class Settings:
 
 _ROOT_LOCK = threading.Lock()
 _root = Settings()
-_overrides: contextvars.ContextVar[Settings | None] = contextvars.ContextVar(
-    "apprentice_settings", default=None
+_NO_OVERRIDES: MappingProxyType[str, Any] = MappingProxyType({})
+_overrides: contextvars.ContextVar[MappingProxyType[str, Any]] = contextvars.ContextVar(
+    "apprentice_settings", default=_NO_OVERRIDES
 )
 _FIELD_NAMES = frozenset(f.name for f in fields(Settings))
 
 
 def settings() -> Settings:
-    """The settings in force here: the innermost ``context`` or else ``configure``'s."""
-    current = _overrides.get()
-    return _root if current is None else current
-
-
-def _check(changes: dict[str, Any]) -> None:
-    unknown = sorted(set(changes) - _FIELD_NAMES)
-    if unknown:
-        raise TypeError(f"unknown setting(s) {unknown}; known: {sorted(_FIELD_NAMES)}")
+    """The settings in force here: ``configure``'s, with the enclosing ``context``s on top."""
+    overrides = _overrides.get()
+    return replace(_root, **overrides) if overrides else _root
 
 
 def configure(**changes: Any) -> None:
     """Sets process-wide defaults, e.g. ``configure(lm=OpenAILM(...))``."""
     global _root
-    _check(changes)
+    changes = _checked(changes)
     with _ROOT_LOCK:
         _root = replace(_root, **changes)
 
@@ -63,9 +61,37 @@ def configure(**changes: Any) -> None:
 @contextlib.contextmanager
 def context(**changes: Any) -> Iterator[Settings]:
     """Overrides settings for the enclosed block, in this thread or task only."""
-    _check(changes)
-    token = _overrides.set(replace(settings(), **changes))
+    changes = _checked(changes)
+    token = _overrides.set(MappingProxyType({**_overrides.get(), **changes}))
     try:
-        yield _overrides.get()
+        yield settings()
     finally:
         _overrides.reset(token)
+
+
+def _checked(changes: dict[str, Any]) -> dict[str, Any]:
+    unknown = sorted(set(changes) - _FIELD_NAMES)
+    if unknown:
+        raise TypeError(f"unknown setting(s) {unknown}; known: {sorted(_FIELD_NAMES)}")
+    checked = dict(changes)
+    lm = changes.get("lm")
+    if lm is not None and not callable(getattr(lm, "generate", None)):
+        raise TypeError(
+            f"lm={lm!r} is not an LM (it has no generate() method); pass an LM object "
+            "such as ap.OpenAILM('model-name') or ap.ScriptedLM(fn), or None"
+        )
+    fmt = changes.get("format")
+    if fmt is not None and not all(callable(getattr(fmt, m, None)) for m in ("render", "parse")):
+        raise TypeError(
+            f"format={fmt!r} is not a Format (it needs render() and parse()); pass e.g. "
+            "ap.ChatFormat() or ap.JSONFormat(), or None"
+        )
+    if "observers" in changes:
+        observers = changes["observers"]
+        if not isinstance(observers, (list, tuple)):
+            raise TypeError(f"observers={observers!r} must be a tuple of callables")
+        bad = [o for o in observers if not callable(o)]
+        if bad:
+            raise TypeError(f"observers must be callables; {bad[0]!r} is not")
+        checked["observers"] = tuple(observers)
+    return checked

@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import contextvars
 import csv
+import inspect
 import json
 import logging
 import math
 import threading
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -25,7 +26,11 @@ Metric = Callable[..., Any]
 
 
 class EvaluationError(RuntimeError):
-    """More examples failed than ``max_errors`` allows."""
+    """More examples failed than ``max_errors`` allows. ``results``: those finished so far."""
+
+    def __init__(self, message: str, results: list[ExampleResult] | None = None) -> None:
+        super().__init__(message)
+        self.results = results or []
 
 
 @dataclass
@@ -78,24 +83,32 @@ class EvaluationResult:
         return path
 
     def to_csv(self, path: str | Path) -> Path:
+        """One row per example: its fields, ``pred_<field>`` per output field, score, error.
+        Non-string values are JSON; a prediction that is not a record goes in ``prediction``."""
         path = Path(path)
         rows = [r.to_dict() for r in self.results]
         example_keys = sorted({k for r in rows for k in r["example"]})
         pred_keys = sorted(
             {k for r in rows if isinstance(r["prediction"], dict) for k in r["prediction"]}
         )
+        plain = any(
+            r["prediction"] is not None and not isinstance(r["prediction"], dict) for r in rows
+        )
+        header = ["index", *example_keys, *[f"pred_{k}" for k in pred_keys]]
+        header += ["prediction"] * plain + ["score", "error"]
         with path.open("w", newline="") as f:
             writer = csv.writer(f)
-            writer.writerow(
-                ["index", *example_keys, *[f"pred_{k}" for k in pred_keys], "score", "error"]
-            )
+            writer.writerow(header)
             for r in rows:
-                pred = r["prediction"] if isinstance(r["prediction"], dict) else {}
+                pred = r["prediction"]
+                fields = pred if isinstance(pred, dict) else {}
+                other = [] if not plain else [_cell(None if isinstance(pred, dict) else pred)]
                 writer.writerow(
                     [
                         r["index"],
                         *[_cell(r["example"].get(k)) for k in example_keys],
-                        *[_cell(pred.get(k)) for k in pred_keys],
+                        *[_cell(fields.get(k)) for k in pred_keys],
+                        *other,
                         r["score"],
                         r["error"] or "",
                     ]
@@ -112,8 +125,11 @@ def _cell(value: Any) -> str:
 class Evaluate:
     """``Evaluate(devset=..., metric=..., num_threads=8)(program)`` -> EvaluationResult.
 
-    A failing example (any exception) scores ``failure_score`` and is recorded; once
-    more than ``max_errors`` have failed the run stops with EvaluationError.
+    ``metric(example, prediction[, trace])`` returns a number or bool. A failing example
+    (the program raised, its reply did not parse, or the metric failed) scores
+    ``failure_score`` and is recorded with its error; once more than ``max_errors`` have
+    failed the run stops with EvaluationError. Worker threads run in a copy of the
+    caller's context, so ``with ap.context(lm=...)`` around the call applies to them.
     """
 
     def __init__(
@@ -126,79 +142,187 @@ class Evaluate:
         failure_score: float = 0.0,
         display_progress: bool = True,
     ) -> None:
-        if num_threads < 1:
-            raise ValueError(f"num_threads must be >= 1, got {num_threads}")
-        for i, example in enumerate(devset):
-            if not isinstance(example, Example):
-                raise TypeError(f"devset[{i}] is {type(example).__name__}, expected ap.Example")
-            example.inputs()  # raises a clear error when with_inputs() was forgotten
-        self.devset = list(devset)
+        if isinstance(num_threads, bool) or not isinstance(num_threads, int) or num_threads < 1:
+            raise ValueError(f"num_threads must be an integer >= 1, got {num_threads!r}")
+        if max_errors is not None and (
+            isinstance(max_errors, bool) or not isinstance(max_errors, int) or max_errors < 0
+        ):
+            raise ValueError(f"max_errors must be None or an integer >= 0, got {max_errors!r}")
+        if isinstance(failure_score, bool) or not isinstance(failure_score, (int, float)):
+            raise TypeError(f"failure_score must be a number, got {failure_score!r}")
+        _check_metric(metric)
+        self.devset = _checked_devset(devset)
         self.metric = metric
         self.num_threads = num_threads
         self.max_errors = max_errors
-        self.failure_score = failure_score
+        self.failure_score = float(failure_score)
         self.display_progress = display_progress
 
     def __call__(
         self, program: Callable[..., Any], *, metric: Metric | None = None
     ) -> EvaluationResult:
-        metric = metric or self.metric
-        results: list[ExampleResult | None] = [None] * len(self.devset)
-        errors = 0
-        lock = threading.Lock()
+        if not callable(program):
+            raise TypeError(f"program must be callable (a Module or function), got {program!r}")
+        metric = self.metric if metric is None else metric
+        _check_metric(metric)
+        score_of = _metric_caller(metric)
+
+        def run_one(index: int) -> ExampleResult:
+            example = self.devset[index]
+            try:
+                prediction = program(**example.inputs())
+            except Exception as exc:  # one bad example never stops the run
+                return self._failed(index, example, None, exc)
+            try:
+                score = _as_score(score_of(example, prediction), index)
+            except Exception as exc:
+                return self._failed(index, example, prediction, exc, stage="metric ")
+            return ExampleResult(index, example, prediction, score)
+
+        results = self._run(run_one)
+        score = sum(r.score for r in results) / len(results) if results else 0.0
+        errors = sum(r.error is not None for r in results)
+        log.info("Evaluate: %.4f over %d examples (%d errors)", score, len(results), errors)
+        return EvaluationResult(score=score, results=results)
+
+    def _failed(
+        self, index: int, example: Example, prediction: Any, exc: Exception, stage: str = ""
+    ) -> ExampleResult:
+        error = f"{stage}{type(exc).__name__}: {exc}"
+        log.warning("example %d failed: %s", index, error)
+        log.debug("example %d traceback", index, exc_info=exc)
+        return ExampleResult(index, example, prediction, self.failure_score, error)
+
+    def _run(self, run_one: Callable[[int], ExampleResult]) -> list[ExampleResult]:
+        """Runs every example on the pool; returns the results in devset order."""
         from tqdm.auto import tqdm
 
+        budget = _ErrorBudget(self.max_errors)
+
+        def guarded(index: int) -> ExampleResult | None:
+            # Workers check the budget before starting, so a run over budget stops at
+            # once instead of finishing examples that were already queued.
+            if budget.exhausted.is_set():
+                return None
+            result = run_one(index)
+            if result.error is not None:
+                budget.spend(result)
+            return result
+
+        results: list[ExampleResult | None] = [None] * len(self.devset)
+        done_count, errors, total = 0, 0, 0.0
         bar = tqdm(
             total=len(self.devset),
             disable=not self.display_progress,
             desc="Evaluate",
             dynamic_ncols=True,
         )
-        total = 0.0
-
-        def run_one(index: int) -> ExampleResult:
-            example = self.devset[index]
-            try:
-                prediction = program(**example.inputs())
-                score = _as_score(metric(example, prediction, None), index)
-                return ExampleResult(index, example, prediction, score)
-            except Exception as exc:  # one bad example never stops the run
-                log.debug("example %d failed", index, exc_info=True)
-                return ExampleResult(
-                    index, example, None, self.failure_score, f"{type(exc).__name__}: {exc}"
-                )
-
         ctx = contextvars.copy_context()
         pool = ThreadPoolExecutor(self.num_threads, thread_name_prefix="evaluate")
         try:
-            pending = {pool.submit(ctx.copy().run, run_one, i) for i in range(len(self.devset))}
+            # Each example runs in its own copy of the caller's context: overrides that
+            # one example makes (a nested ap.context) never reach another.
+            pending = {pool.submit(ctx.copy().run, guarded, i) for i in range(len(self.devset))}
             while pending:
                 done, pending = wait(pending, return_when=FIRST_COMPLETED)
-                for future in done:
-                    result = future.result()
-                    with lock:
-                        results[result.index] = result
-                        total += result.score
-                        errors += result.error is not None
+                for result in sorted(
+                    (r for r in (f.result() for f in done) if r is not None),
+                    key=lambda r: r.index,
+                ):
+                    results[result.index] = result
+                    done_count += 1
+                    total += result.score
+                    errors += result.error is not None
+                    bar.set_postfix(
+                        metric=f"{total / done_count:.3f}", errors=errors, refresh=False
+                    )
                     bar.update(1)
-                    bar.set_postfix(metric=f"{total / bar.n:.3f}", errors=errors, refresh=False)
-                    if self.max_errors is not None and errors > self.max_errors:
-                        for f in pending:
-                            f.cancel()
-                        raise EvaluationError(
-                            f"{errors} examples failed, more than max_errors={self.max_errors}; "
-                            f"last error: {result.error}"
-                        )
         finally:
             pool.shutdown(wait=True, cancel_futures=True)
             bar.close()
         finished = [r for r in results if r is not None]
-        score = total / len(finished) if finished else 0.0
-        log.info("Evaluate: %.4f over %d examples (%d errors)", score, len(finished), errors)
-        return EvaluationResult(score=score, results=finished)
+        if budget.exhausted.is_set():
+            raise EvaluationError(
+                f"{errors} examples failed, more than max_errors={self.max_errors} "
+                f"(stopped after {done_count} of {len(self.devset)} examples); "
+                f"the error over budget (example {budget.last.index}): {budget.last.error}",
+                results=finished,
+            )
+        return finished
+
+
+class _ErrorBudget:
+    """Counts failures across worker threads; ``exhausted`` is set past ``max_errors``."""
+
+    def __init__(self, max_errors: int | None) -> None:
+        self.max_errors = max_errors
+        self.failures = 0
+        self.last: ExampleResult | None = None
+        self.exhausted = threading.Event()
+        self._lock = threading.Lock()
+
+    def spend(self, result: ExampleResult) -> None:
+        with self._lock:
+            self.failures += 1
+            if self.max_errors is not None and self.failures > self.max_errors:
+                if not self.exhausted.is_set():
+                    self.last = result
+                self.exhausted.set()
+
+
+def _checked_devset(devset: Sequence[Example]) -> list[Example]:
+    if isinstance(devset, (str, bytes, Example)) or not isinstance(devset, Iterable):
+        raise TypeError(f"devset must be a list of ap.Example, got {devset!r}")
+    checked = list(devset)
+    for i, example in enumerate(checked):
+        if not isinstance(example, Example):
+            hint = " (wrap it: ap.Example(d).with_inputs(...))" if isinstance(example, dict) else ""
+            raise TypeError(
+                f"devset[{i}] is {type(example).__name__} {example!r}, expected ap.Example{hint}"
+            )
+        if example.input_keys is None:
+            raise ValueError(
+                f"devset[{i}] {example!r} has no input keys; mark them with "
+                "ap.Example(...).with_inputs('question', ...)"
+            )
+    return checked
+
+
+def _check_metric(metric: Any) -> None:
+    if not callable(metric):
+        raise TypeError(
+            f"metric must be a function metric(example, prediction, trace=None), got {metric!r}"
+        )
+    try:
+        signature = inspect.signature(metric)
+    except ValueError:  # no signature to inspect (some builtins): trust it
+        return
+    for args in ((None, None), (None, None, None)):
+        try:
+            signature.bind(*args)
+            return
+        except TypeError:
+            pass
+    raise TypeError(
+        f"metric {metric!r} has signature {signature}; it must accept "
+        "(example, prediction, trace=None)"
+    )
+
+
+def _metric_caller(metric: Metric) -> Callable[[Example, Any], Any]:
+    """Calls ``metric(example, prediction)``, passing ``trace=None`` only when it requires one."""
+    try:
+        inspect.signature(metric).bind(None, None)
+    except TypeError:
+        return lambda example, prediction: metric(example, prediction, None)
+    except ValueError:  # no signature to inspect (some builtins)
+        pass
+    return lambda example, prediction: metric(example, prediction)
 
 
 def _as_score(value: Any, index: int) -> float:
+    if isinstance(value, (str, bytes)) or value is None:
+        raise TypeError(f"metric returned {value!r} for example {index}; return a number or bool")
     try:
         score = float(value)
     except (TypeError, ValueError):

@@ -32,7 +32,24 @@ def normalize_text(text: str) -> str:
 
 
 def _golds(gold: str | Iterable[str]) -> list[str]:
-    return [gold] if isinstance(gold, str) else [str(g) for g in gold]
+    if isinstance(gold, str):
+        return [gold]
+    if isinstance(gold, (int, float)) and not isinstance(gold, bool):
+        return [str(gold)]
+    if isinstance(gold, (list, tuple, set, frozenset)):
+        return [str(g) for g in gold]
+    raise TypeError(f"gold answer must be a str or a list of str, got {gold!r}")
+
+
+def _field(record: Any, name: str, what: str) -> Any:
+    try:
+        return record[name]
+    except (KeyError, TypeError, IndexError):
+        fields = list(record.keys()) if hasattr(record, "keys") else None
+        raise KeyError(
+            f"{what} {record!r} has no field {name!r}"
+            + (f"; fields: {fields}" if fields is not None else "")
+        ) from None
 
 
 def exact_match(prediction: str, gold: str | Iterable[str]) -> float:
@@ -60,7 +77,7 @@ def token_f1(prediction: str, gold: str | Iterable[str]) -> float:
 def passage_has_answer(passages: Iterable[str] | str, gold: str | Iterable[str]) -> float:
     """1.0 when any normalized gold answer occurs as whole words in any passage."""
     passages = [passages] if isinstance(passages, str) else list(passages)
-    texts = [f" {normalize_text(p)} " for p in passages]
+    texts = [f" {normalize_text(str(p))} " for p in passages]
     answers = [normalize_text(g) for g in _golds(gold)]
     return float(any(a and f" {a} " in t for a in answers for t in texts))
 
@@ -69,11 +86,15 @@ def answer_exact_match(
     example: Any, prediction: Any, trace: Any = None, *, field: str = "answer"
 ) -> float:
     """Metric form: ``example.answer`` (str or list of str) vs ``prediction.answer``."""
-    return exact_match(str(prediction[field]), example[field])
+    return exact_match(
+        str(_field(prediction, field, "prediction")), _field(example, field, "example")
+    )
 
 
 def answer_passage_match(
     example: Any, prediction: Any, trace: Any = None, *, field: str = "answer"
 ) -> float:
     """Metric form: does any of ``prediction.context`` contain ``example.answer``."""
-    return passage_has_answer(prediction["context"], example[field])
+    return passage_has_answer(
+        _field(prediction, "context", "prediction"), _field(example, field, "example")
+    )

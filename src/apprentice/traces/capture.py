@@ -166,7 +166,9 @@ def run_traced(
         )
         if metric is not None:
             try:
-                trace.score = float(metric(example, prediction, trace))
+                from apprentice.evaluate.evaluate import _as_score
+
+                trace.score = _as_score(metric(example, prediction, trace), trace.example_id)
             except Exception as exc:
                 trace.error = f"metric failed: {type(exc).__name__}: {exc}"
     return trace
