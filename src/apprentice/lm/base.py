@@ -73,6 +73,20 @@ class Request:
     rollout: int = 0
     meta: Any = field(default=None, compare=False, repr=False)
 
+    def __post_init__(self) -> None:
+        # Lists are accepted for convenience and frozen into tuples (a request is immutable);
+        # a lone stop string is one stop sequence, never a list of characters.
+        if not isinstance(self.messages, tuple):
+            object.__setattr__(self, "messages", tuple(self.messages))
+        if isinstance(self.stop, str):
+            object.__setattr__(self, "stop", (self.stop,))
+        elif self.stop is not None and not isinstance(self.stop, tuple):
+            object.__setattr__(self, "stop", tuple(self.stop))
+        if not self.messages:
+            raise ValueError("a Request needs at least one message, got none")
+        if type(self.n) is not int or self.n < 1:
+            raise ValueError(f"n must be a positive integer, got {self.n!r}")
+
     def key_fields(self) -> dict[str, Any]:
         return {
             "messages": self.messages,
@@ -149,6 +163,10 @@ class BaseLM:
         price: Price | None = None,
         history_size: int = 200,
     ) -> None:
+        if not isinstance(model, str) or not model:
+            raise ValueError(f"model must be a non-empty string, got {model!r}")
+        if not isinstance(history_size, int) or history_size < 0:
+            raise ValueError(f"history_size must be an integer >= 0, got {history_size!r}")
         self.model = model
         self.adapter = adapter
         self.adapter_hash = adapter_hash
@@ -169,9 +187,15 @@ class BaseLM:
 
     def cache_key(self, request: Request) -> str:
         payload = json.dumps(
-            [self.identity, request.key_fields()], sort_keys=True, separators=(",", ":")
+            [self.identity, self.key_fields(request)], sort_keys=True, separators=(",", ":")
         )
         return hashlib.sha256(payload.encode()).hexdigest()
+
+    def key_fields(self, request: Request) -> dict[str, Any]:
+        """What the backend is asked: a backend adds the defaults it fills in and any
+        option that changes the answer, so two LMs that send different requests never
+        share a cache entry."""
+        return request.key_fields()
 
     def to_config(self) -> dict[str, Any]:
         """A JSON-safe description from which ``lm_from_config`` rebuilds this LM (no secrets)."""
@@ -191,6 +215,7 @@ class BaseLM:
         self, requests: Sequence[Request], *, return_exceptions: bool = False
     ) -> list[Any]:
         """Answers every request. Raises the first failure unless ``return_exceptions``."""
+        _check_batch(requests)
         results, todo, keys = self._lookup(requests)
         if todo:
             fresh = self._generate([requests[i] for i in todo])
@@ -200,6 +225,7 @@ class BaseLM:
     async def agenerate(
         self, requests: Sequence[Request], *, return_exceptions: bool = False
     ) -> list[Any]:
+        _check_batch(requests)
         results, todo, keys = self._lookup(requests)
         if todo:
             fresh = await self._agenerate([requests[i] for i in todo])
@@ -228,7 +254,7 @@ class BaseLM:
     # -- cache, usage, history -------------------------------------------------------
     def _lookup(self, requests: Sequence[Request]):
         results: list[Any] = [None] * len(requests)
-        if self.cache is None:
+        if self.cache is None or not self.cache.enabled:
             return results, list(range(len(requests))), None
         keys = [self.cache_key(r) for r in requests]
         todo = []
@@ -286,6 +312,19 @@ class BaseLM:
         text = "\n".join(lines)
         print(text, file=file)
         return text
+
+
+def _check_batch(requests: Any) -> None:
+    if isinstance(requests, Request) or not isinstance(requests, Sequence):
+        raise TypeError(
+            f"generate takes a list of Request, got {type(requests).__name__}: {requests!r:.200}"
+        )
+    for request in requests:
+        if not isinstance(request, Request):
+            raise TypeError(
+                f"generate takes a list of Request, got an item of type "
+                f"{type(request).__name__}: {request!r:.200}"
+            )
 
 
 # The structural type a predictor accepts: anything with BaseLM's public methods.

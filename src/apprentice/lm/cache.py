@@ -13,6 +13,7 @@ import json
 import os
 import sqlite3
 import threading
+import weakref
 from pathlib import Path
 from typing import Any
 
@@ -29,15 +30,25 @@ class Cache:
 
     def __init__(self, path: str | os.PathLike) -> None:
         self.path = Path(path)
-        self.path.parent.mkdir(parents=True, exist_ok=True)
         self.enabled = True
         self.hits = 0
         self.misses = 0
         self._count_lock = threading.Lock()
         self._local = threading.local()
-        self._connect()  # create the table now, so a bad path fails here and not mid-run
+        _open_caches.add(self)
+        # Create the table now, so a bad path fails here and not mid-run.
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            self._connect()
+        except (OSError, sqlite3.Error) as exc:
+            raise OSError(
+                f"cannot open the LM cache at {str(self.path)!r}: {exc}; point "
+                "APPRENTICE_CACHE_DIR elsewhere, or pass cache=False to turn it off"
+            ) from exc
 
     def _connect(self) -> sqlite3.Connection:
+        # One connection per thread (sqlite3 connections must not be shared between
+        # threads) and per process (nor carried across fork: see _after_fork).
         conn = getattr(self._local, "conn", None)
         if conn is None:
             conn = sqlite3.connect(self.path, timeout=30.0, isolation_level=None)
@@ -50,6 +61,16 @@ class Cache:
             )
             self._local.conn = conn
         return conn
+
+    def _after_fork(self) -> None:
+        # A forked child must not use its parent's SQLite connections (the SQLite docs
+        # forbid it: locks and the WAL index would be shared by two processes as one).
+        # Keep them unclosed (closing would touch the files the parent is using); the
+        # child opens its own on first use. The lock may have been held by a thread
+        # that did not survive the fork.
+        _inherited.append(self._local)
+        self._local = threading.local()
+        self._count_lock = threading.Lock()
 
     def get(self, key: str) -> dict[str, Any] | None:
         if not self.enabled:
@@ -86,23 +107,43 @@ class Cache:
         return f"Cache({str(self.path)!r}, hits={self.hits}, misses={self.misses})"
 
 
+_open_caches: weakref.WeakSet[Cache] = weakref.WeakSet()
+_inherited: list[threading.local] = []  # a forked child's copies of its parent's connections
 _shared: dict[Path, Cache] = {}
 _shared_lock = threading.Lock()
 
 
+def _after_fork_in_child() -> None:
+    global _shared_lock
+    _shared_lock = threading.Lock()
+    for cache in list(_open_caches):
+        cache._after_fork()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_after_fork_in_child)
+
+
+def cache_disabled_by_env() -> bool:
+    return os.environ.get("APPRENTICE_CACHE", "1").strip().lower() in ("0", "false", "off", "no")
+
+
 def resolve_cache(cache: bool | str | os.PathLike | Cache | None) -> Cache | None:
-    """``True``: the default on-disk cache (``APPRENTICE_CACHE_DIR``; ``APPRENTICE_CACHE=0``
-    turns it off); a path: a cache there; ``False``/``None``: no cache."""
+    """``True``: the default on-disk cache (in ``APPRENTICE_CACHE_DIR``); a path: a cache
+    in that file; a ``Cache``: that cache; ``False``/``None``: no cache.
+    ``APPRENTICE_CACHE=0`` turns off the first two (a ``Cache`` object has ``enabled``)."""
     if isinstance(cache, Cache):
         return cache
     if cache is None or cache is False:
         return None
-    if cache is True:
-        if os.environ.get("APPRENTICE_CACHE", "1").lower() in ("0", "false", "off", "no"):
-            return None
-        path = default_cache_path()
-    else:
-        path = Path(cache)
+    if cache is not True and not isinstance(cache, (str, os.PathLike)):
+        raise TypeError(
+            f"cache must be True, False, a file path or a Cache, got {type(cache).__name__} "
+            f"{cache!r}"
+        )
+    if cache_disabled_by_env():
+        return None
+    path = default_cache_path() if cache is True else Path(cache)
     with _shared_lock:
         # One Cache object per file in a process, so hit/miss counts add up.
         key = path.resolve()

@@ -1,26 +1,25 @@
 """OpenAILM: any OpenAI-compatible endpoint (OpenAI, vLLM, our own server, ...).
 
-HTTP goes through httpx (pooled keep-alive connections, sync and async); retries go
-through tenacity: exponential backoff with full jitter on 408/409/429/5xx, timeouts
-and connection errors, honouring ``Retry-After``. Other 4xx fail at once with the
-server's message.
+HTTP goes through httpx (pooled keep-alive connections, sync and async). Retries:
+exponential backoff with full jitter on 408/409/429/5xx, timeouts, connection errors
+and malformed replies, honouring ``Retry-After``. Other 4xx fail at once with the
+server's message. The retry loop is a plain loop rather than tenacity: a call that
+succeeds at once (nearly all of them) pays nothing for it.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextvars
-import email.utils
 import os
+import random
 import threading
 import time
-import weakref
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 from apprentice.lm.base import (
     BaseLM,
-    LMError,
     LMRequestError,
     LMUnavailableError,
     Request,
@@ -49,11 +48,70 @@ def _retry_after(value: str | None) -> float | None:
         return max(0.0, float(value))
     except ValueError:
         pass
+    import email.utils
+
     try:
         when = email.utils.parsedate_to_datetime(value)
     except (TypeError, ValueError):
         return None
     return max(0.0, when.timestamp() - time.time())
+
+
+async def _close_with_loop(client):
+    """Waits, suspended, for the end of the loop it was started in: the loop's
+    ``shutdown_asyncgens()`` (which ``asyncio.run`` calls) closes it, and the client with
+    it, so no connection outlives its loop."""
+    try:
+        yield
+    finally:
+        await client.aclose()
+
+
+def _server_message(content: bytes) -> str:
+    """The error message in an OpenAI-style error body, else the body's text."""
+    text = content.decode("utf-8", "replace")
+    try:
+        import json
+
+        error = json.loads(text).get("error")
+        message = error.get("message") if isinstance(error, dict) else error
+        if isinstance(message, str) and message:
+            return message
+    except (ValueError, AttributeError):
+        pass
+    return text.strip()[:2000] or "(empty body)"
+
+
+def _check_options(
+    *,
+    base_url: str,
+    model_type: str,
+    concurrency: int,
+    timeout: float,
+    max_retries: int,
+    retry_backoff: float,
+    retry_max_wait: float,
+) -> None:
+    if not base_url.startswith(("http://", "https://")):
+        raise ValueError(
+            f"base_url must start with http:// or https://, got {base_url!r} "
+            "(e.g. 'http://127.0.0.1:8000/v1')"
+        )
+    if model_type not in ("chat", "text"):
+        raise ValueError(f"model_type must be 'chat' or 'text', got {model_type!r}")
+    if type(concurrency) is not int or concurrency < 1:
+        raise ValueError(f"concurrency must be an integer >= 1, got {concurrency!r}")
+    if type(max_retries) is not int or max_retries < 0:
+        raise ValueError(f"max_retries must be an integer >= 0, got {max_retries!r}")
+    for name, value in (
+        ("timeout", timeout),
+        ("retry_backoff", retry_backoff),
+        ("retry_max_wait", retry_max_wait),
+    ):
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not value >= 0:
+            raise ValueError(f"{name} must be a number of seconds >= 0, got {value!r}")
+    if timeout == 0:
+        raise ValueError("timeout must be > 0 seconds, got 0")
 
 
 class OpenAILM(BaseLM):
@@ -88,6 +146,18 @@ class OpenAILM(BaseLM):
         price: Price | None = None,
         history_size: int = 200,
     ) -> None:
+        base_url = (
+            base_url or os.environ.get("OPENAI_BASE_URL") or "https://api.openai.com/v1"
+        ).rstrip("/")
+        _check_options(
+            base_url=base_url,
+            model_type=model_type,
+            concurrency=concurrency,
+            timeout=timeout,
+            max_retries=max_retries,
+            retry_backoff=retry_backoff,
+            retry_max_wait=retry_max_wait,
+        )
         super().__init__(
             model,
             adapter=adapter,
@@ -96,15 +166,7 @@ class OpenAILM(BaseLM):
             price=price,
             history_size=history_size,
         )
-        if model_type not in ("chat", "text"):
-            raise ValueError(f"model_type must be 'chat' or 'text', got {model_type!r}")
-        if concurrency < 1:
-            raise ValueError(f"concurrency must be >= 1, got {concurrency}")
-        if max_retries < 0:
-            raise ValueError(f"max_retries must be >= 0, got {max_retries}")
-        self.base_url = (
-            base_url or os.environ.get("OPENAI_BASE_URL") or "https://api.openai.com/v1"
-        ).rstrip("/")
+        self.base_url = base_url
         self.api_key_env = api_key_env
         self._api_key = api_key if api_key is not None else os.environ.get(api_key_env, "")
         self.model_type = model_type
@@ -119,7 +181,9 @@ class OpenAILM(BaseLM):
         self._client = None
         self._gate = threading.BoundedSemaphore(concurrency)
         self._pool: ThreadPoolExecutor | None = None
-        self._async: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+        # Per event loop: (AsyncClient, Semaphore, closer); they belong to the loop they
+        # were made in.
+        self._async: dict[asyncio.AbstractEventLoop, tuple[Any, asyncio.Semaphore, Any]] = {}
         self._url = self.base_url + (
             "/chat/completions" if model_type == "chat" else "/completions"
         )
@@ -139,7 +203,26 @@ class OpenAILM(BaseLM):
             "concurrency": self.concurrency,
             "timeout": self.timeout,
             "max_retries": self.max_retries,
+            "retry_backoff": self.retry_backoff,
+            "retry_max_wait": self.retry_max_wait,
+            "extra_body": dict(self.extra_body),
+            "cache": self.cache is not None,
+            "price": self.usage.price.to_config() if self.usage.price else None,
+            "history_size": self.history.maxlen,
         }
+
+    def key_fields(self, request: Request) -> dict[str, Any]:
+        # The request as sent: this LM's defaults filled in, the endpoint kind and any
+        # extra body options (a chat and a text completion of the same messages differ).
+        fields = request.key_fields()
+        if fields["temperature"] is None:
+            fields["temperature"] = self.defaults["temperature"]
+        if fields["max_tokens"] is None:
+            fields["max_tokens"] = self.defaults["max_tokens"]
+        fields["model_type"] = self.model_type
+        if self.extra_body:
+            fields["extra_body"] = self.extra_body
+        return fields
 
     def _headers(self) -> dict[str, str]:
         headers = {"Content-Type": "application/json"}
@@ -167,6 +250,7 @@ class OpenAILM(BaseLM):
         return self._client
 
     def close(self) -> None:
+        """Closes the sync connection pool and threads (async clients go with their loops)."""
         with self._lock:
             if self._client is not None:
                 self._client.close()
@@ -174,6 +258,7 @@ class OpenAILM(BaseLM):
             if self._pool is not None:
                 self._pool.shutdown(wait=False)
                 self._pool = None
+            self._async.clear()
 
     # -- request body and reply ----------------------------------------------------------
     def body(self, request: Request) -> dict[str, Any]:
@@ -206,7 +291,7 @@ class OpenAILM(BaseLM):
 
     def _reply(self, status: int, headers, content: bytes, latency: float) -> Response:
         if status != 200:
-            text = content.decode("utf-8", "replace")[:2000]
+            text = _server_message(content)
             if status in _RETRY_STATUSES:
                 raise _Retryable(
                     f"HTTP {status}: {text[:300]}", status, _retry_after(headers.get("retry-after"))
@@ -215,53 +300,43 @@ class OpenAILM(BaseLM):
                 f"{self._url} refused the request for model {self.adapter or self.model!r} "
                 f"with HTTP {status}: {text[:500]}",
                 status=status,
-                body=text,
+                body=content.decode("utf-8", "replace")[:2000],
             )
         import json
 
         try:
             data = json.loads(content)
             choices = sorted(data["choices"], key=lambda c: c.get("index", 0))
+            if not choices:
+                raise ValueError("no choices")
             if self.model_type == "chat":
                 texts = [(c.get("message") or {}).get("content") or "" for c in choices]
             else:
                 texts = [c.get("text") or "" for c in choices]
+            usage = data.get("usage") or {}
+            tokens = Usage(
+                int(usage.get("prompt_tokens") or 0), int(usage.get("completion_tokens") or 0)
+            )
         except (ValueError, KeyError, TypeError, AttributeError) as exc:
             raise _Retryable(
-                f"malformed reply from {self._url}: {exc}: {content[:200]!r}"
+                f"malformed reply from {self._url}: {type(exc).__name__}: {exc}; "
+                f"the body began {content[:200]!r}"
             ) from None
-        usage = data.get("usage") or {}
         return Response(
             texts=texts,
-            usage=Usage(
-                int(usage.get("prompt_tokens") or 0), int(usage.get("completion_tokens") or 0)
-            ),
-            model=data.get("model", self.model),
+            usage=tokens,
+            model=data.get("model") or self.model,
             finish_reasons=[c.get("finish_reason") for c in choices],
             latency_s=latency,
         )
 
     # -- retries -----------------------------------------------------------------------
-    def _wait(self, state) -> float:
-        from tenacity import wait_random_exponential
-
-        exc = state.outcome.exception()
-        after = getattr(exc, "retry_after", None)
-        if after is not None:
-            return min(after, self.retry_max_wait)
-        return wait_random_exponential(multiplier=self.retry_backoff, max=self.retry_max_wait)(
-            state
-        )
-
-    def _retry_options(self) -> dict[str, Any]:
-        from tenacity import retry_if_exception_type, stop_after_attempt
-
-        return {
-            "stop": stop_after_attempt(self.max_retries + 1),
-            "wait": self._wait,
-            "retry": retry_if_exception_type(_Retryable),
-            "reraise": True,
-        }
+    def _delay(self, exc: _Retryable, attempt: int) -> float:
+        """Seconds to wait after failed attempt number ``attempt`` (1-based)."""
+        if exc.retry_after is not None:
+            return min(exc.retry_after, self.retry_max_wait)
+        ceiling = min(self.retry_max_wait, self.retry_backoff * 2 ** (attempt - 1))
+        return random.uniform(0, ceiling)  # full jitter: clients that failed together spread out
 
     def _unavailable(self, exc: _Retryable, attempts: int) -> LMUnavailableError:
         return LMUnavailableError(
@@ -289,15 +364,18 @@ class OpenAILM(BaseLM):
             )
 
     def _call(self, request: Request) -> Response | BaseException:
-        from tenacity import Retrying
-
-        body = self.body(request)
-        retrying = Retrying(**self._retry_options())
+        attempt = 1
         try:
-            return retrying(self._post, body)
-        except _Retryable as exc:
-            return self._unavailable(exc, retrying.statistics.get("attempt_number", 1))
-        except LMError as exc:
+            body = self.body(request)
+            while True:
+                try:
+                    return self._post(body)
+                except _Retryable as exc:
+                    if attempt > self.max_retries:
+                        return self._unavailable(exc, attempt)
+                    time.sleep(self._delay(exc, attempt))
+                    attempt += 1
+        except Exception as exc:  # returned, not raised: one failure must not sink a batch
             return exc
 
     def _generate(self, requests: list[Request]) -> list[Response | BaseException]:
@@ -314,23 +392,30 @@ class OpenAILM(BaseLM):
         return [f.result() for f in futures]
 
     # -- async ----------------------------------------------------------------------------
-    def _async_state(self):
-        import httpx
-
+    async def _async_state(self):
         loop = asyncio.get_running_loop()
         state = self._async.get(loop)
         if state is None:
-            client = httpx.AsyncClient(
-                headers=self._headers(), timeout=self.timeout, limits=self._limits()
-            )
-            state = (client, asyncio.Semaphore(self.concurrency))
-            self._async[loop] = state
+            import httpx
+
+            with self._lock:
+                # A closed loop (an ``asyncio.run`` that returned) never runs again: forget
+                # it, so repeated asyncio.run calls do not pile up loops and clients.
+                for old in [old for old in self._async if old.is_closed()]:
+                    del self._async[old]
+                client = httpx.AsyncClient(
+                    headers=self._headers(), timeout=self.timeout, limits=self._limits()
+                )
+                closer = _close_with_loop(client)
+                state = (client, asyncio.Semaphore(self.concurrency), closer)
+                self._async[loop] = state
+            await closer.__anext__()
         return state
 
     async def _apost(self, body: dict[str, Any]) -> Response:
         import httpx
 
-        client, gate = self._async_state()
+        client, gate, _ = self._async.get(asyncio.get_running_loop()) or await self._async_state()
         async with gate:
             start = time.perf_counter()
             try:
@@ -346,15 +431,18 @@ class OpenAILM(BaseLM):
             )
 
     async def _acall(self, request: Request) -> Response | BaseException:
-        from tenacity import AsyncRetrying
-
-        body = self.body(request)
-        retrying = AsyncRetrying(**self._retry_options())
+        attempt = 1
         try:
-            return await retrying(self._apost, body)
-        except _Retryable as exc:
-            return self._unavailable(exc, retrying.statistics.get("attempt_number", 1))
-        except LMError as exc:
+            body = self.body(request)
+            while True:
+                try:
+                    return await self._apost(body)
+                except _Retryable as exc:
+                    if attempt > self.max_retries:
+                        return self._unavailable(exc, attempt)
+                    await asyncio.sleep(self._delay(exc, attempt))
+                    attempt += 1
+        except Exception as exc:  # returned, not raised: one failure must not sink a batch
             return exc
 
     async def _agenerate(self, requests: list[Request]) -> list[Response | BaseException]:

@@ -2,18 +2,43 @@
 
 from __future__ import annotations
 
+import importlib
+import inspect
 from typing import Any
 
 __all__ = ["lm_from_config"]
 
+# backend name -> (module, class); the class's keyword parameters are the config's keys.
+_BACKENDS = {
+    "openai": ("apprentice.lm.openai", "OpenAILM"),
+    "local": ("apprentice.lm.local", "LocalLM"),
+}
+
 
 def lm_from_config(config: dict[str, Any]):
+    """The inverse of ``lm.to_config()``: ``{"backend": "openai", "model": ..., ...}``."""
+    if not isinstance(config, dict):
+        raise TypeError(f"an LM config is a dict with a 'backend' key, got {config!r:.200}")
     backend = config.get("backend")
+    if backend not in _BACKENDS:
+        raise ValueError(
+            f"saved LM has backend {backend!r}, which apprentice cannot rebuild; "
+            f"known: {sorted(_BACKENDS)}"
+        )
+    module, name = _BACKENDS[backend]
+    cls = getattr(importlib.import_module(module), name)
     options = {k: v for k, v in config.items() if k != "backend"}
-    if backend == "openai":
-        from apprentice.lm.openai import OpenAILM
+    if backend == "local":  # LocalLM's first parameter is the base model
+        options["base_model"] = options.pop("model", None)
+    known = set(inspect.signature(cls).parameters)
+    unknown = sorted(set(options) - known)
+    if unknown:
+        raise ValueError(
+            f"saved LM config has unknown option(s) {unknown} for backend {backend!r}; "
+            f"known: {sorted(known)}"
+        )
+    if isinstance(options.get("price"), dict):
+        from apprentice.lm.usage import Price
 
-        return OpenAILM(**options)
-    raise ValueError(
-        f"saved LM has backend {backend!r}, which apprentice cannot rebuild; known: ['openai']"
-    )
+        options["price"] = Price(**options["price"])
+    return cls(**options)

@@ -46,6 +46,7 @@ class ScriptedLM(BaseLM):
                 if isinstance(answer, str):
                     texts.append(answer)
                 elif isinstance(answer, dict):
+                    _check_outputs(meta.signature, answer)
                     texts.append(meta.format.render_outputs(meta.signature, answer))
                 else:
                     raise TypeError(
@@ -58,4 +59,15 @@ class ScriptedLM(BaseLM):
         usage = Usage(prompt_words, sum(len(t.split()) for t in texts))
         return Response(
             texts=texts, usage=usage, model=self.model, finish_reasons=["stop"] * len(texts)
+        )
+
+
+def _check_outputs(signature: Any, answer: dict[str, Any]) -> None:
+    # A forgotten or misspelt key would otherwise render as "(not given)" and parse as a
+    # plausible answer. Extra keys are allowed: one script may serve several signatures.
+    missing = [name for name in signature.output_fields if name not in answer]
+    if missing:
+        raise ValueError(
+            f"ScriptedLM's function returned {answer!r:.300}, which lacks output field(s) "
+            f"{missing} of {signature.signature_string()!r}"
         )

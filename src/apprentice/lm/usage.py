@@ -20,8 +20,16 @@ class Price:
     output: float
 
     def __post_init__(self) -> None:
-        if self.input < 0 or self.output < 0:
-            raise ValueError(f"prices must be >= 0, got input={self.input}, output={self.output}")
+        for name in ("input", "output"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not value >= 0:
+                raise ValueError(
+                    f"Price {name} must be a number of dollars per million tokens >= 0, "
+                    f"got {value!r}"
+                )
+
+    def to_config(self) -> dict[str, float]:
+        return {"input": self.input, "output": self.output}
 
     def cost(self, prompt_tokens: int, completion_tokens: int) -> float:
         return (prompt_tokens * self.input + completion_tokens * self.output) / 1e6

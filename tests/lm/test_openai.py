@@ -1,0 +1,492 @@
+"""OpenAILM against a real HTTP server on loopback (tests/lm/stub_server.py)."""
+
+from __future__ import annotations
+
+import asyncio
+import copy
+import email.utils
+import io
+import json
+import socket
+import time
+
+import pytest
+from stub_server import Reply
+
+import apprentice as ap
+from apprentice.formats import messages_to_prompt
+from apprentice.lm import (
+    LMRequestError,
+    LMUnavailableError,
+    OpenAILM,
+    Price,
+    Request,
+    Response,
+)
+from apprentice.lm.openai import _retry_after, _Retryable
+from apprentice.lm.registry import lm_from_config
+
+
+def ask(text: str, **sampling) -> Request:
+    return Request(messages=({"role": "user", "content": text},), **sampling)
+
+
+def echo(seen):
+    """A reply that repeats the request's last message: shows which answer went where."""
+    return Reply(texts=f"echo: {seen.body['messages'][-1]['content']}")
+
+
+# -- the request body ------------------------------------------------------------------------
+def test_chat_body_has_model_messages_and_default_sampling(stub, make_lm):
+    stub.queue(Reply(texts="Paris", usage=(12, 3)))
+    response = make_lm("teacher").generate([ask("Capital of France?")])[0]
+    assert stub.seen[0].path == "/v1/chat/completions"
+    assert stub.bodies[0] == {
+        "model": "teacher",
+        "messages": [{"role": "user", "content": "Capital of France?"}],
+        "temperature": 0.0,
+        "max_tokens": 1024,
+    }
+    assert (response.text, response.usage.prompt_tokens, response.usage.completion_tokens) == (
+        "Paris",
+        12,
+        3,
+    )
+    assert response.finish_reasons == ["stop"]
+    assert response.model == "teacher"
+    assert response.latency_s > 0 and not response.cached
+
+
+def test_per_request_sampling_overrides_the_lm_defaults(stub, make_lm):
+    stub.queue(Reply(texts=["a", "b", "c"]))
+    lm = make_lm(temperature=0.3, max_tokens=64)
+    request = ask("q", temperature=0.9, max_tokens=7, n=3, stop=("END", "\n\n"), top_p=0.5, seed=1)
+    response = lm.generate([request])[0]
+    body = stub.bodies[0]
+    assert (body["temperature"], body["max_tokens"], body["n"]) == (0.9, 7, 3)
+    assert (body["stop"], body["top_p"], body["seed"]) == (["END", "\n\n"], 0.5, 1)
+    assert response.texts == ["a", "b", "c"]
+    lm.generate([ask("q2")])
+    assert (stub.bodies[1]["temperature"], stub.bodies[1]["max_tokens"]) == (0.3, 64)
+    assert not {"n", "stop", "top_p", "seed"} & set(stub.bodies[1])
+
+
+def test_lm_defaults_of_none_leave_sampling_to_the_server(stub, make_lm):
+    make_lm(temperature=None, max_tokens=None, extra_body={"top_k": 5}).generate([ask("q")])
+    assert stub.bodies[0] == {
+        "model": "teacher",
+        "messages": [{"role": "user", "content": "q"}],
+        "top_k": 5,
+    }
+
+
+def test_a_lone_stop_string_is_one_stop_sequence(stub, make_lm):
+    assert make_lm()("hi", stop="END") == ["hello"]
+    assert stub.bodies[0]["stop"] == ["END"]
+
+
+def test_adapter_name_is_sent_as_the_model_and_identity_keeps_both(stub, make_lm):
+    lm = make_lm("base-llama", adapter="qa-lora", adapter_hash="abc123")
+    lm.generate([ask("q")])
+    assert stub.bodies[0]["model"] == "qa-lora"
+    assert lm.identity == {
+        "backend": "openai",
+        "model": "base-llama",
+        "adapter": "qa-lora",
+        "adapter_hash": "abc123",
+    }
+
+
+def test_text_mode_posts_a_flattened_prompt_to_completions(stub, make_lm):
+    stub.queue(Reply(texts=" the answer"))
+    messages = ({"role": "system", "content": "Be brief."}, {"role": "user", "content": "q"})
+    response = make_lm(model_type="text").generate([Request(messages=messages)])[0]
+    assert stub.seen[0].path == "/v1/completions"
+    assert stub.bodies[0]["prompt"] == messages_to_prompt(messages)
+    assert "messages" not in stub.bodies[0]
+    assert response.text == " the answer"
+
+
+# -- HTTP: headers and connection pooling ------------------------------------------------------
+def test_authorization_header_only_when_a_key_is_given(stub, make_lm, monkeypatch):
+    make_lm(api_key="sk-test").generate([ask("q")])
+    make_lm().generate([ask("q")])
+    monkeypatch.setenv("MY_KEY", "sk-env")
+    make_lm(api_key_env="MY_KEY").generate([ask("q")])
+    assert stub.seen[0].headers["authorization"] == "Bearer sk-test"
+    assert "authorization" not in stub.seen[1].headers
+    assert stub.seen[2].headers["authorization"] == "Bearer sk-env"
+    assert stub.seen[0].headers["content-type"] == "application/json"
+
+
+def test_sequential_calls_reuse_one_keep_alive_connection(stub, make_lm):
+    lm = make_lm()
+    for i in range(6):
+        lm.generate([ask(f"q{i}")])
+    lm.generate([ask("a"), ask("b")])  # a batch runs on the pool's threads
+    assert len(stub.seen) == 8
+    assert stub.connections <= 2
+
+
+# -- retries ----------------------------------------------------------------------------------
+def test_429_waits_for_retry_after_then_succeeds(stub, make_lm):
+    stub.queue(Reply(status=429, headers={"Retry-After": "0.3"}), Reply(texts="ok"))
+    response = make_lm(retry_backoff=10.0).generate([ask("q")])[0]
+    assert response.text == "ok"
+    waited = stub.seen[1].at - stub.seen[0].at
+    # Retry-After replaces the (here huge) exponential backoff.
+    assert 0.3 <= waited < 0.8, waited
+
+
+def test_retry_after_is_capped_by_retry_max_wait(stub, make_lm):
+    stub.queue(Reply(status=503, headers={"Retry-After": "30"}), Reply(texts="ok"))
+    start = time.monotonic()
+    assert make_lm(retry_max_wait=0.05).generate([ask("q")])[0].text == "ok"
+    assert time.monotonic() - start < 2
+
+
+def test_retry_after_accepts_seconds_and_http_dates():
+    assert _retry_after("2") == 2.0
+    assert _retry_after("-4") == 0.0
+    assert _retry_after(None) is None and _retry_after("soon") is None
+    in_ten = email.utils.formatdate(time.time() + 10, usegmt=True)
+    assert 8 < _retry_after(in_ten) <= 10
+
+
+def test_backoff_is_exponential_with_full_jitter_and_capped(make_lm):
+    lm = make_lm(retry_backoff=0.5, retry_max_wait=3.0)
+    failure = _Retryable("HTTP 503", 503)
+    for attempt, ceiling in ((1, 0.5), (2, 1.0), (3, 2.0), (4, 3.0), (9, 3.0)):
+        delays = [lm._delay(failure, attempt) for _ in range(300)]
+        assert min(delays) >= 0 and max(delays) <= ceiling
+        assert max(delays) > 0.8 * ceiling and min(delays) < 0.2 * ceiling  # spread, not fixed
+    assert lm._delay(_Retryable("HTTP 429", 429, retry_after=1.5), 1) == 1.5
+    assert lm._delay(_Retryable("HTTP 429", 429, retry_after=100), 1) == 3.0
+
+
+@pytest.mark.parametrize("status", [500, 502, 503, 504, 408, 429])
+def test_transient_statuses_are_retried_then_succeed(stub, make_lm, status):
+    stub.queue(Reply(status=status), Reply(status=status), Reply(texts="ok"))
+    assert make_lm(max_retries=2).generate([ask("q")])[0].text == "ok"
+    assert len(stub.seen) == 3
+
+
+def test_persistent_503_fails_clearly_after_every_attempt(stub, make_lm):
+    stub.default = Reply(status=503)
+    with pytest.raises(LMUnavailableError) as err:
+        make_lm("teacher", max_retries=3).generate([ask("q")])
+    assert len(stub.seen) == 4
+    assert (err.value.status, err.value.attempts) == (503, 4)
+    message = str(err.value)
+    assert "4 attempt(s)" in message and "HTTP 503" in message and "stub says 503" in message
+    assert stub.url in message and "'teacher'" in message
+
+
+def test_timeouts_are_retried_then_fail_clearly(stub, make_lm):
+    stub.default = Reply(delay=2.0)
+    start = time.monotonic()
+    with pytest.raises(LMUnavailableError, match=r"2 attempt\(s\): timed out after 0.2s") as err:
+        make_lm(timeout=0.2, max_retries=1).generate([ask("q")])
+    assert time.monotonic() - start < 1.5  # neither attempt waited for the slow reply
+    assert err.value.attempts == 2 and err.value.status is None
+    assert len(stub.seen) == 2
+
+
+def test_a_timeout_then_a_prompt_answer_succeeds(stub, make_lm):
+    stub.queue(Reply(delay=1.0), Reply(texts="ok"))
+    assert make_lm(timeout=0.2).generate([ask("q")])[0].text == "ok"
+
+
+def test_connection_refused_is_retried_then_fails_clearly(make_lm):
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    lm = make_lm(base_url=f"http://127.0.0.1:{port}/v1", max_retries=2)
+    with pytest.raises(LMUnavailableError, match=r"3 attempt\(s\): connection error"):
+        lm.generate([ask("q")])
+
+
+@pytest.mark.parametrize("status", [400, 401, 404, 422])
+def test_other_4xx_fail_at_once_naming_status_and_server_message(stub, make_lm, status):
+    stub.queue(Reply(status=status))
+    with pytest.raises(LMRequestError) as err:
+        make_lm("teacher", max_retries=5).generate([ask("q")])
+    assert len(stub.seen) == 1
+    assert err.value.status == status
+    assert f"HTTP {status}: stub says {status}" in str(err.value)
+    assert "'teacher'" in str(err.value)
+    assert json.loads(err.value.body)["error"]["message"] == f"stub says {status}"
+
+
+def test_a_non_json_error_body_is_quoted_as_text(stub, make_lm):
+    stub.queue(Reply(status=400, raw=b"<html>bad gateway config</html>"))
+    with pytest.raises(LMRequestError, match="HTTP 400: <html>bad gateway config</html>"):
+        make_lm().generate([ask("q")])
+
+
+@pytest.mark.parametrize(
+    "raw",
+    [
+        b"not json at all",
+        b'{"choices": []}',
+        b'{"no_choices": 1}',
+        b'{"choices": [{"message": {"content": "x"}}], "usage": {"prompt_tokens": "many"}}',
+    ],
+)
+def test_malformed_200_bodies_are_retried_then_fail_clearly(stub, make_lm, raw):
+    stub.default = Reply(raw=raw)
+    with pytest.raises(LMUnavailableError, match=r"2 attempt\(s\): malformed reply") as err:
+        make_lm(max_retries=1).generate([ask("q")])
+    assert repr(raw[:20])[2:-1] in str(err.value)
+    assert len(stub.seen) == 2
+
+
+def test_a_malformed_reply_then_a_good_one_succeeds(stub, make_lm):
+    stub.queue(Reply(raw=b"{"), Reply(texts="ok"))
+    assert make_lm().generate([ask("q")])[0].text == "ok"
+
+
+# -- batches, concurrency, async --------------------------------------------------------------
+def test_a_batch_never_has_more_than_concurrency_requests_in_flight(stub, make_lm):
+    stub.respond = lambda seen: Reply(texts=echo(seen).texts, delay=0.05)
+    lm = make_lm(concurrency=4)
+    responses = lm.generate([ask(f"q{i}") for i in range(16)])
+    assert [r.text for r in responses] == [f"echo: q{i}" for i in range(16)]
+    assert stub.max_in_flight == 4
+
+
+def test_return_exceptions_gives_per_request_failures(stub, make_lm):
+    def respond(seen):
+        return Reply(status=400) if "bad" in seen.body["messages"][-1]["content"] else echo(seen)
+
+    stub.respond = respond
+    lm = make_lm()
+    batch = [ask("good 1"), ask("bad"), ask("good 2")]
+    results = lm.generate(batch, return_exceptions=True)
+    assert isinstance(results[0], Response) and results[0].text == "echo: good 1"
+    assert isinstance(results[1], LMRequestError) and results[1].status == 400
+    assert results[2].text == "echo: good 2"
+    with pytest.raises(LMRequestError, match="HTTP 400"):
+        lm.generate(batch)
+    shown = lm.inspect_history(3, file=io.StringIO())
+    assert shown.count("--- error ---") == 1 and "HTTP 400" in shown
+
+
+def test_agenerate_answers_many_requests_within_the_concurrency_limit(stub, make_lm):
+    stub.respond = lambda seen: Reply(texts=echo(seen).texts, delay=0.02)
+    lm = make_lm(concurrency=8)
+    responses = asyncio.run(lm.agenerate([ask(f"q{i}") for i in range(60)]))
+    assert [r.text for r in responses] == [f"echo: q{i}" for i in range(60)]
+    assert 1 < stub.max_in_flight <= 8
+
+
+def test_agenerate_retries_and_returns_exceptions(stub, make_lm):
+    stub.queue(Reply(status=429, headers={"Retry-After": "0.1"}))
+    stub.respond = None
+
+    def respond(seen):
+        if "bad" in seen.body["messages"][-1]["content"]:
+            return Reply(status=404)
+        return stub.replies.popleft() if stub.replies else echo(seen)
+
+    stub.respond = respond
+    lm = make_lm(concurrency=1)
+    results = asyncio.run(lm.agenerate([ask("one"), ask("bad")], return_exceptions=True))
+    assert results[0].text == "echo: one"
+    assert isinstance(results[1], LMRequestError) and results[1].status == 404
+    stub.respond, stub.default = None, Reply(status=500)
+    with pytest.raises(LMUnavailableError, match=r"3 attempt\(s\): HTTP 500"):
+        asyncio.run(make_lm(max_retries=2).agenerate([ask("q")]))
+
+
+def test_repeated_asyncio_runs_do_not_pile_up_clients(stub, make_lm):
+    lm = make_lm()
+    for i in range(5):
+        assert asyncio.run(lm.agenerate([ask(f"q{i}")]))[0].text == "hello"
+    assert len(lm._async) == 1  # only the newest loop's client is kept
+
+
+# -- cache --------------------------------------------------------------------------------------
+def test_second_identical_call_is_served_from_the_cache(stub, make_lm):
+    lm = make_lm(cache=True)
+    first = lm.generate([ask("q")])[0]
+    second = lm.generate([ask("q")])[0]
+    assert len(stub.seen) == 1
+    assert (first.cached, second.cached) == (False, True)
+    assert second.texts == first.texts and second.usage == first.usage
+    assert (lm.cache.hits, lm.cache.misses) == (1, 1)
+    # A new LM with the same settings shares the same on-disk answers.
+    assert make_lm(cache=True).generate([ask("q")])[0].cached
+    assert len(stub.seen) == 1
+
+
+@pytest.mark.parametrize(
+    "changed",
+    [
+        {"model": "other-model"},
+        {"adapter": None, "adapter_hash": None},
+        {"adapter": "lora-b"},
+        {"adapter_hash": "v2"},
+        {"model_type": "text"},
+        {"temperature": 0.7},
+        {"max_tokens": 10},
+        {"extra_body": {"top_k": 3}},
+    ],
+)
+def test_anything_that_changes_the_request_or_identity_misses_the_cache(stub, make_lm, changed):
+    base = {"model": "teacher", "adapter": "lora-a", "adapter_hash": "v1"}
+    make_lm(**base, cache=True).generate([ask("q")])
+    options = {**base, **changed}
+    response = make_lm(options.pop("model"), **options, cache=True).generate([ask("q")])[0]
+    assert not response.cached
+    assert len(stub.seen) == 2
+
+
+def test_rollout_and_sampling_make_distinct_cache_entries(stub, make_lm):
+    lm = make_lm(cache=True)
+    lm.generate([ask("q"), ask("q", rollout=1), ask("q", temperature=1.0), ask("q", n=2)])
+    lm.generate([ask("q", rollout=1)])
+    assert len(stub.seen) == 4
+
+
+@pytest.mark.parametrize("how", ["argument", "env", "enabled"])
+def test_the_cache_can_be_switched_off(stub, make_lm, monkeypatch, how):
+    if how == "env":
+        monkeypatch.setenv("APPRENTICE_CACHE", "0")
+    lm = make_lm(cache=how != "argument")
+    if how == "enabled":
+        lm.cache.enabled = False
+    else:
+        assert lm.cache is None
+    lm.generate([ask("q")])
+    assert not lm.generate([ask("q")])[0].cached
+    assert len(stub.seen) == 2
+    if how == "enabled":
+        assert (lm.cache.hits, lm.cache.misses, len(lm.cache)) == (0, 0, 0)
+
+
+def test_failures_are_not_cached(stub, make_lm):
+    stub.queue(Reply(status=400))
+    lm = make_lm(cache=True)
+    lm.generate([ask("q")], return_exceptions=True)
+    assert lm.generate([ask("q")])[0].text == "hello"
+    assert len(stub.seen) == 2
+
+
+# -- usage, cost, history -----------------------------------------------------------------------
+def test_usage_totals_and_cost_and_cached_calls_cost_nothing(stub, make_lm):
+    stub.default = Reply(usage=(1000, 200))
+    lm = make_lm(cache=True, price=Price(input=0.5, output=2.0))
+    lm.generate([ask("a"), ask("b"), ask("c")])
+    lm.generate([ask("a")])  # cached
+    assert lm.usage.summary() == {
+        "calls": 3,
+        "cached_calls": 1,
+        "prompt_tokens": 3000,
+        "completion_tokens": 600,
+        "cost_usd": pytest.approx((3000 * 0.5 + 600 * 2.0) / 1e6),
+    }
+    assert make_lm().usage.cost is None  # no price set, no made-up cost
+    lm.usage.reset()
+    assert lm.usage.summary()["calls"] == 0
+
+
+def test_history_is_bounded_and_inspect_history_shows_prompt_and_completion(stub, make_lm):
+    stub.respond = echo
+    lm = make_lm(history_size=3)
+    for i in range(5):
+        lm.generate([ask(f"question {i}")])
+    assert len(lm.history) == 3
+    out = io.StringIO()
+    text = lm.inspect_history(2, file=out)
+    assert out.getvalue() == text + "\n"
+    assert "question 3" in text and "echo: question 4" in text
+    assert "question 2" not in text
+    assert "--- user ---" in text and "--- completion 0 ---" in text
+
+
+# -- config, copies, bad input -------------------------------------------------------------------
+def test_to_config_has_no_secret_and_rebuilds_an_equivalent_lm(stub, make_lm, monkeypatch):
+    monkeypatch.setenv("STUB_KEY", "sk-from-env")
+    lm = make_lm(
+        "teacher",
+        api_key="sk-secret",
+        api_key_env="STUB_KEY",
+        adapter="lora",
+        adapter_hash="h1",
+        temperature=0.2,
+        max_tokens=99,
+        concurrency=3,
+        timeout=5.0,
+        max_retries=1,
+        retry_max_wait=2.0,
+        extra_body={"top_k": 3},
+        price=Price(input=1.0, output=3.0),
+        history_size=7,
+    )
+    config = lm.to_config()
+    assert "sk-secret" not in json.dumps(config)
+    rebuilt = lm_from_config(json.loads(json.dumps(config)))
+    assert isinstance(rebuilt, OpenAILM) and rebuilt is not lm
+    assert rebuilt.to_config() == config
+    assert rebuilt.identity == lm.identity
+    assert rebuilt.usage.price == Price(input=1.0, output=3.0)
+    rebuilt.generate([ask("q")])
+    rebuilt.close()
+    assert stub.bodies[0]["model"] == "lora" and stub.bodies[0]["top_k"] == 3
+    assert stub.seen[0].headers["authorization"] == "Bearer sk-from-env"
+
+
+def test_a_saved_program_keeps_its_lm(stub, make_lm, tmp_path):
+    qa = ap.Predict("question -> answer", lm=make_lm("teacher", adapter="qa"))
+    qa.save(tmp_path / "program.json")
+    loaded = ap.Predict("question -> answer")
+    loaded.load(tmp_path / "program.json")
+    assert loaded.lm.identity == qa.lm.identity
+    loaded.lm.close()
+
+
+def test_deepcopy_shares_the_lm(make_lm):
+    lm = make_lm()
+    assert copy.deepcopy(lm) is lm
+    assert copy.deepcopy({"lm": lm})["lm"] is lm
+
+
+@pytest.mark.parametrize(
+    ("options", "named"),
+    [
+        ({"model_type": "json"}, "'json'"),
+        ({"concurrency": 0}, "got 0"),
+        ({"concurrency": 2.5}, "got 2.5"),
+        ({"max_retries": -1}, "got -1"),
+        ({"timeout": 0}, "timeout must be > 0"),
+        ({"timeout": "fast"}, "'fast'"),
+        ({"retry_backoff": -0.1}, "got -0.1"),
+        ({"base_url": "127.0.0.1:8000/v1"}, "'127.0.0.1:8000/v1'"),
+        ({"history_size": -1}, "got -1"),
+        ({"cache": 3}, "int 3"),
+    ],
+)
+def test_bad_options_are_named(options, named):
+    with pytest.raises((ValueError, TypeError)) as err:
+        OpenAILM("m", **{"base_url": "http://127.0.0.1:9/v1", **options})
+    assert named in str(err.value)
+
+
+def test_bad_requests_and_configs_are_named(make_lm):
+    lm = make_lm()
+    with pytest.raises(TypeError, match="list of Request, got Request"):
+        lm.generate(ask("q"))
+    with pytest.raises(TypeError, match="got an item of type str: 'q'"):
+        lm.generate(["q"])
+    with pytest.raises(ValueError, match="n must be a positive integer, got 0"):
+        ask("q", n=0)
+    with pytest.raises(ValueError, match="at least one message"):
+        Request(messages=())
+    with pytest.raises(ValueError, match="model must be a non-empty string, got ''"):
+        OpenAILM("", base_url="http://127.0.0.1:9/v1")
+    with pytest.raises(ValueError, match="backend 'nope'"):
+        lm_from_config({"backend": "nope", "model": "m"})
+    with pytest.raises(ValueError, match=r"unknown option\(s\) \['colour'\]"):
+        lm_from_config({"backend": "openai", "model": "m", "colour": "red"})
+    assert lm.generate([]) == []
