@@ -28,6 +28,7 @@ from apprentice.module import Module, ProgramFileError
 from apprentice.optimize import (
     BootstrapFewShot,
     BootstrapFewShotWithRandomSearch,
+    BootstrapFinetune,
     LabeledFewShot,
 )
 from apprentice.predict import ChainOfThought, Predict
@@ -55,6 +56,10 @@ __version__ = "0.1.0"
 __all__ = [
     "BootstrapFewShot",
     "BootstrapFewShotWithRandomSearch",
+    "BootstrapFinetune",
+    "LocalLM",
+    "LoraConfig",
+    "TrainConfig",
     "BootstrapResult",
     "LabeledFewShot",
     "Step",
@@ -103,6 +108,23 @@ __all__ = [
     "passage_has_answer",
     "token_f1",
 ]
+
+
+# Names whose modules import pydantic or the training stack: loaded on first use so that
+# `import apprentice` stays fast.
+_LAZY = {
+    "LocalLM": "apprentice.lm.local",
+    "LoraConfig": "apprentice.train.config",
+    "TrainConfig": "apprentice.train.config",
+}
+
+
+def __getattr__(name: str):
+    if name in _LAZY:
+        import importlib
+
+        return getattr(importlib.import_module(_LAZY[name]), name)
+    raise AttributeError(f"module 'apprentice' has no attribute {name!r}")
 
 
 def inspect_history(n: int = 1) -> str:

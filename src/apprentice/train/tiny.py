@@ -1,0 +1,120 @@
+"""Tiny students built from a config, for tests and the offline demo (no model hub).
+
+The tokenizer is a byte-level BPE trained on the task's own text in under a second:
+sequences come out 4-5x shorter than with raw bytes, which is what lets a random-init
+student learn a templated task in seconds on a CPU. Models and tokenizers are saved
+with ``save_pretrained`` so the real loading code (``from_pretrained(path)``) runs on them.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Literal
+
+__all__ = ["make_tiny_student", "train_bpe_tokenizer"]
+
+SPECIALS = ["<pad>", "</s>", "<unk>", "<s>"]
+
+
+def train_bpe_tokenizer(
+    texts: Iterable[str],
+    *,
+    vocab_size: int = 600,
+    kind: Literal["causal", "seq2seq"] = "causal",
+    chat_template: str | None = None,
+):
+    """A byte-level BPE tokenizer trained on ``texts``; T5-style tokenizers append ``</s>``."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    tokenizer = Tokenizer(models.BPE())
+    tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tokenizer.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=vocab_size,
+        special_tokens=SPECIALS,
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        show_progress=False,
+    )
+    tokenizer.train_from_iterator(texts, trainer=trainer)
+    if kind == "seq2seq":
+        eos = tokenizer.token_to_id("</s>")
+        tokenizer.post_processor = processors.TemplateProcessing(
+            single="$A </s>", pair="$A </s> $B </s>", special_tokens=[("</s>", eos)]
+        )
+    wrapped = PreTrainedTokenizerFast(
+        tokenizer_object=tokenizer,
+        pad_token="<pad>",
+        eos_token="</s>",
+        unk_token="<unk>",
+        bos_token="<s>",
+        padding_side="left" if kind == "causal" else "right",
+    )
+    if chat_template is not None:
+        wrapped.chat_template = chat_template
+    return wrapped
+
+
+def make_tiny_student(
+    kind: Literal["causal", "seq2seq"],
+    texts: Iterable[str],
+    out_dir: str | Path,
+    *,
+    vocab_size: int = 600,
+    hidden_size: int = 128,
+    num_layers: int = 4,
+    num_heads: int = 4,
+    max_positions: int = 2048,
+    chat_template: str | None = None,
+    seed: int = 0,
+) -> Path:
+    """Builds a random-init student of ``kind`` with a task-trained tokenizer; returns its path."""
+    import torch
+    from transformers import LlamaConfig, LlamaForCausalLM, T5Config, T5ForConditionalGeneration
+
+    out_dir = Path(out_dir)
+    tokenizer = train_bpe_tokenizer(
+        texts, vocab_size=vocab_size, kind=kind, chat_template=chat_template
+    )
+    ids = {name: tokenizer.convert_tokens_to_ids(name) for name in SPECIALS}
+    torch.manual_seed(seed)
+    if kind == "causal":
+        config = LlamaConfig(
+            vocab_size=len(tokenizer),
+            hidden_size=hidden_size,
+            intermediate_size=hidden_size * 2,
+            num_hidden_layers=num_layers,
+            num_attention_heads=num_heads,
+            num_key_value_heads=num_heads,
+            max_position_embeddings=max_positions,
+            tie_word_embeddings=True,
+            pad_token_id=ids["<pad>"],
+            bos_token_id=ids["<s>"],
+            eos_token_id=ids["</s>"],
+        )
+        model = LlamaForCausalLM(config)
+    elif kind == "seq2seq":
+        config = T5Config(
+            vocab_size=len(tokenizer),
+            d_model=hidden_size,
+            d_ff=hidden_size * 2,
+            d_kv=hidden_size // num_heads,
+            num_layers=num_layers,
+            num_decoder_layers=num_layers,
+            num_heads=num_heads,
+            feed_forward_proj="gated-gelu",
+            # A random-init T5 with an untied lm_head starts at a huge loss: tie them.
+            tie_word_embeddings=True,
+            pad_token_id=ids["<pad>"],
+            eos_token_id=ids["</s>"],
+            decoder_start_token_id=ids["<pad>"],
+        )
+        model = T5ForConditionalGeneration(config)
+    else:
+        raise ValueError(f"kind must be 'causal' or 'seq2seq', got {kind!r}")
+    model.generation_config.pad_token_id = ids["<pad>"]
+    model.generation_config.eos_token_id = ids["</s>"]
+    model.save_pretrained(out_dir)
+    tokenizer.save_pretrained(out_dir)
+    return out_dir
