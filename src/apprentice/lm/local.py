@@ -1,0 +1,268 @@
+"""LocalLM: an in-process transformers + peft backend for T5 and causal students, CPU or GPU.
+
+The base model loads once per (base model, device, dtype) into a ``LocalEngine``
+(``lm/local_engine.py``); every ``LocalLM`` is a view of an engine with one adapter (or
+none). The engine's batching thread gathers the requests that arrive close together --
+from any number of threads, program runs and views -- into batched ``generate`` calls
+(``lm/local_batch.py``), mixing adapters in one batch through peft's per-row
+``adapter_names``.
+
+The prompt is ``dataset.tokenize.render_prompt`` tokenized exactly as ``tokenize_rows``
+does, so the student sees at inference exactly what it was trained on.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+from concurrent.futures import Future
+from pathlib import Path
+from typing import Any
+
+from apprentice.lm.base import BaseLM, Request, Response
+from apprentice.lm.cache import Cache
+from apprentice.lm.local_batch import BASE
+from apprentice.lm.local_engine import EngineStats, LocalEngine, adapter_dir
+from apprentice.lm.usage import Price
+
+__all__ = ["BASE", "EngineStats", "LocalEngine", "LocalLM", "get_engine"]
+
+
+class LocalLM(BaseLM):
+    """``LocalLM("path/to/base", adapters={"triage": "runs/x/adapters/triage"}, adapter="triage")``.
+
+    ``adapters`` are loaded into the shared engine of the base model; ``adapter`` is the one
+    this LM answers with (None: the base model). ``lm.with_adapter(name)`` gives another view
+    of the same engine. Temperature None or 0 is greedy decoding; above 0 samples with
+    ``temperature`` and ``top_p``. ``max_batch_size`` rows at most share a generate call
+    (1: one call per request); a batch starts when that many rows wait, or when no request
+    has come for ``batch_wait_ms`` (at most ten times that after its oldest request).
+
+    ``merge=True`` folds the one adapter in ``adapters`` into the weights of an engine of its
+    own (nothing is written to disk): 1.3-1.6x faster on CPU for tiny students, the same
+    greedy outputs up to float rounding, but that engine serves only this adapter.
+    """
+
+    backend = "local"
+
+    def __init__(
+        self,
+        base_model: str | Path,
+        *,
+        adapters: dict[str, str | Path] | None = None,
+        adapter: str | None = None,
+        device: str | None = None,
+        dtype: Any = None,
+        max_batch_size: int = 64,
+        batch_wait_ms: float = 5.0,
+        max_new_tokens: int = 256,
+        merge: bool = False,
+        cache: bool | str | Cache | None = False,
+        price: Price | None = None,
+        history_size: int = 200,
+    ) -> None:
+        for name, value in (("max_batch_size", max_batch_size), ("max_new_tokens", max_new_tokens)):
+            if type(value) is not int or value < 1:
+                raise ValueError(f"{name} must be an integer >= 1, got {value!r}")
+        if (
+            isinstance(batch_wait_ms, bool)
+            or not isinstance(batch_wait_ms, (int, float))
+            or not batch_wait_ms >= 0
+        ):
+            raise ValueError(
+                f"batch_wait_ms must be a number of milliseconds >= 0, got {batch_wait_ms!r}"
+            )
+        if merge:
+            if len(adapters or {}) != 1 or (adapter is not None and adapter not in adapters):
+                raise ValueError(
+                    f"merge=True needs exactly one adapter in adapters= (and adapter= naming it), "
+                    f"got adapters={adapters!r}, adapter={adapter!r}"
+                )
+            adapter = adapter or next(iter(adapters))
+            self.engine = get_engine(base_model, device, dtype, merged=(adapter, adapters[adapter]))
+        else:
+            self.engine = get_engine(base_model, device, dtype)
+            for name, path in (adapters or {}).items():
+                self.engine.load_adapter(name, path)
+        if adapter is not None and adapter not in self.engine.adapter_names():
+            raise ValueError(
+                f"adapter {adapter!r} is not loaded for {str(base_model)!r}; loaded: "
+                f"{self.engine.adapter_names()}; pass adapters={{{adapter!r}: path}}"
+            )
+        super().__init__(
+            str(base_model), adapter=adapter, cache=cache, price=price, history_size=history_size
+        )
+        self.device_option = device
+        self.dtype_option = dtype
+        self.max_batch_size = max_batch_size
+        self.batch_wait_ms = float(batch_wait_ms)
+        self.max_new_tokens = max_new_tokens
+        self.merge = merge
+
+    # The hash follows the engine's adapter table, so a swapped adapter changes the cache key.
+    @property
+    def adapter_hash(self) -> str | None:
+        return self.engine.adapter_hash(self.adapter) if self.adapter else None
+
+    @adapter_hash.setter
+    def adapter_hash(self, value: str | None) -> None:
+        if value is not None:
+            raise AttributeError(
+                "LocalLM.adapter_hash is the loaded adapter's content hash; it cannot be set"
+            )
+
+    @property
+    def kind(self) -> str:
+        return self.engine.kind
+
+    @property
+    def stats(self) -> EngineStats:
+        return self.engine.stats
+
+    def with_adapter(self, name: str | None) -> LocalLM:
+        """A view of the same engine answering with adapter ``name`` (None: the base model);
+        it shares this LM's cache and options."""
+        if self.merge and name != self.adapter:
+            raise ValueError(
+                f"{self!r} has adapter {self.adapter!r} merged into its weights; a view with "
+                f"{name!r} needs a LocalLM without merge=True"
+            )
+        return LocalLM(
+            self.model,
+            adapters={name: self.engine.adapter_path(name)} if self.merge else None,
+            merge=self.merge,
+            adapter=name,
+            device=self.device_option,
+            dtype=self.dtype_option,
+            max_batch_size=self.max_batch_size,
+            batch_wait_ms=self.batch_wait_ms,
+            max_new_tokens=self.max_new_tokens,
+            cache=self.cache if self.cache is not None else False,
+            price=self.usage.price,
+            history_size=self.history.maxlen or 0,
+        )
+
+    def load_adapter(self, name: str, path: str | Path, *, replace: bool = False) -> str:
+        return self.engine.load_adapter(name, path, replace=replace)
+
+    def unload_adapter(self, name: str) -> None:
+        self.engine.unload_adapter(name)
+
+    def adapter_names(self) -> list[str]:
+        return self.engine.adapter_names()
+
+    # -- config and cache key ----------------------------------------------------------------
+    def to_config(self) -> dict[str, Any]:
+        path = self.engine.adapter_path(self.adapter) if self.adapter else None
+        dtype = self.dtype_option
+        return {
+            "backend": self.backend,
+            "model": self.model,
+            "adapter": self.adapter,
+            "adapters": {self.adapter: path} if path else {},
+            "device": self.device_option,
+            "dtype": str(dtype).removeprefix("torch.") if dtype is not None else None,
+            "max_batch_size": self.max_batch_size,
+            "batch_wait_ms": self.batch_wait_ms,
+            "max_new_tokens": self.max_new_tokens,
+            "merge": self.merge,
+            "cache": self.cache is not None,
+            "price": self.usage.price.to_config() if self.usage.price else None,
+            "history_size": self.history.maxlen,
+        }
+
+    def key_fields(self, request: Request) -> dict[str, Any]:
+        fields = request.key_fields()
+        fields["temperature"] = request.temperature or 0.0
+        if fields["max_tokens"] is None:
+            fields["max_tokens"] = self.max_new_tokens
+        fields["dtype"] = str(self.engine.dtype)
+        return fields
+
+    # -- generation -------------------------------------------------------------------------
+    def _submit(self, requests: list[Request]) -> list[Future]:
+        return self.engine.submit(
+            requests,
+            [self.adapter] * len(requests),
+            max_new_tokens=self.max_new_tokens,
+            max_batch_size=self.max_batch_size,
+            batch_wait_ms=self.batch_wait_ms,
+            model=self.model,
+        )
+
+    def _generate(self, requests: list[Request]) -> list[Response | BaseException]:
+        futures = self._submit(requests)
+        return [f.exception() or f.result() for f in futures]
+
+    async def _agenerate(self, requests: list[Request]) -> list[Response | BaseException]:
+        futures = [asyncio.wrap_future(f) for f in self._submit(requests)]
+        return list(await asyncio.gather(*futures, return_exceptions=True))
+
+
+# -- one engine per (base model, device, dtype) ------------------------------------------------
+_ENGINES: dict[tuple[str, str, str, str], LocalEngine] = {}
+_ENGINES_LOCK = threading.Lock()
+
+
+def get_engine(
+    base_model: str | Path,
+    device: str | None = None,
+    dtype: Any = None,
+    *,
+    merged: tuple[str, str | Path] | None = None,
+) -> LocalEngine:
+    """The process's engine for (base model, device, dtype), loading the model on first use.
+    ``device`` defaults to cuda when available, else cpu; ``dtype`` to bf16 on cuda, fp32 on
+    cpu. ``merged=(name, path)``: an engine of its own with that adapter merged into the weights."""
+    from apprentice.train.export import adapter_hash
+
+    key_model = _model_key(base_model)
+    device = _resolve_device(device)
+    dtype = _resolve_dtype(dtype, device)
+    merged_key = ""
+    if merged is not None:
+        merged_key = f"{merged[0]}:{adapter_hash(adapter_dir(*merged))}"
+    key = (key_model, device, str(dtype), merged_key)
+    with _ENGINES_LOCK:
+        engine = _ENGINES.get(key)
+        if engine is None:
+            engine = _ENGINES[key] = LocalEngine(key_model, device, dtype, merged)
+    return engine
+
+
+def _model_key(base_model: str | Path) -> str:
+    """A local directory by its resolved path (so two spellings share an engine), else the
+    hub name. A value that can only be a local path but does not exist fails here."""
+    text = str(base_model)
+    path = Path(text).expanduser()
+    if path.exists():
+        if not path.is_dir():
+            raise FileNotFoundError(f"base model {text!r} is a file; pass the model's directory")
+        return str(path.resolve())
+    if path.is_absolute() or text.startswith((".", "~")) or text.count("/") > 1:
+        raise FileNotFoundError(
+            f"base model directory {text!r} does not exist; pass a saved model directory "
+            "(save_pretrained) or a hub model name"
+        )
+    return text
+
+
+def _resolve_device(device: str | None) -> str:
+    import torch
+
+    if device is None:
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    return str(device)
+
+
+def _resolve_dtype(dtype: Any, device: str):
+    import torch
+
+    if dtype is None or dtype == "auto":
+        return torch.bfloat16 if device.startswith("cuda") else torch.float32
+    value = getattr(torch, dtype.removeprefix("torch."), None) if isinstance(dtype, str) else dtype
+    if not isinstance(value, torch.dtype):
+        raise ValueError(
+            f"dtype must be a torch dtype or its name (e.g. 'bfloat16'), got {dtype!r}"
+        )
+    return value
