@@ -12,9 +12,10 @@ import contextvars
 import hashlib
 import json
 import logging
+import queue
 import time
 from collections.abc import Callable, Iterable, Sequence
-from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -182,25 +183,39 @@ def bootstrap_traces(
     pool = ThreadPoolExecutor(concurrency, thread_name_prefix="bootstrap")
     ctx = contextvars.copy_context()
     try:
-        queue = iter(todo)
-        pending: set = set()
+        # Finished runs arrive on a queue (O(1) each): ``wait(FIRST_COMPLETED)`` over the
+        # pending set would cost O(pending) lock round trips per finished example.
+        finished: queue.SimpleQueue = queue.SimpleQueue()
+        # The store flushes on append; while no run finishes, this loop flushes for it, so
+        # a finished trace waits at most ``flush_interval`` for the disk, as promised.
+        lull = (trace_store.flush_interval or None) if trace_store is not None else None
+        upcoming = iter(todo)
+        in_flight = 0
         while True:
-            while len(pending) < concurrency * 2:
-                nxt = next(queue, None)
+            while in_flight < concurrency * 2:
+                nxt = next(upcoming, None)
                 if nxt is None:
                     break
-                pending.add(pool.submit(ctx.copy().run, run_one, nxt[1]))
-            if not pending:
+                pool.submit(ctx.copy().run, run_one, nxt[1]).add_done_callback(finished.put)
+                in_flight += 1
+            if not in_flight:
                 break
-            finished, pending = wait(pending, return_when=FIRST_COMPLETED)
-            for future in finished:
+            try:
+                batch = [finished.get(timeout=lull)]
+            except queue.Empty:  # nothing finished for a while: put what is buffered on disk
+                trace_store.flush()
+                continue
+            while not finished.empty():
+                batch.append(finished.get())
+            in_flight -= len(batch)
+            for future in batch:
                 trace, calls = future.result()  # run_traced never raises for an example
                 _count(result, trace, calls, threshold)
                 if trace_store is not None:
                     trace_store.append(trace)
                 else:
                     result.traces.append(trace)
-                bar.update(1)
+            bar.update(len(batch))
             bar.set_postfix(kept=f"{result.kept}/{result.ran}", failed=result.failed, refresh=False)
     finally:
         pool.shutdown(wait=True, cancel_futures=True)

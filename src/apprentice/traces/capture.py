@@ -12,7 +12,7 @@ import hashlib
 import json
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field, fields
 from typing import TYPE_CHECKING, Any
 
 from apprentice.formats.values import to_jsonable
@@ -53,7 +53,8 @@ class Step:
         return self.outputs[0] if self.outputs else None
 
     def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        """The fields as a dict, sharing (not copying) their JSON-safe values."""
+        return {name: getattr(self, name) for name in _STEP_FIELDS}
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> Step:
@@ -79,7 +80,12 @@ class Trace:
         return self.error is None
 
     def to_dict(self) -> dict[str, Any]:
-        data = asdict(self)
+        """The fields as a dict, sharing (not copying) their JSON-safe values.
+
+        Not ``dataclasses.asdict``: its deep copy cost ~200 us per step, paid for every
+        trace the store writes.
+        """
+        data = {name: getattr(self, name) for name in _TRACE_FIELDS}
         data["steps"] = [s.to_dict() for s in self.steps]
         return data
 
@@ -88,6 +94,10 @@ class Trace:
         data = dict(data)
         data["steps"] = [Step.from_dict(s) for s in data.get("steps", [])]
         return cls(**data)
+
+
+_STEP_FIELDS = tuple(f.name for f in fields(Step))
+_TRACE_FIELDS = tuple(f.name for f in fields(Trace))
 
 
 def example_id(example: Example, key: str = "id") -> str:
