@@ -18,11 +18,12 @@ makes ``--warmup`` untimed calls (connections opened), then ``--calls`` timed on
                     bootstrap_trace_data: Evaluate underneath, as BootstrapFinetune uses
                     it) with num_threads=64, dspy.LM(cache=False), DSPy caches off
   dspy-evaluate     dspy.Evaluate(num_threads=64, display_progress=False), same LM
-  ours-httpx-per-thread, ours-stdlib
-                    (only with --diagnose) ours with OpenAILM's private ``_post`` swapped
-                    for one httpx.Client (1 connection) or one http.client connection per
-                    thread, instead of one shared httpx pool: what the shared pool costs
-                    (what-ifs that patch a private method, not supported configurations)
+  ours-httpx, ours-httpx-per-thread
+                    (only with --diagnose) ours over httpx instead of its own transport
+                    (one http.client connection per thread): one shared httpx pool (the
+                    fallback OpenAILM uses behind a proxy, and its only transport before),
+                    or one single-connection httpx.Client per thread (what-ifs that set
+                    private attributes, not supported configurations)
 
 The rounds run interleaved; each figure is the median over rounds. Exits non-zero when
 ours reaches less than 90% of the ideal. This file is also the stub (``--stub``) and
@@ -52,8 +53,8 @@ CLIENTS = (
     "raw-httpx",
     "raw-stdlib",
     "ours",
+    "ours-httpx",
     "ours-httpx-per-thread",
-    "ours-stdlib",
     "dspy-bootstrap",
     "dspy-evaluate",
 )
@@ -178,21 +179,22 @@ def thread_local_stdlib_post(base_url: str, timeout: float = 60.0):
 
 
 def thread_local_httpx_post(base_url: str, timeout: float = 60.0):
-    """post(body) -> (status, headers, content) over this thread's own one-connection
+    """post(data) -> (status, headers, content) over this thread's own one-connection
     httpx.Client (``verify=False``: plain HTTP here, and no CA bundle loaded per client)."""
     import httpx
 
     url = base_url + "/chat/completions"
+    headers = {"Authorization": "Bearer x", "Content-Type": "application/json"}
     local = threading.local()
 
-    def post(body: dict):
+    def post(data: bytes):
         client = getattr(local, "client", None)
         if client is None:
             limits = httpx.Limits(max_connections=1, max_keepalive_connections=1)
             client = local.client = httpx.Client(
-                headers={"Authorization": "Bearer x"}, timeout=timeout, limits=limits, verify=False
+                headers=headers, timeout=timeout, limits=limits, verify=False
             )
-        reply = client.post(url, json=body)
+        reply = client.post(url, content=data)
         return reply.status_code, reply.headers, reply.content
 
     return post
@@ -252,16 +254,15 @@ def run_ours(name: str, base_url: str, calls: int, warmup: int, threads: int) ->
     from apprentice.traces import TraceStore, bootstrap_traces
 
     lm = ap.OpenAILM("stub-model", base_url=base_url, api_key="x", concurrency=threads, cache=False)
-    if name != "ours":  # a what-if: one connection per thread instead of one shared pool
-        if name == "ours-stdlib":
-            post = thread_local_stdlib_post(base_url, lm.timeout)
-        else:
-            post = thread_local_httpx_post(base_url, lm.timeout)
+    if name == "ours-httpx":  # a what-if: the httpx fallback (one shared pool) for every call
+        lm._transport = "httpx"
+    elif name == "ours-httpx-per-thread":  # a what-if: one httpx.Client per thread
+        post = thread_local_httpx_post(base_url, lm.timeout)
 
-        def per_thread_post(body: dict):
+        def per_thread_post(data: bytes):
             with lm._gate:
                 start = time.perf_counter()
-                status, headers, content = post(body)
+                status, headers, content = post(data)
                 return lm._reply(status, headers, content, time.perf_counter() - start)
 
         lm._post = per_thread_post
@@ -290,7 +291,11 @@ def run_ours(name: str, base_url: str, calls: int, warmup: int, threads: int) ->
     return {
         "elapsed_s": elapsed,
         "ok": result.kept,
-        "versions": {"apprentice": ap.__version__, "httpx": httpx.__version__},
+        "versions": {
+            "apprentice": ap.__version__,
+            "transport": lm.transport,
+            "httpx": httpx.__version__,
+        },
     }
 
 
@@ -388,8 +393,8 @@ LABELS = {
     "raw-httpx": "raw pool: 64 threads, one httpx.Client",
     "raw-stdlib": "raw pool: 64 threads, http.client each",
     "ours": "apprentice bootstrap_traces (concurrency=64)",
+    "ours-httpx": "  what-if: same, one shared httpx pool",
     "ours-httpx-per-thread": "  what-if: same, httpx.Client per thread",
-    "ours-stdlib": "  what-if: same, http.client per thread",
     "dspy-bootstrap": "DSPy bootstrap_trace_data (num_threads=64)",
     "dspy-evaluate": "DSPy Evaluate (num_threads=64, no progress)",
 }
@@ -404,7 +409,7 @@ def main() -> int:
     parser.add_argument("--delay", type=float, default=0.1, help="the stub's reply delay (s)")
     parser.add_argument("--no-dspy", action="store_true", help="skip DSPy")
     parser.add_argument(
-        "--diagnose", action="store_true", help="also run ours over an http.client transport"
+        "--diagnose", action="store_true", help="also run ours over httpx (what-ifs)"
     )
     parser.add_argument("--json", metavar="OUT", help="write every number to this JSON file")
     parser.add_argument("--stub", action="store_true", help=argparse.SUPPRESS)
@@ -420,7 +425,7 @@ def main() -> int:
 
     pythons = {"raw-httpx": sys.executable, "raw-stdlib": sys.executable, "ours": sys.executable}
     if args.diagnose:
-        pythons["ours-httpx-per-thread"] = pythons["ours-stdlib"] = sys.executable
+        pythons["ours-httpx"] = pythons["ours-httpx-per-thread"] = sys.executable
     dspy = None if args.no_dspy else dspy_python()
     if dspy is not None:
         pythons["dspy-bootstrap"] = pythons["dspy-evaluate"] = dspy

@@ -27,6 +27,8 @@ class Reply:
     headers: dict[str, str] = field(default_factory=dict)
     delay: float = 0.0  # seconds to sleep before answering (to make a client time out)
     raw: bytes | None = None  # a body sent as is (garbage, an error document)
+    drop: bool = False  # answer, then close the connection without saying so (an idle timeout)
+    hang_up: bool = False  # close the connection without answering
 
 
 @dataclass
@@ -36,6 +38,7 @@ class Seen:
     path: str
     headers: dict[str, str]  # lower-cased names
     body: dict[str, Any]
+    raw: bytes  # the body's bytes as sent
     client: tuple[str, int]
     at: float
 
@@ -52,6 +55,7 @@ class StubServer:
         self.seen: list[Seen] = []
         self.in_flight = 0
         self.max_in_flight = 0
+        self.closed: set[tuple[str, int]] = set()  # connections the client closed or we dropped
         self._lock = threading.Lock()
         self._httpd = ThreadingHTTPServer(("127.0.0.1", 0), _Handler)
         self._httpd.daemon_threads = True
@@ -71,6 +75,10 @@ class StubServer:
     @property
     def bodies(self) -> list[dict[str, Any]]:
         return [s.body for s in self.seen]
+
+    @property
+    def raw_bodies(self) -> list[bytes]:
+        return [s.raw for s in self.seen]
 
     @property
     def connections(self) -> int:
@@ -137,13 +145,17 @@ class _Handler(BaseHTTPRequestHandler):
             path=self.path,
             headers={k.lower(): v for k, v in self.headers.items()},
             body=json.loads(raw) if raw else {},
+            raw=raw,
             client=self.client_address,
             at=time.monotonic(),
         )
         reply = stub._enter(seen)
+        self.close_connection = reply.drop or reply.hang_up
         try:
             if reply.delay:
                 time.sleep(reply.delay)
+            if reply.hang_up:
+                return
             if reply.raw is not None:
                 payload = reply.raw
             elif reply.status == 200:
@@ -161,6 +173,12 @@ class _Handler(BaseHTTPRequestHandler):
             pass  # the client gave up (a timeout test): nothing to answer
         finally:
             stub._leave()
+
+    def finish(self) -> None:
+        super().finish()
+        stub: StubServer = self.server.stub  # type: ignore[attr-defined]
+        with stub._lock:
+            stub.closed.add(self.client_address)
 
     def log_message(self, format: str, *args: Any) -> None:
         pass

@@ -3,15 +3,24 @@
 from __future__ import annotations
 
 import asyncio
+import collections
 import copy
 import email.utils
 import io
 import json
+import multiprocessing
+import os
+import shutil
 import socket
+import ssl
+import subprocess
+import sys
+import threading
 import time
+import warnings
 
 import pytest
-from stub_server import Reply
+from stub_server import Reply, StubServer
 
 import apprentice as ap
 from apprentice.formats import messages_to_prompt
@@ -22,6 +31,7 @@ from apprentice.lm import (
     Price,
     Request,
     Response,
+    keepalive,
 )
 from apprentice.lm.openai import _retry_after, _Retryable
 from apprentice.lm.registry import lm_from_config
@@ -119,13 +129,187 @@ def test_authorization_header_only_when_a_key_is_given(stub, make_lm, monkeypatc
     assert stub.seen[0].headers["content-type"] == "application/json"
 
 
-def test_sequential_calls_reuse_one_keep_alive_connection(stub, make_lm):
+def test_sequential_calls_reuse_one_keep_alive_connection_per_thread(stub, make_lm):
     lm = make_lm()
     for i in range(6):
         lm.generate([ask(f"q{i}")])
-    lm.generate([ask("a"), ask("b")])  # a batch runs on the pool's threads
-    assert len(stub.seen) == 8
-    assert stub.connections <= 2
+    assert lm.transport == "http.client"
+    assert stub.connections == 1
+    for i in range(3):
+        lm.generate([ask(f"a{i}"), ask(f"b{i}")])  # a batch runs on the pool's threads
+    assert len(stub.seen) == 12
+    assert stub.connections <= 3  # this thread's and one per pool thread, kept across batches
+
+
+def test_threads_have_one_connection_each_and_close_it_when_they_end(stub, make_lm):
+    lm = make_lm()
+    start = threading.Barrier(4)
+
+    def work(t: int) -> None:
+        start.wait()
+        for i in range(5):
+            assert lm.generate([ask(f"t{t} q{i}")])[0].text == "hello"
+
+    threads = [threading.Thread(target=work, args=(t,)) for t in range(4)]
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", ResourceWarning)
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+    assert len(stub.seen) == 20
+    per_connection = collections.Counter(seen.client for seen in stub.seen)
+    assert sorted(per_connection.values()) == [5, 5, 5, 5]
+    # A thread that ended closed its connection (not left to the garbage collector, which
+    # would warn "unclosed socket"): the server sees all four end.
+    assert not [w for w in caught if issubclass(w.category, ResourceWarning)]
+    assert lm._connections.open_connections == 0 and len(lm._connections._slots) == 0
+    deadline = time.monotonic() + 5
+    while len(stub.closed) < 4 and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert stub.closed == set(per_connection)
+
+
+def test_close_closes_every_threads_connection_and_the_lm_stays_usable(stub, make_lm):
+    lm = make_lm(concurrency=2)
+    stub.respond = lambda seen: Reply(delay=0.05)  # both pool threads get a request
+    lm.generate([ask("main")])
+    lm.generate([ask("a"), ask("b")])
+    assert lm._connections.open_connections == 3  # this thread and two live pool threads
+    lm.close()
+    assert lm._connections.open_connections == 0
+    deadline = time.monotonic() + 5
+    while len(stub.closed) < 3 and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert stub.closed == {seen.client for seen in stub.seen}  # the server saw all three end
+    assert lm.generate([ask("again")])[0].text == "hello"
+    assert stub.connections == 4  # a new connection after close
+
+
+def _call_in_child(lm: OpenAILM) -> None:
+    sys.exit(0 if lm.generate([ask("child")])[0].text == "hello" else 1)
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="needs fork")
+def test_a_forked_child_opens_its_own_connection(stub, make_lm):
+    lm = make_lm()
+    lm.generate([ask("parent")])
+    child = multiprocessing.get_context("fork").Process(target=_call_in_child, args=(lm,))
+    child.start()
+    child.join(10)
+    assert child.exitcode == 0
+    lm.generate([ask("parent again")])
+    clients = [seen.client for seen in stub.seen]
+    # Never the parent's socket: two processes would read each other's replies.
+    assert clients[0] == clients[2] != clients[1]
+
+
+def test_a_keep_alive_connection_the_server_dropped_is_reopened_without_a_retry(stub, make_lm):
+    stub.queue(Reply(texts="first", drop=True), Reply(texts="second"))
+    lm = make_lm(max_retries=0, retry_backoff=10.0)
+    assert lm.generate([ask("q1")])[0].text == "first"
+    time.sleep(0.05)  # the server has closed its end; the client does not know yet
+    start = time.monotonic()
+    assert lm.generate([ask("q2")])[0].text == "second"  # max_retries=0: no attempt was spent
+    assert time.monotonic() - start < 1  # no backoff either
+    assert len(stub.seen) == 2 and stub.connections == 2
+
+
+def test_a_fresh_connection_that_is_hung_up_on_counts_as_a_failed_attempt(stub, make_lm):
+    stub.default = Reply(hang_up=True)
+    with pytest.raises(LMUnavailableError, match=r"2 attempt\(s\): connection error: Remote"):
+        make_lm(max_retries=1).generate([ask("q")])
+    assert len(stub.seen) == 2  # one request per attempt, no hidden extra
+
+
+@pytest.fixture
+def tls_stub(tmp_path):
+    """The stub behind TLS with a self-signed certificate for 127.0.0.1: (server, cert file)."""
+    if shutil.which("openssl") is None:
+        pytest.skip("needs the openssl command to make a certificate")
+    cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
+    subprocess.run(
+        ["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1"]
+        + ["-keyout", str(key), "-out", str(cert), "-subj", "/CN=127.0.0.1"]
+        + ["-addext", "subjectAltName=IP:127.0.0.1"],
+        check=True,
+        capture_output=True,
+    )
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    context.load_cert_chain(cert, key)
+    server = StubServer()
+    server._httpd.socket = context.wrap_socket(server._httpd.socket, server_side=True)
+    server.start()
+    yield server, cert
+    server.stop()
+
+
+def test_https_verifies_the_server_with_one_shared_context(tls_stub, monkeypatch):
+    server, cert = tls_stub
+    url = server.url.replace("http://", "https://")
+    monkeypatch.setattr(keepalive, "_ssl_context", None)  # the default: system CAs only
+    untrusted = OpenAILM("teacher", base_url=url, max_retries=0, cache=False)
+    with pytest.raises(LMUnavailableError, match="CERTIFICATE_VERIFY_FAILED"):
+        untrusted.generate([ask("q")])
+    untrusted.close()
+    assert server.seen == []
+
+    monkeypatch.setattr(keepalive, "_ssl_context", ssl.create_default_context(cafile=cert))
+    lm = OpenAILM("teacher", base_url=url, api_key="sk-tls", cache=False)
+    try:
+        for i in range(3):
+            assert lm.generate([ask(f"q{i}")])[0].text == "hello"
+    finally:
+        lm.close()
+    assert [seen.path for seen in server.seen] == ["/v1/chat/completions"] * 3
+    assert server.seen[0].headers["authorization"] == "Bearer sk-tls"
+    assert server.connections == 1  # one TLS handshake, then keep-alive
+
+
+@pytest.fixture
+def no_proxy_env(monkeypatch):
+    for name in list(os.environ):
+        if name.lower().endswith("_proxy"):
+            monkeypatch.delenv(name)
+    return monkeypatch
+
+
+def test_a_proxy_from_the_environment_sends_sync_calls_through_httpx(stub, no_proxy_env):
+    # The stub doubles as the proxy: it sees the absolute URL of the real endpoint.
+    no_proxy_env.setenv("HTTP_PROXY", stub.url.removesuffix("/v1"))
+    lm = OpenAILM("teacher", base_url="http://api.example.invalid/v1", cache=False)
+    try:
+        assert lm.generate([ask("q")])[0].text == "hello"
+        assert lm.transport == "httpx" and lm._connections is None
+    finally:
+        lm.close()
+    assert stub.seen[0].path == "http://api.example.invalid/v1/chat/completions"
+
+
+def test_no_proxy_keeps_the_direct_stdlib_transport(stub, make_lm, no_proxy_env):
+    no_proxy_env.setenv("HTTPS_PROXY", "http://127.0.0.1:9")  # not for an http:// endpoint
+    assert make_lm().transport == "http.client"
+    no_proxy_env.setenv("ALL_PROXY", "http://127.0.0.1:9")
+    no_proxy_env.setenv("NO_PROXY", "localhost,127.0.0.1")
+    lm = make_lm()
+    assert lm.generate([ask("q")])[0].text == "hello"
+    assert lm.transport == "http.client"
+
+
+def test_both_transports_send_the_same_bytes(stub, make_lm, no_proxy_env):
+    request = ask("naïve — 東京?", temperature=0.5, stop=("END",))
+    make_lm().generate([request])
+    no_proxy_env.setenv("HTTP_PROXY", stub.url.removesuffix("/v1"))
+    proxied = OpenAILM("teacher", base_url="http://127.0.0.1:1/v1", cache=False)
+    try:
+        proxied.generate([request])
+    finally:
+        proxied.close()
+    assert stub.raw_bodies[0] == stub.raw_bodies[1]
+    assert (
+        stub.raw_bodies[0]
+        == json.dumps(stub.bodies[0], ensure_ascii=False, separators=(",", ":")).encode()
+    )
 
 
 # -- retries ----------------------------------------------------------------------------------

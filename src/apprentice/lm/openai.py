@@ -1,6 +1,9 @@
 """OpenAILM: any OpenAI-compatible endpoint (OpenAI, vLLM, our own server, ...).
 
-HTTP goes through httpx (pooled keep-alive connections, sync and async). Retries:
+Sync calls go over one keep-alive ``http.client`` connection per thread
+(``apprentice.lm.keepalive``: several times cheaper per call than httpx, see there); when
+a proxy from the environment applies to the endpoint they go through httpx instead,
+which honours it. Async calls use one ``httpx.AsyncClient`` per event loop. Retries:
 exponential backoff with full jitter on 408/409/429/5xx, timeouts, connection errors
 and malformed replies, honouring ``Retry-After``. Other 4xx fail at once with the
 server's message. The retry loop is a plain loop rather than tenacity: a call that
@@ -11,12 +14,14 @@ from __future__ import annotations
 
 import asyncio
 import contextvars
+import json
 import os
 import random
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
+from urllib.parse import urlsplit
 
 from apprentice.lm.base import (
     BaseLM,
@@ -32,6 +37,11 @@ from apprentice.lm.usage import Price
 __all__ = ["OpenAILM"]
 
 _RETRY_STATUSES = frozenset({408, 409, 429, 500, 502, 503, 504})
+
+
+def _encode(body: dict[str, Any]) -> bytes:
+    # Byte for byte what httpx's ``json=`` sends, whichever transport carries it.
+    return json.dumps(body, ensure_ascii=False, separators=(",", ":"), allow_nan=False).encode()
 
 
 class _Retryable(Exception):
@@ -71,8 +81,6 @@ def _server_message(content: bytes) -> str:
     """The error message in an OpenAI-style error body, else the body's text."""
     text = content.decode("utf-8", "replace")
     try:
-        import json
-
         error = json.loads(text).get("error")
         message = error.get("message") if isinstance(error, dict) else error
         if isinstance(message, str) and message:
@@ -178,15 +186,17 @@ class OpenAILM(BaseLM):
         self.retry_max_wait = retry_max_wait
         self.extra_body = dict(extra_body or {})
         self._lock = threading.Lock()
-        self._client = None
+        self._client = None  # httpx.Client, for the sync calls when a proxy applies
+        self._connections = None  # KeepAliveConnections, for the other sync calls
+        self._transport: str | None = None  # chosen on the first sync call
         self._gate = threading.BoundedSemaphore(concurrency)
         self._pool: ThreadPoolExecutor | None = None
         # Per event loop: (AsyncClient, Semaphore, closer); they belong to the loop they
         # were made in.
         self._async: dict[asyncio.AbstractEventLoop, tuple[Any, asyncio.Semaphore, Any]] = {}
-        self._url = self.base_url + (
-            "/chat/completions" if model_type == "chat" else "/completions"
-        )
+        endpoint = "/chat/completions" if model_type == "chat" else "/completions"
+        self._url = self.base_url + endpoint
+        self._path = urlsplit(self.base_url).path + endpoint  # what http.client asks for
 
     # -- config ------------------------------------------------------------------------
     def to_config(self) -> dict[str, Any]:
@@ -249,9 +259,36 @@ class OpenAILM(BaseLM):
                     )
         return self._client
 
+    @property
+    def transport(self) -> str:
+        """What carries sync calls: ``"http.client"`` (one keep-alive connection per
+        thread), or ``"httpx"`` when a proxy from the environment (``HTTP(S)_PROXY``,
+        ``ALL_PROXY``, not bypassed by ``NO_PROXY``) applies to ``base_url``: httpx
+        honours it. Chosen once, on first use."""
+        # http.client, not httpx, wherever it can: 0.19 vs 0.58 ms a round trip, and 92%
+        # vs 69% of the ideal throughput with 64 threads (see apprentice/lm/keepalive.py).
+        if self._transport is None:
+            from apprentice.lm.keepalive import KeepAliveConnections, proxy_for
+
+            with self._lock:
+                if self._transport is None:
+                    if proxy_for(self._url) is None:
+                        headers = {**self._headers(), "Accept": "application/json"}
+                        headers["User-Agent"] = "apprentice"
+                        self._connections = KeepAliveConnections(
+                            self.base_url, headers, self.timeout
+                        )
+                        self._transport = "http.client"
+                    else:
+                        self._transport = "httpx"
+        return self._transport
+
     def close(self) -> None:
-        """Closes the sync connection pool and threads (async clients go with their loops)."""
+        """Closes the sync connections and threads (async clients go with their loops).
+        The LM stays usable: a later call opens new connections."""
         with self._lock:
+            if self._connections is not None:
+                self._connections.close()
             if self._client is not None:
                 self._client.close()
                 self._client = None
@@ -302,8 +339,6 @@ class OpenAILM(BaseLM):
                 status=status,
                 body=content.decode("utf-8", "replace")[:2000],
             )
-        import json
-
         try:
             data = json.loads(content)
             choices = sorted(data["choices"], key=lambda c: c.get("index", 0))
@@ -346,13 +381,30 @@ class OpenAILM(BaseLM):
         )
 
     # -- sync -----------------------------------------------------------------------------
-    def _post(self, body: dict[str, Any]) -> Response:
+    def _post(self, data: bytes) -> Response:
+        if (self._transport or self.transport) == "httpx":
+            return self._post_httpx(data)
+        import http.client
+
+        with self._gate:
+            start = time.perf_counter()
+            try:
+                status, headers, content = self._connections.post(self._path, data)
+            except TimeoutError as exc:
+                raise _Retryable(
+                    f"timed out after {self.timeout}s ({type(exc).__name__})"
+                ) from None
+            except (OSError, http.client.HTTPException) as exc:
+                raise _Retryable(f"connection error: {exc!r}") from None
+            return self._reply(status, headers, content, time.perf_counter() - start)
+
+    def _post_httpx(self, data: bytes) -> Response:
         import httpx
 
         with self._gate:
             start = time.perf_counter()
             try:
-                reply = self.client.post(self._url, json=body)
+                reply = self.client.post(self._url, content=data)
             except httpx.TimeoutException as exc:
                 raise _Retryable(
                     f"timed out after {self.timeout}s ({type(exc).__name__})"
@@ -366,10 +418,10 @@ class OpenAILM(BaseLM):
     def _call(self, request: Request) -> Response | BaseException:
         attempt = 1
         try:
-            body = self.body(request)
+            data = _encode(self.body(request))
             while True:
                 try:
-                    return self._post(body)
+                    return self._post(data)
                 except _Retryable as exc:
                     if attempt > self.max_retries:
                         return self._unavailable(exc, attempt)
@@ -412,14 +464,14 @@ class OpenAILM(BaseLM):
             await closer.__anext__()
         return state
 
-    async def _apost(self, body: dict[str, Any]) -> Response:
+    async def _apost(self, data: bytes) -> Response:
         import httpx
 
         client, gate, _ = self._async.get(asyncio.get_running_loop()) or await self._async_state()
         async with gate:
             start = time.perf_counter()
             try:
-                reply = await client.post(self._url, json=body)
+                reply = await client.post(self._url, content=data)
             except httpx.TimeoutException as exc:
                 raise _Retryable(
                     f"timed out after {self.timeout}s ({type(exc).__name__})"
@@ -433,10 +485,10 @@ class OpenAILM(BaseLM):
     async def _acall(self, request: Request) -> Response | BaseException:
         attempt = 1
         try:
-            body = self.body(request)
+            data = _encode(self.body(request))
             while True:
                 try:
-                    return await self._apost(body)
+                    return await self._apost(data)
                 except _Retryable as exc:
                     if attempt > self.max_retries:
                         return self._unavailable(exc, attempt)
