@@ -160,7 +160,8 @@ def build_dataset(
             for name in ("train", "validation")
         }
     )
-    data.save_to_disk(str(out_dir / "data"))
+    # An empty split would otherwise be written as zero shards, which load_from_disk rejects.
+    data.save_to_disk(str(out_dir / "data"), num_shards={n: 1 for n in data})
     counts = {
         name: dict(sorted(Counter(r["predictor"] for r in splits.get(name, [])).items()))
         for name in ("train", "validation")
