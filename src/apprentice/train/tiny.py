@@ -12,7 +12,7 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Literal
 
-__all__ = ["make_tiny_student", "train_bpe_tokenizer"]
+__all__ = ["make_tiny_student", "task_corpus", "train_bpe_tokenizer"]
 
 SPECIALS = ["<pad>", "</s>", "<unk>", "<s>"]
 
@@ -25,11 +25,24 @@ def train_bpe_tokenizer(
     chat_template: str | None = None,
 ):
     """A byte-level BPE tokenizer trained on ``texts``; T5-style tokenizers append ``</s>``."""
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
+    from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers, processors, trainers
     from transformers import PreTrainedTokenizerFast
 
     tokenizer = Tokenizer(models.BPE())
-    tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    # Merges may cross words but not lines (use_regex=False after a newline split), so the
+    # text every row repeats (instructions, field markers) collapses into a few tokens.
+    # A word holding a digit (an id, a number) is kept apart from its neighbours and its
+    # digits are single tokens, so copying it is a token-by-token copy: fused into a phrase
+    # token ("...order A" + digits) a 1M-parameter student copied order ids right 17% of the
+    # time, against 1.00 for the category.
+    tokenizer.pre_tokenizer = pre_tokenizers.Sequence(
+        [
+            pre_tokenizers.Split("\n", behavior="merged_with_previous"),
+            pre_tokenizers.Split(Regex(r"\w*\d\w*"), behavior="isolated"),
+            pre_tokenizers.Digits(individual_digits=True),
+            pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False),
+        ]
+    )
     tokenizer.decoder = decoders.ByteLevel()
     trainer = trainers.BpeTrainer(
         vocab_size=vocab_size,
@@ -118,3 +131,21 @@ def make_tiny_student(
     model.save_pretrained(out_dir)
     tokenizer.save_pretrained(out_dir)
     return out_dir
+
+
+def task_corpus(program, examples, teacher) -> list[str]:
+    """The text a tiny student's tokenizer is trained on: every prompt and completion the
+    teacher produces when it runs ``program`` over ``examples``."""
+    from apprentice.formats import messages_to_prompt
+    from apprentice.traces.capture import run_traced
+
+    runner = program.deepcopy()
+    runner.set_lm(teacher)
+    texts = []
+    for example in examples:
+        for step in run_traced(runner, example).steps:
+            if step.completion is not None:
+                texts.append(messages_to_prompt(step.messages) + step.completion)
+    if not texts:
+        raise ValueError("the teacher produced no completions to train a tokenizer on")
+    return texts
