@@ -149,3 +149,16 @@ def test_clear_errors(tmp_path, flaky_store):
         build_dataset(store, TicketTriage(), tmp_path / "ds", val_fraction=1.0)
     with pytest.raises(FileNotFoundError, match="not a dataset directory"):
         load_dataset_dir(tmp_path)
+
+
+def test_the_dataset_does_not_depend_on_the_order_traces_were_stored(flaky_store, tmp_path):
+    store, _, _ = flaky_store
+    original = ap.TraceStore(store)
+    shuffled = ap.TraceStore(tmp_path / "reversed")
+    shuffled.open(original.manifest())
+    for trace in reversed(list(original)):
+        shuffled.append(trace)
+    shuffled.close()
+    a = build_dataset(original, TicketTriage(), tmp_path / "a", threshold=1.0)
+    b = build_dataset(shuffled, TicketTriage(), tmp_path / "b", threshold=1.0)
+    assert a.content_hash == b.content_hash and a.drops == b.drops

@@ -70,9 +70,9 @@ def _rows(
     fmt: Format,
     threshold: float | None,
     drops: Counter,
-) -> Iterable[dict[str, Any]]:
+) -> Iterable[tuple[tuple[str, int], dict[str, Any]]]:
     predictors = dict(program.named_predictors())
-    seen: set[str] = set()
+    order = {path: i for i, path in enumerate(predictors)}
     for trace in traces:
         if not trace.ok:
             drops["failed trace"] += 1
@@ -96,19 +96,15 @@ def _rows(
                 drops["step lacks an output of the signature"] += 1
                 continue
             row = fmt.render_sft(predictor.signature, predictor.demos, inputs, step.output)
-            key = hashlib.sha256(
-                json.dumps([step.predictor, row.messages, row.completion], sort_keys=True).encode()
-            ).hexdigest()
-            if key in seen:
-                drops["duplicate"] += 1
-                continue
-            seen.add(key)
-            yield {
-                "example_id": trace.example_id,
-                "predictor": step.predictor,
-                "messages": row.messages,
-                "completion": row.completion,
-            }
+            yield (
+                (trace.example_id, order[step.predictor]),
+                {
+                    "example_id": trace.example_id,
+                    "predictor": step.predictor,
+                    "messages": row.messages,
+                    "completion": row.completion,
+                },
+            )
 
 
 def build_dataset(
@@ -138,7 +134,19 @@ def build_dataset(
     fmt = format or default_format()
     drops: Counter = Counter()
     splits: dict[str, list[dict[str, Any]]] = defaultdict(list)
-    for row in _rows(store, program, fmt, threshold, drops):
+    # Rows are sorted by example id (then predictor order) before dedup, so the dataset does
+    # not depend on the order concurrent teacher runs happened to finish in the store.
+    seen: set[str] = set()
+    for _, row in sorted(_rows(store, program, fmt, threshold, drops), key=lambda kv: kv[0]):
+        key = hashlib.sha256(
+            json.dumps(
+                [row["predictor"], row["messages"], row["completion"]], sort_keys=True
+            ).encode()
+        ).hexdigest()
+        if key in seen:
+            drops["duplicate"] += 1
+            continue
+        seen.add(key)
         splits[_split_of(row["example_id"], seed, val_fraction)].append(row)
     if not splits:
         raise ValueError(
