@@ -17,7 +17,7 @@ from typing import Any
 from apprentice.module import Module
 from apprentice.optimize.labeled import Optimizer, _check_trainset
 
-__all__ = ["BootstrapFinetune"]
+__all__ = ["BootstrapFinetune", "adapter_groups", "bind_student"]
 
 log = logging.getLogger(__name__)
 
@@ -65,7 +65,6 @@ class BootstrapFinetune(Optimizer):
 
     def compile(self, student, *, trainset, teacher=None, valset=None) -> Module:
         from apprentice.dataset.build import build_dataset
-        from apprentice.lm.local import LocalLM
         from apprentice.traces.bootstrap import bootstrap_traces
         from apprentice.train.sft import train_adapter
 
@@ -93,36 +92,63 @@ class BootstrapFinetune(Optimizer):
             val_fraction=self.val_fraction,
         )
         self.results["dataset"] = {"counts": dataset.counts, "drops": dataset.drops}
-        paths = [path for path, _ in student.named_predictors()]
-        groups = {"multitask": paths} if self.multitask else {path: [path] for path in paths}
+        groups = adapter_groups(student, self.multitask)
         trained: dict[str, Any] = {}
         for name, group in groups.items():
-            safe = name.replace(".", "_")
             trained[name] = train_adapter(
                 run_dir / "dataset",
                 self.student,
-                run_dir / "adapters" / safe,
+                run_dir / "adapters" / name,
                 lora=self.lora,
                 train=self.train,
                 predictors=group,
-                name=safe,
+                name=name,
                 progress=self.progress,
             )
         self.results["train"] = {n: r.metrics for n, r in trained.items()}
 
-        program = student.deepcopy()
-        by_path = {path: name for name, group in groups.items() for path in group}
-        for path, predictor in program.named_predictors():
-            result = trained[by_path[path]]
-            if result.manifest.method == "full":
-                lm = LocalLM(result.adapter_dir, **self.lm_options)
-            else:
-                lm = LocalLM(
-                    self.student,
-                    adapters={result.manifest.name: result.adapter_dir},
-                    **self.lm_options,
-                )
-                lm = lm.with_adapter(result.manifest.name)
-            predictor.lm = lm
+        program = bind_student(student, groups, trained, self.student, self.lm_options)
         log.info("BootstrapFinetune: %s", self.results)
         return program
+
+
+def adapter_groups(program: Module, multitask: bool) -> dict[str, list[str]]:
+    """Adapter name -> the predictor paths it is trained on: one ``multitask`` adapter, or one
+    per predictor (named by its path with dots as underscores)."""
+    paths = [path for path, _ in program.named_predictors()]
+    if multitask:
+        return {"multitask": paths}
+    return {path.replace(".", "_"): [path] for path in paths}
+
+
+def bind_student(
+    program: Module,
+    groups: dict[str, list[str]],
+    trained: dict[str, Any],
+    student: str,
+    lm_options: dict[str, Any] | None = None,
+) -> Module:
+    """A copy of ``program`` with each predictor bound to the student and its adapter
+    (``trained``: adapter name -> TrainResult); a full finetune is served as its own base."""
+    from apprentice.lm.local import LocalLM
+    from apprentice.train.export import adapter_hash
+
+    lm_options = dict(lm_options or {})
+    program = program.deepcopy()
+    by_path = {path: name for name, group in groups.items() for path in group}
+    for path, predictor in program.named_predictors():
+        result = trained[by_path[path]]
+        if result.manifest.method == "full":
+            lm = LocalLM(result.adapter_dir, **lm_options)
+        else:
+            name = result.manifest.name
+            engine = LocalLM(student, **lm_options).engine
+            if name in engine.adapter_names() and engine.adapter_hash(name) != adapter_hash(
+                result.adapter_dir
+            ):
+                # Another run's adapter of the same name is loaded on this base: both stay
+                # served, this one under a name that carries its content hash.
+                name = f"{name}-{adapter_hash(result.adapter_dir)[:8]}"
+            lm = LocalLM(student, adapters={name: result.adapter_dir}, adapter=name, **lm_options)
+        predictor.lm = lm
+    return program

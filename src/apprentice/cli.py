@@ -1,0 +1,181 @@
+"""``apprentice``: distil a program into a local student from one recipe.
+
+Each stage writes into the run directory and can be run alone; ``distill`` runs them all
+and skips whatever is already done.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+import time
+from pathlib import Path
+
+__all__ = ["main"]
+
+_DESCRIPTION = """\
+Distil a language-model program into a small local student.
+
+  apprentice distill recipes/demo/causal.yaml      # every stage, into runs/<name>/
+  apprentice report runs/demo-causal               # one stage, on an existing run
+
+A recipe (YAML) names the program, the data, the teacher and the student; see
+recipes/ for examples. Re-running a command reuses finished stages and resumes
+interrupted ones: no teacher call is made twice for the same example.
+"""
+
+_STAGE_HELP = {
+    "distill": "run every stage: bootstrap, dataset, train, eval, report",
+    "bootstrap": "run the teacher over the training data and record traces",
+    "dataset": "turn passing traces into a training dataset",
+    "train": "finetune the student on the dataset (LoRA or full) and bind it to the program",
+    "eval": "score teacher, untrained and trained student on the dev set",
+    "report": "write report.md and plots from the evaluation results",
+}
+
+
+def _add_run_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "target", help="a recipe YAML, or a run directory made by an earlier command"
+    )
+    parser.add_argument(
+        "--run-dir",
+        type=Path,
+        default=None,
+        help="where the run's files go (default: the recipe's run_dir, else runs/<name>)",
+    )
+    parser.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override a recipe value, e.g. --set train.epochs=3 (repeatable)",
+    )
+    parser.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="apprentice",
+        description=_DESCRIPTION,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument(
+        "--debug", action="store_true", help="show full tracebacks and debug logging"
+    )
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    sub.required = True
+    for name, text in _STAGE_HELP.items():
+        p = sub.add_parser(name, help=text, description=text)
+        _add_run_arguments(p)
+    serve = sub.add_parser(
+        "serve",
+        help="serve a run's student over an OpenAI-compatible HTTP API",
+        description="serve a run's student (or one adapter) over an OpenAI-compatible HTTP API",
+    )
+    try:
+        from apprentice.serve.server import add_serve_arguments
+    except ImportError:  # the serving extra is optional
+        serve.set_defaults(serve_missing=True)
+    else:
+        add_serve_arguments(serve)
+    return parser
+
+
+def _summary(outcomes) -> str:
+    rows = [("stage", "status", "time", "result")]
+    for o in outcomes:
+        rows.append((o.stage, o.status, f"{o.seconds:.1f}s", _short(o.stage, o.summary)))
+    widths = [max(len(r[i]) for r in rows) for i in range(3)]
+    lines = []
+    for i, row in enumerate(rows):
+        lines.append(
+            "  ".join(c.ljust(w) for c, w in zip(row[:3], widths, strict=False)) + "  " + row[3]
+        )
+        if i == 0:
+            lines.append("-" * (sum(widths) + 6 + len(rows[0][3]) + 20))
+    return "\n".join(lines)
+
+
+def _short(stage: str, s: dict) -> str:
+    if not s:
+        return ""
+    if stage == "bootstrap":
+        cost = s.get("teacher_cost_usd")
+        cost_text = f", teacher ${cost:.4f} so far" if cost else ""
+        new = f" ({s.get('skipped')} traced before)" if s.get("skipped") else ""
+        return (
+            f"{s.get('passing')}/{s.get('traces')} traces pass{new}, "
+            f"{s.get('failed_traces')} failed{cost_text}"
+        )
+    if stage == "dataset":
+        counts = s.get("counts", {})
+        return ", ".join(f"{k} {sum(v.values())} rows" for k, v in counts.items())
+    if stage == "train":
+        return ", ".join(
+            f"{name}: {v.get('method')} val loss {v.get('final_val_loss') or float('nan'):.4f}"
+            for name, v in s.items()
+        )
+    if stage == "eval":
+        return ", ".join(f"{k} {v:.3f}" for k, v in s.items())
+    if stage == "report":
+        return s.get("report", "")
+    return ""
+
+
+def _run_stage(args) -> int:
+    from apprentice.run import STAGES, Run
+
+    run = Run.open(
+        args.target, overrides=args.overrides, run_dir=args.run_dir, progress=not args.quiet
+    )
+    start = time.perf_counter()
+    if args.command == "distill":
+        run.distill()
+    else:
+        getattr(run, args.command)()
+    print()
+    print(_summary(run.outcomes))
+    done = {o.stage for o in run.outcomes}
+    if "report" in done:
+        report = run.outcomes[-1].summary.get("report")
+        print(f"\nreport: {report}")
+    elif args.command in STAGES:
+        print(f"\nrun directory: {run.root}")
+    print(f"total {time.perf_counter() - start:.1f}s")
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(
+        level=logging.DEBUG if args.debug else logging.WARNING,
+        format="%(levelname)s %(name)s: %(message)s",
+    )
+    if not args.debug:
+        # Printed at every checkpoint of a model with tied embeddings, which is expected.
+        logging.getLogger("accelerate.utils.other").setLevel(logging.ERROR)
+    try:
+        if args.command == "serve":
+            if getattr(args, "serve_missing", False):
+                raise RuntimeError("serving is not available: install apprentice[train]")
+            from apprentice.serve.server import run_serve
+
+            return run_serve(args)
+        return _run_stage(args)
+    except KeyboardInterrupt:
+        print("apprentice: interrupted; run the same command again to resume", file=sys.stderr)
+        return 130
+    except Exception as exc:
+        if args.debug:
+            raise
+        message = " ".join(str(exc).split()) or type(exc).__name__
+        print(f"apprentice: error: {message}", file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

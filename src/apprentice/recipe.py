@@ -1,0 +1,385 @@
+"""Recipe YAML <-> typed config: what to distil, from which data and teacher, into which student.
+
+A recipe names the program, the metric and any script by import path (``pkg.mod:Name``),
+reads data from JSONL, CSV or a HF ``datasets`` directory (or a Python factory for
+synthetic tasks), and carries the teacher, student, LoRA, training, serving and
+evaluation sections. Unknown keys are rejected with the closest valid key suggested;
+``--set train.epochs=3`` style overrides are applied before validation.
+"""
+
+from __future__ import annotations
+
+import csv
+import difflib
+import hashlib
+import importlib
+import json
+import os
+import sys
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from apprentice.train.config import LoraConfig, TrainConfig
+
+__all__ = [
+    "DataSource",
+    "Recipe",
+    "RecipeError",
+    "apply_overrides",
+    "import_object",
+    "load_recipe",
+]
+
+
+class RecipeError(ValueError):
+    """A recipe that cannot be used; the message is one line naming the bad value."""
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class DataSource(_Section):
+    """One split: a file (``.jsonl``, ``.json``, ``.csv``), a HF ``datasets`` directory, or a
+    factory ``pkg.mod:fn`` called with ``args`` that returns examples."""
+
+    path: str | None = Field(None, description="JSONL/JSON/CSV file or HF datasets directory")
+    split: str | None = Field(None, description="split of a HF DatasetDict directory")
+    factory: str | None = Field(None, description="import path of fn(**args) -> examples")
+    args: dict[str, Any] = Field(default_factory=dict, description="arguments of the factory")
+    limit: int | None = Field(None, ge=1, description="use the first N examples only")
+
+    @model_validator(mode="after")
+    def _one_source(self) -> DataSource:
+        if (self.path is None) == (self.factory is None):
+            raise ValueError("give exactly one of 'path' or 'factory'")
+        return self
+
+
+class DataConfig(_Section):
+    train: DataSource = Field(description="examples the teacher is run on")
+    dev: DataSource = Field(description="held-out examples for the report")
+    inputs: list[str] = Field(description="fields that are program inputs; the rest are labels")
+
+
+class TeacherConfig(_Section):
+    """``backend: openai`` for any OpenAI-compatible endpoint; ``scripted`` for a Python
+    function ``fn(signature, inputs) -> outputs`` (tests and the offline demo)."""
+
+    backend: Literal["openai", "scripted"] = "openai"
+    model: str = Field("scripted", description="model name sent to the endpoint")
+    base_url: str | None = Field(None, description="e.g. https://api.openai.com/v1")
+    api_key_env: str = Field("OPENAI_API_KEY", description="environment variable with the key")
+    script: str | None = Field(None, description="scripted: import path of the function")
+    model_type: Literal["chat", "text"] = Field(
+        "chat", description="openai: chat completions, or completions with a flat prompt"
+    )
+    temperature: float | None = Field(0.0, ge=0, description="None: the endpoint's default")
+    max_tokens: int | None = Field(1024, ge=1)
+    concurrency: int = Field(32, ge=1, description="requests in flight")
+    price: dict[str, float] | None = Field(
+        None, description="USD per million tokens: {input: ..., output: ...}"
+    )
+
+    @model_validator(mode="after")
+    def _script_for_scripted(self) -> TeacherConfig:
+        if self.backend == "scripted" and not self.script:
+            raise ValueError("teacher.backend 'scripted' needs teacher.script (pkg.mod:function)")
+        return self
+
+
+class TinyStudent(_Section):
+    """A random-init student built from a config on first use, with a BPE tokenizer trained
+    on the run's own training rows (no download). For offline demos and tests only."""
+
+    kind: Literal["causal", "seq2seq"] = "causal"
+    vocab_size: int = Field(1000, ge=300)
+    hidden_size: int = Field(128, ge=16)
+    num_layers: int = Field(4, ge=1)
+    num_heads: int = Field(4, ge=1)
+    seed: int = 0
+
+
+class StudentConfig(_Section):
+    model: str | None = Field(None, description="local path or hub name of the base student")
+    tiny: TinyStudent | None = Field(None, description="build a tiny student instead (offline)")
+
+    @model_validator(mode="after")
+    def _one_student(self) -> StudentConfig:
+        if (self.model is None) == (self.tiny is None):
+            raise ValueError("give exactly one of 'model' or 'tiny'")
+        return self
+
+
+class BootstrapConfig(_Section):
+    threshold: float | None = Field(1.0, description="keep traces scoring at least this")
+    attempts: int = Field(1, ge=1, description="tries per example (retries sample hotter)")
+    concurrency: int = Field(32, ge=1, description="program runs in flight")
+
+
+class DatasetConfig(_Section):
+    multitask: bool = Field(True, description="one adapter for all predictors (else one each)")
+    val_fraction: float = Field(0.1, ge=0, lt=1)
+    format: Literal["chat", "json"] = "chat"
+
+
+class ServeConfig(_Section):
+    backend: Literal["local", "vllm"] = "local"
+    device: str | None = Field(None, description="cpu, cuda, cuda:1; None picks")
+    max_batch_size: int = Field(64, ge=1)
+    max_new_tokens: int = Field(256, ge=1)
+
+
+class EvalConfig(_Section):
+    num_threads: int = Field(16, ge=1)
+    untrained: bool = Field(True, description="also score the student before training")
+    teacher: bool = Field(True, description="also score the teacher (uses teacher calls)")
+    untrained_max_new_tokens: int = Field(
+        64, ge=1, description="cap for the untrained student, which rarely stops on its own"
+    )
+
+
+class Recipe(_Section):
+    name: str = Field(description="short name; the default run directory is runs/<name>")
+    program: str = Field(description="import path of the Module class, pkg.mod:Class")
+    program_args: dict[str, Any] = Field(default_factory=dict)
+    metric: str = Field(description="import path of metric(example, prediction, trace=None)")
+    data: DataConfig
+    teacher: TeacherConfig = TeacherConfig()
+    student: StudentConfig
+    bootstrap: BootstrapConfig = BootstrapConfig()
+    dataset: DatasetConfig = DatasetConfig()
+    lora: LoraConfig = LoraConfig()
+    train: TrainConfig = TrainConfig()
+    serve: ServeConfig = ServeConfig()
+    eval: EvalConfig = EvalConfig()
+    run_dir: str | None = Field(None, description="default: runs/<name> beside the recipe's cwd")
+
+    def section_hash(self, *names: str) -> str:
+        data = self.model_dump(mode="json")
+        blob = json.dumps({n: data[n] for n in names}, sort_keys=True)
+        return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+    # -- objects named by the recipe ----------------------------------------------------------
+    def make_program(self):
+        from apprentice.module import Module
+
+        cls = import_object(self.program, "program")
+        program = cls(**self.program_args) if isinstance(cls, type) else cls
+        if not isinstance(program, Module):
+            raise RecipeError(f"program {self.program!r} is not an apprentice Module class")
+        return program
+
+    def make_metric(self):
+        metric = import_object(self.metric, "metric")
+        if not callable(metric):
+            raise RecipeError(f"metric {self.metric!r} is not callable")
+        return metric
+
+    def make_teacher(self, *, cache_dir: str | os.PathLike | None = None):
+        from apprentice.lm.usage import Price
+
+        t = self.teacher
+        price = Price(**t.price) if t.price else None
+        cache: Any = str(Path(cache_dir) / "teacher.sqlite") if cache_dir is not None else False
+        if t.backend == "scripted":
+            from apprentice.lm.scripted import ScriptedLM
+
+            return ScriptedLM(import_object(t.script, "teacher.script"), price=price, cache=cache)
+        from apprentice.lm.openai import OpenAILM
+
+        key = os.environ.get(t.api_key_env)
+        if not key:
+            raise RecipeError(
+                f"teacher.api_key_env: environment variable {t.api_key_env} is not set; export "
+                "the endpoint's API key there"
+            )
+        return OpenAILM(
+            t.model,
+            base_url=t.base_url,
+            api_key=key,
+            model_type=t.model_type,
+            concurrency=t.concurrency,
+            price=price,
+            cache=cache,
+            temperature=t.temperature,
+            max_tokens=t.max_tokens,
+        )
+
+    def load_split(self, name: Literal["train", "dev"], base: Path | None = None) -> list:
+        return load_examples(getattr(self.data, name), self.data.inputs, base=base)
+
+
+# -- loading -----------------------------------------------------------------------------------
+
+
+def import_object(path: str, what: str) -> Any:
+    """``pkg.mod:Name`` (or ``pkg.mod.Name``) -> the object, with a one-line error."""
+    module_name, sep, attr = path.partition(":")
+    if not sep:
+        module_name, _, attr = path.rpartition(".")
+    if not module_name or not attr:
+        raise RecipeError(f"{what}: {path!r} is not an import path like 'package.module:Name'")
+    # Like `python -m`, the working directory is importable: recipes name their program
+    # modules relative to the project root the command runs from.
+    if os.getcwd() not in sys.path and "" not in sys.path:
+        sys.path.append(os.getcwd())
+    try:
+        module = importlib.import_module(module_name)
+    except ImportError as exc:
+        raise RecipeError(
+            f"{what}: cannot import module {module_name!r} ({exc}); run from the directory that "
+            "holds it or put it on PYTHONPATH"
+        ) from None
+    try:
+        obj = module
+        for part in attr.split("."):
+            obj = getattr(obj, part)
+    except AttributeError:
+        names = [n for n in dir(module) if not n.startswith("_")]
+        close = difflib.get_close_matches(attr, names, n=1)
+        hint = f"; did you mean {close[0]!r}?" if close else ""
+        raise RecipeError(f"{what}: module {module_name!r} has no {attr!r}{hint}") from None
+    return obj
+
+
+def load_examples(source: DataSource, inputs: list[str], base: Path | None = None) -> list:
+    from apprentice.example import Example
+
+    if source.factory:
+        made = import_object(source.factory, "data factory")(**source.args)
+        rows = [dict(e) if not isinstance(e, Example) else e.to_dict() for e in made]
+    else:
+        path = Path(source.path)
+        if not path.is_absolute() and base is not None and not path.exists():
+            path = base / path
+        rows = _read_rows(path, source.split)
+    if source.limit is not None:
+        rows = rows[: source.limit]
+    if not rows:
+        raise RecipeError(f"data: {source.path or source.factory} holds no examples")
+    missing = [f for f in inputs if f not in rows[0]]
+    if missing:
+        raise RecipeError(
+            f"data: input field(s) {missing} are not in {source.path or source.factory}; "
+            f"its fields: {sorted(rows[0])}"
+        )
+    return [Example(**row).with_inputs(*inputs) for row in rows]
+
+
+def _read_rows(path: Path, split: str | None) -> list[dict[str, Any]]:
+    if not path.exists():
+        raise RecipeError(f"data: file {str(path)!r} does not exist")
+    if path.is_dir():
+        from datasets import DatasetDict, load_from_disk
+
+        try:
+            data = load_from_disk(str(path))
+        except Exception as exc:  # datasets raises several kinds for a non-dataset directory
+            raise RecipeError(
+                f"data: {str(path)!r} is not a HF datasets directory ({exc})"
+            ) from None
+        if isinstance(data, DatasetDict):
+            if split not in data:
+                raise RecipeError(
+                    f"data: {str(path)!r} is a DatasetDict; set split to one of {list(data)}"
+                )
+            data = data[split]
+        return [dict(r) for r in data]
+    suffix = path.suffix.lower()
+    if suffix == ".jsonl":
+        rows = []
+        with path.open() as f:
+            for n, line in enumerate(f, 1):
+                if line.strip():
+                    try:
+                        rows.append(json.loads(line))
+                    except json.JSONDecodeError as exc:
+                        raise RecipeError(f"data: {path}:{n} is not JSON ({exc.msg})") from None
+        return rows
+    if suffix == ".json":
+        rows = json.loads(path.read_text())
+        if not isinstance(rows, list):
+            raise RecipeError(f"data: {path} must hold a JSON list of objects")
+        return rows
+    if suffix == ".csv":
+        with path.open(newline="") as f:
+            return list(csv.DictReader(f))
+    raise RecipeError(f"data: {path} has suffix {suffix!r}; use .jsonl, .json, .csv or a directory")
+
+
+def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
+    """``["train.epochs=3", "teacher.model=gpt-4o"]`` -> a new nested dict. Values are YAML."""
+    data = json.loads(json.dumps(data))
+    for item in overrides:
+        key, sep, raw = item.partition("=")
+        if not sep or not key.strip():
+            raise RecipeError(f"--set {item!r}: write it as section.key=value")
+        parts = key.strip().split(".")
+        node = data
+        for part in parts[:-1]:
+            child = node.get(part)
+            if child is None:
+                child = node[part] = {}
+            if not isinstance(child, dict):
+                raise RecipeError(f"--set {item!r}: {part!r} is a value, not a section")
+            node = child
+        try:
+            node[parts[-1]] = yaml.safe_load(raw)
+        except yaml.YAMLError:
+            node[parts[-1]] = raw
+    return data
+
+
+def load_recipe(path: str | os.PathLike, overrides: list[str] | None = None) -> Recipe:
+    path = Path(path)
+    if not path.exists():
+        raise RecipeError(f"recipe {str(path)!r} does not exist")
+    try:
+        data = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as exc:
+        raise RecipeError(
+            f"recipe {path} is not valid YAML: {' '.join(str(exc).split())}"
+        ) from None
+    if not isinstance(data, dict):
+        raise RecipeError(f"recipe {path} must be a mapping of sections, got {type(data).__name__}")
+    return validate_recipe(apply_overrides(data, overrides or []), source=str(path))
+
+
+def validate_recipe(data: dict[str, Any], source: str = "recipe") -> Recipe:
+    try:
+        return Recipe.model_validate(data)
+    except ValidationError as exc:
+        raise RecipeError(f"{source}: {_first_error(exc)}") from None
+
+
+def _first_error(exc: ValidationError) -> str:
+    error = exc.errors()[0]
+    loc = [str(p) for p in error["loc"]]
+    where = ".".join(loc) or "(top level)"
+    if error["type"] == "extra_forbidden":
+        valid = _fields_at(Recipe, loc[:-1])
+        close = difflib.get_close_matches(loc[-1], valid, n=1, cutoff=0.5)
+        hint = f"; did you mean {close[0]!r}?" if close else f"; valid keys: {', '.join(valid)}"
+        return f"unknown key {where!r}{hint}"
+    if error["type"] == "missing":
+        return f"missing required key {where!r}"
+    value = error.get("input")
+    shown = f" (got {value!r:.80})" if not isinstance(value, dict) else ""
+    return f"{where}: {error['msg']}{shown}"
+
+
+def _fields_at(model: type[BaseModel], loc: list[str]) -> list[str]:
+    for part in loc:
+        field = model.model_fields.get(part)
+        annotation = getattr(field, "annotation", None)
+        candidates = [annotation, *getattr(annotation, "__args__", ())]
+        model = next(
+            (c for c in candidates if isinstance(c, type) and issubclass(c, BaseModel)), None
+        )
+        if model is None:
+            return []
+    return list(model.model_fields)
