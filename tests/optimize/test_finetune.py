@@ -1,0 +1,174 @@
+"""End to end: a scripted teacher distilled into tiny students built from config (slow).
+
+There is no pretrained model offline, so the causal student is first trained fully on the
+ticket task; LoRA is then proven the way it is used on real students: adapters trained on
+that (now meaningful) base learn related tasks, and two of them serve from one base.
+"""
+
+from __future__ import annotations
+
+import re
+
+import pytest
+from recipes.demo.task import TicketTriage, make_examples, metric, teacher
+
+import apprentice as ap
+from apprentice.lm.local import LocalLM
+from apprentice.train.export import read_manifest
+from apprentice.train.tiny import make_tiny_student, task_corpus
+
+HELDOUT = make_examples(100, seed=7)
+
+
+@pytest.fixture(scope="module")
+def full_student(tmp_path_factory):
+    tmp_path = tmp_path_factory.mktemp("finetune")
+    lm = ap.ScriptedLM(teacher)
+    trainset = make_examples(300)
+    student = make_tiny_student(
+        "causal",
+        task_corpus(TicketTriage(), trainset, lm),
+        tmp_path / "student",
+        vocab_size=1000,
+    )
+    optimizer = ap.BootstrapFinetune(
+        metric=metric,
+        threshold=1.0,
+        student=student,
+        run_dir=tmp_path / "run",
+        progress=False,
+        train=ap.TrainConfig(full_finetune=True, epochs=40, learning_rate=2e-3, save_every=10**6),
+    )
+    compiled = optimizer.compile(TicketTriage(), trainset=trainset, teacher=lm)
+    return tmp_path, optimizer, compiled
+
+
+@pytest.mark.slow
+def test_causal_student_learns_the_two_step_task(full_student):
+    tmp_path, optimizer, compiled = full_student
+    assert optimizer.results["bootstrap"]["kept"] == 300
+    assert all(isinstance(p.lm, LocalLM) for p in compiled.predictors())
+    result = ap.Evaluate(devset=HELDOUT, metric=metric, num_threads=16, display_progress=False)(
+        compiled
+    )
+    # Stated bar: the student keeps >= 95% of the teacher's (perfect) score on held-out
+    # tickets (measured: 0.995 to 1.00).
+    assert result.score >= 0.95, result.score
+
+    # The binding survives save/load: a fresh program runs the same student.
+    path = compiled.save(tmp_path / "program.json")
+    restored = TicketTriage().load(path)
+    assert restored.classify.lm.identity == compiled.classify.lm.identity
+    again = ap.Evaluate(devset=HELDOUT[:20], metric=metric, display_progress=False)(restored)
+    assert again.score >= 0.95
+
+
+def _digits_teacher(signature, inputs):
+    answer = teacher(signature, inputs)
+    if "order_id" in answer:
+        answer["order_id"] = answer["order_id"].removeprefix("A")
+    return answer
+
+
+def _region_teacher(signature, inputs):
+    answer = teacher(signature, inputs)
+    if "order_id" in answer:
+        answer["order_id"] = answer["order_id"] + "-EU"
+    return answer
+
+
+def _id_metric(transform):
+    def score(example, prediction, trace=None):
+        return float(prediction.order_id == transform(example.order_id))
+
+    return score
+
+
+TASKS = {
+    "digits": (_digits_teacher, _id_metric(lambda o: o.removeprefix("A"))),
+    "region": (_region_teacher, _id_metric(lambda o: o + "-EU")),
+}
+
+
+@pytest.mark.slow
+def test_lora_adapters_learn_related_tasks_on_the_trained_base(full_student):
+    tmp_path, _, compiled = full_student
+    base = compiled.extract.lm.model  # the fully trained student's directory
+    programs = {}
+    for name, (task_teacher, task_metric) in TASKS.items():
+        optimizer = ap.BootstrapFinetune(
+            metric=task_metric,
+            threshold=1.0,
+            student=base,
+            run_dir=tmp_path / f"lora-{name}",
+            progress=False,
+            lora=ap.LoraConfig(r=16, alpha=32, dropout=0.0),
+            train=ap.TrainConfig(epochs=8, learning_rate=2e-3, save_every=10**6),
+        )
+        programs[name] = optimizer.compile(
+            TicketTriage(), trainset=make_examples(200, seed=3), teacher=ap.ScriptedLM(task_teacher)
+        )
+        adapter_dir = tmp_path / f"lora-{name}" / "adapters" / "multitask" / "adapter"
+        manifest = read_manifest(adapter_dir)
+        # A real LoRA adapter: no trainable embeddings or head, servable by vLLM.
+        assert manifest.method == "lora" and manifest.servable == {"vllm": True, "reasons": []}
+        assert (adapter_dir / "adapter_config.json").exists()
+        assert not (adapter_dir / "model.safetensors").exists()
+
+    digits, hashed = programs["digits"], programs["region"]
+    # Two adapters on one base: one engine holds both.
+    assert digits.extract.lm.engine is hashed.extract.lm.engine
+    names = {digits.extract.lm.adapter, hashed.extract.lm.adapter}
+    assert len(names) == 2 and names <= set(digits.extract.lm.adapter_names())
+    for name, program in programs.items():
+        score = ap.Evaluate(
+            devset=HELDOUT[:50], metric=TASKS[name][1], num_threads=16, display_progress=False
+        )(program)
+        assert score.score >= 0.9, (name, score.score)
+
+    # The base alone still does the original task: the adapters did not touch it.
+    base_lm = LocalLM(base)
+    plain = TicketTriage()
+    plain.set_lm(base_lm)
+    pred = plain(ticket=HELDOUT[0].ticket)
+    assert re.fullmatch(r"A\d{5}", pred.order_id)
+
+
+class TriageOnly(ap.Module):
+    """The demo's first step alone: the queue of a ticket."""
+
+    def __init__(self) -> None:
+        self.classify = TicketTriage().classify
+
+    def forward(self, ticket: str) -> ap.Prediction:
+        return ap.Prediction(category=self.classify(ticket=ticket).category)
+
+
+def _category_metric(example, prediction, trace=None):
+    return float(prediction.category == example.category)
+
+
+@pytest.mark.slow
+def test_t5_student_learns_to_classify_tickets(tmp_path):
+    lm = ap.ScriptedLM(teacher)
+    trainset = make_examples(300)
+    student = make_tiny_student(
+        "seq2seq", task_corpus(TriageOnly(), trainset, lm), tmp_path / "student", vocab_size=1000
+    )
+    optimizer = ap.BootstrapFinetune(
+        metric=_category_metric,
+        threshold=1.0,
+        student=student,
+        run_dir=tmp_path / "run",
+        progress=False,
+        train=ap.TrainConfig(full_finetune=True, epochs=15, learning_rate=1e-3, save_every=10**6),
+    )
+    compiled = optimizer.compile(TriageOnly(), trainset=trainset, teacher=lm)
+    assert compiled.classify.lm.kind == "seq2seq"
+    result = ap.Evaluate(
+        devset=HELDOUT, metric=_category_metric, num_threads=16, display_progress=False
+    )(compiled)
+    # Stated bar: >= 0.9 on held-out tickets (measured 0.97 in the two-step demo run). The
+    # tiny random-init T5 does not learn to copy order ids (0% on that step; see
+    # docs/benchmarks.md), so its quality test is the classification step.
+    assert result.score >= 0.9, result.score
