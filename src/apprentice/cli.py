@@ -76,7 +76,7 @@ def build_parser() -> argparse.ArgumentParser:
         description="serve a run's student (or one adapter) over an OpenAI-compatible HTTP API",
     )
     try:
-        from apprentice.serve.server import add_serve_arguments
+        from apprentice.serve.cli import add_serve_arguments
     except ImportError:  # the serving extra is optional
         serve.set_defaults(serve_missing=True)
     else:
@@ -162,7 +162,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "serve":
             if getattr(args, "serve_missing", False):
                 raise RuntimeError("serving is not available: install apprentice[train]")
-            from apprentice.serve.server import run_serve
+            from apprentice.serve.cli import run_serve
 
             return run_serve(args)
         return _run_stage(args)

@@ -65,10 +65,8 @@ def _lines(path: Path) -> list[str]:
 def _trace_ids(run_dir: Path) -> list[str]:
     ids = []
     for line in _lines(run_dir / "traces" / "traces.jsonl"):
-        try:
+        with contextlib.suppress(json.JSONDecodeError, KeyError):  # a torn last line
             ids.append(json.loads(line)["example_id"])
-        except (json.JSONDecodeError, KeyError):
-            pass  # a torn last line
     return ids
 
 

@@ -12,6 +12,7 @@ __all__ = ["lm_from_config"]
 _BACKENDS = {
     "openai": ("apprentice.lm.openai", "OpenAILM"),
     "local": ("apprentice.lm.local", "LocalLM"),
+    "vllm": ("apprentice.lm.vllm", "VLLMLM"),
 }
 
 
@@ -28,7 +29,7 @@ def lm_from_config(config: dict[str, Any]):
     module, name = _BACKENDS[backend]
     cls = getattr(importlib.import_module(module), name)
     options = {k: v for k, v in config.items() if k != "backend"}
-    if backend == "local":  # LocalLM's first parameter is the base model
+    if backend in ("local", "vllm"):  # their first parameter is the base model
         options["base_model"] = options.pop("model", None)
     known = set(inspect.signature(cls).parameters)
     unknown = sorted(set(options) - known)

@@ -1,0 +1,30 @@
+"""Serving students and swapping adapters: our OpenAI-compatible server over the local
+backend (``server``), a supervised ``vllm serve`` (``vllm_server``), binding adapters into
+a running program (``bind``), and what a run directory serves (``registry``).
+
+The names below load on first use, so ``python -m apprentice.serve.server`` runs the
+module it names rather than a copy imported by this package first.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+_EXPORTS = {
+    "Servable": "apprentice.serve.registry",
+    "Server": "apprentice.serve.server",
+    "VLLMServer": "apprentice.serve.vllm_server",
+    "bind": "apprentice.serve.bind",
+    "find_servable": "apprentice.serve.registry",
+    "swap_adapter": "apprentice.serve.bind",
+    "with_adapter": "apprentice.serve.bind",
+}
+
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str) -> Any:
+    if name not in _EXPORTS:
+        raise AttributeError(f"module 'apprentice.serve' has no attribute {name!r}")
+    return getattr(importlib.import_module(_EXPORTS[name]), name)

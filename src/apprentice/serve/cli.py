@@ -1,0 +1,123 @@
+"""``apprentice serve``: serve a run directory, an adapter or a model with the local backend
+(our server) or the vllm backend (a supervised ``vllm serve``), until interrupted.
+
+The vLLM-named options match ``vllm serve``, so ``python -m apprentice.serve.server`` takes
+the command line a supervisor gives ``vllm serve`` (see ``serve.vllm_server``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import signal
+import sys
+import threading
+
+__all__ = ["add_serve_arguments", "main", "run_serve"]
+
+
+def add_serve_arguments(parser: argparse.ArgumentParser) -> None:
+    """The options of ``apprentice serve`` (also ``python -m apprentice.serve.server``); the
+    vLLM-named ones match ``vllm serve``, so a supervisor drives either with one command line."""
+    parser.add_argument(
+        "target",
+        metavar="RUN_DIR|ADAPTER_DIR|MODEL",
+        help="a run directory (adapters/<name>/...), one adapter directory, a full finetune, "
+        "or a base model directory / hub name",
+    )
+    parser.add_argument("--backend", choices=("local", "vllm"), default="local")
+    parser.add_argument("--host", default="127.0.0.1", help="0.0.0.0 exposes the server: set a key")
+    parser.add_argument("--port", type=int, default=8000)
+    parser.add_argument(
+        "--api-key",
+        default=None,
+        help="required as 'Authorization: Bearer KEY'; default $VLLM_API_KEY",
+    )
+    parser.add_argument(
+        "--adapter-root",
+        default=None,
+        help="directory that /v1/load_lora_adapter may load from (default: RUN_DIR; with "
+        "another target, runtime loading is off)",
+    )
+    parser.add_argument("--served-model-name", default=None, help="the base model's id")
+    parser.add_argument("--max-new-tokens", type=int, default=256, help="local: default max_tokens")
+    parser.add_argument("--device", default=None, help="local: cpu, cuda, ... (default: auto)")
+    parser.add_argument("--enable-lora", action="store_true", help="as vllm serve (always on)")
+    parser.add_argument("--max-lora-rank", type=int, default=None, help="vllm: largest LoRA rank")
+    parser.add_argument("--max-loras", type=int, default=None, help="vllm: adapters per batch")
+    parser.add_argument("--log-file", default=None, help="vllm: the server's log file")
+
+
+def run_serve(args: argparse.Namespace) -> int:
+    """Serves until interrupted; returns the exit status (2: nothing servable)."""
+    from apprentice.serve.registry import find_servable
+
+    try:
+        servable = find_servable(args.target)
+    except (FileNotFoundError, ValueError) as exc:
+        print(f"apprentice serve: {exc}", file=sys.stderr)
+        return 2
+    api_key = args.api_key or os.environ.get("VLLM_API_KEY") or None
+    adapter_root = args.adapter_root or servable.run_dir
+    if args.backend == "vllm":
+        from apprentice.serve.vllm_server import run_vllm_backend
+
+        return run_vllm_backend(args, servable, api_key)
+    from apprentice.lm.local import LocalLM
+    from apprentice.serve.server import Server
+
+    _exit_on_sigterm()
+    try:
+        lm = LocalLM(
+            servable.base_model,
+            adapters=servable.adapters,
+            device=args.device,
+            max_new_tokens=args.max_new_tokens,
+        )
+        server = Server(
+            lm,
+            host=args.host,
+            port=args.port,
+            api_key=api_key,
+            adapter_root=adapter_root,
+            model_name=args.served_model_name,
+        )
+    except (OSError, ValueError) as exc:
+        print(f"apprentice serve: {exc}", file=sys.stderr)
+        return 2
+    print(
+        f"apprentice serve: {server.base_url} serves {server.model_name!r} with adapters "
+        f"{lm.adapter_names()} ({lm.engine.kind}, {lm.engine.device})",
+        file=sys.stderr,
+        flush=True,
+    )
+    try:
+        server.serve_forever()
+    finally:
+        server.close()
+    return 0
+
+
+def _exit_on_sigterm() -> None:
+    """SIGTERM (what a supervisor sends) ends ``serve_forever`` as Ctrl-C does."""
+
+    def interrupt(signum, frame):
+        raise KeyboardInterrupt
+
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGTERM, interrupt)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m apprentice.serve.server ...`` (the CLI proper calls ``run_serve``)."""
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    parser = argparse.ArgumentParser(
+        prog="python -m apprentice.serve.server", description=__doc__.split("\n\n")[0]
+    )
+    add_serve_arguments(parser)
+    return run_serve(parser.parse_args(argv))
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,227 @@
+"""The OpenAI request bodies as our server reads them: checked, with a clear 4xx otherwise.
+
+Only what changes the answer is read (``model``, messages or prompt, ``temperature``,
+``top_p``, ``max_tokens``, ``n``, ``stop``, ``seed``); an option the server cannot honour
+(streaming, logprobs, tools, penalties, ...) is refused rather than silently ignored, and
+the rest (``user``, ``metadata``, ...) is ignored as it does not change the answer.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import time
+import uuid
+from typing import Any
+
+__all__ = [
+    "HTTPError",
+    "chat_messages",
+    "choice_texts",
+    "completion_body",
+    "error_body",
+    "json_object",
+    "prompt_messages",
+    "sampling_options",
+]
+
+MAX_N = 64
+MAX_STOPS = 16
+ROLES = ("system", "user", "assistant")
+
+_ERROR_TYPES = {
+    400: "BadRequestError",
+    401: "AuthenticationError",
+    403: "PermissionDeniedError",
+    404: "NotFoundError",
+    405: "MethodNotAllowed",
+    411: "LengthRequired",
+    413: "RequestTooLarge",
+    500: "InternalServerError",
+}
+
+# option -> the values we can honour (anything else is refused with a 400)
+_UNSUPPORTED: dict[str, tuple[Any, ...]] = {
+    "stream": (None, False),
+    "echo": (None, False),
+    "logprobs": (None, False),
+    "top_logprobs": (None, 0),
+    "best_of": (None, 1),
+    "suffix": (None, ""),
+    "tools": (None, []),
+    "tool_choice": (None, "none"),
+    "functions": (None, []),
+    "response_format": (None, {"type": "text"}),
+    "presence_penalty": (None, 0, 0.0),
+    "frequency_penalty": (None, 0, 0.0),
+    "logit_bias": (None, {}),
+}
+
+
+class HTTPError(Exception):
+    """A request the server answers with ``status`` and an OpenAI-style error body."""
+
+    def __init__(self, status: int, message: str, param: str | None = None) -> None:
+        super().__init__(message)
+        self.status = status
+        self.message = message
+        self.param = param
+
+
+def error_body(status: int, message: str, param: str | None = None) -> dict[str, Any]:
+    error_type = _ERROR_TYPES.get(status, "Error")
+    return {"error": {"message": message, "type": error_type, "param": param, "code": status}}
+
+
+def json_object(body: bytes) -> dict[str, Any]:
+    try:
+        data = json.loads(body)
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise HTTPError(400, f"request body is not valid JSON: {exc}") from None
+    if not isinstance(data, dict):
+        raise HTTPError(400, f"request body must be a JSON object, got {type(data).__name__}")
+    return data
+
+
+def chat_messages(value: Any) -> list[dict[str, str]]:
+    """``messages`` as role/content string pairs (text content parts are joined)."""
+    if not isinstance(value, list) or not value:
+        raise HTTPError(400, "'messages' must be a non-empty list", param="messages")
+    messages = []
+    for i, message in enumerate(value):
+        if not isinstance(message, dict) or message.get("role") not in ROLES:
+            raise HTTPError(
+                400,
+                f"messages[{i}] must be an object with 'role' one of {list(ROLES)}, got "
+                f"{message!r:.200}",
+                param="messages",
+            )
+        messages.append({"role": message["role"], "content": _content(message.get("content"), i)})
+    return messages
+
+
+def _content(content: Any, i: int) -> str:
+    if isinstance(content, str):
+        return content
+    if isinstance(content, list) and all(
+        isinstance(p, dict) and p.get("type") == "text" and isinstance(p.get("text"), str)
+        for p in content
+    ):
+        return "".join(p["text"] for p in content)
+    raise HTTPError(
+        400,
+        f"messages[{i}].content must be a string or a list of text parts; only text is served, "
+        f"got {content!r:.200}",
+        param="messages",
+    )
+
+
+_SECTION = re.compile(r"<\|([a-z]+)\|>\n")
+
+
+def prompt_messages(prompt: str) -> list[dict[str, str]]:
+    """The messages a flattened-chat prompt came from (an exact inverse of
+    ``formats.messages_to_prompt``), or the prompt as one user message."""
+    from apprentice.formats import messages_to_prompt
+
+    suffix = "\n<|assistant|>\n"
+    if prompt.startswith("<|") and prompt.endswith(suffix):
+        body = prompt[: -len(suffix)]
+        marks = list(_SECTION.finditer(body))
+        if marks and marks[0].start() == 0:
+            messages = []
+            for mark, after in zip(marks, [*marks[1:], None], strict=True):
+                end = after.start() - 1 if after is not None else len(body)
+                messages.append({"role": mark.group(1), "content": body[mark.end() : end]})
+            # A content that itself holds a marker line splits wrongly: keep only exact inverses.
+            if all(m["role"] in ROLES for m in messages) and messages_to_prompt(messages) == prompt:
+                return messages
+    return [{"role": "user", "content": prompt}]
+
+
+def sampling_options(data: dict[str, Any], *, chat: bool) -> dict[str, Any]:
+    """The ``Request`` fields a body asks for, each checked."""
+    for name, allowed in _UNSUPPORTED.items():
+        if name in data and data[name] not in allowed:
+            raise HTTPError(
+                400,
+                f"{name}={data[name]!r:.100} is not supported by apprentice's server",
+                param=name,
+            )
+    max_tokens = data.get("max_tokens")
+    if chat and max_tokens is None:
+        max_tokens = data.get("max_completion_tokens")
+    n = data.get("n", 1)
+    if n is None:
+        n = 1
+    return {
+        "temperature": _number(data, "temperature", low=0.0),
+        "top_p": _number(data, "top_p", low=0.0, high=1.0, open_low=True),
+        "max_tokens": _integer("max_tokens", max_tokens, low=1),
+        "n": _integer("n", n, low=1, high=MAX_N),
+        "stop": _stops(data.get("stop")),
+        "seed": _integer("seed", data.get("seed")),
+    }
+
+
+def _number(data, name, *, low, high=None, open_low=False) -> float | None:
+    value = data.get(name)
+    if value is None:
+        return None
+    ok = isinstance(value, (int, float)) and not isinstance(value, bool)
+    ok = ok and (value > low if open_low else value >= low) and (high is None or value <= high)
+    if not ok:
+        bounds = f"{'>' if open_low else '>='} {low}" + (f" and <= {high}" if high else "")
+        raise HTTPError(400, f"{name} must be a number {bounds}, got {value!r:.100}", param=name)
+    return float(value)
+
+
+def _integer(name, value, *, low=None, high=None) -> int | None:
+    if value is None:
+        return None
+    ok = type(value) is int and (low is None or value >= low) and (high is None or value <= high)
+    if not ok:
+        bounds = "".join(
+            [f" >= {low}" if low is not None else "", f" and <= {high}" if high else ""]
+        )
+        raise HTTPError(400, f"{name} must be an integer{bounds}, got {value!r:.100}", param=name)
+    return value
+
+
+def _stops(value) -> tuple[str, ...] | None:
+    if value is None:
+        return None
+    stops = [value] if isinstance(value, str) else value
+    if (
+        not isinstance(stops, list)
+        or len(stops) > MAX_STOPS
+        or not all(isinstance(s, str) for s in stops)
+    ):
+        raise HTTPError(
+            400,
+            f"stop must be a string or a list of at most {MAX_STOPS} strings, got {value!r:.100}",
+            param="stop",
+        )
+    return tuple(s for s in stops if s) or None
+
+
+def choice_texts(response) -> list[tuple[str, str | None]]:
+    reasons = list(response.finish_reasons) or [None] * len(response.texts)
+    return list(zip(response.texts, reasons, strict=True))
+
+
+def completion_body(prefix: str, kind: str, model: str, choices: list, responses: list) -> dict:
+    prompt = sum(r.usage.prompt_tokens for r in responses)
+    completion = sum(r.usage.completion_tokens for r in responses)
+    return {
+        "id": f"{prefix}-{uuid.uuid4().hex}",
+        "object": kind,
+        "created": int(time.time()),
+        "model": model,
+        "choices": choices,
+        "usage": {
+            "prompt_tokens": prompt,
+            "completion_tokens": completion,
+            "total_tokens": prompt + completion,
+        },
+    }

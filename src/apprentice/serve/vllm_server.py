@@ -1,0 +1,333 @@
+"""VLLMServer: a supervised ``vllm serve BASE --enable-lora`` subprocess with runtime LoRA.
+
+``start()`` picks a free port, launches the server with its output going to a log file
+(and ``VLLM_ALLOW_RUNTIME_LORA_UPDATING=True`` so adapters load at runtime), and waits for
+``/health``: it fails early, with the log's last lines, if the process exits or does not
+become healthy in time. ``load_adapter`` / ``unload_adapter`` go through vLLM's
+``/v1/load_lora_adapter`` / ``/v1/unload_lora_adapter``; ``lm(adapter)`` is the
+``OpenAILM`` that predictors use. ``stop()`` sends SIGTERM to the server's process group,
+then SIGKILL if it has not exited in time.
+
+The command is injectable (``command=``): the tests run this supervision against
+apprentice's own server (``python -m apprentice.serve.server``), which speaks the same
+protocol and takes the same flags, on a CPU. The API key travels in ``VLLM_API_KEY``
+(read by both servers), never on the command line where ``ps`` would show it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import signal
+import socket
+import subprocess
+import time
+import weakref
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from apprentice.lm.base import LMRequestError
+
+__all__ = ["VLLMServer", "free_port", "run_vllm_backend"]
+
+log = logging.getLogger(__name__)
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    """A port nobody listens on now (another process could still take it before we do)."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    with socket.socket(family, socket.SOCK_STREAM) as probe:
+        probe.bind((host, 0))
+        return probe.getsockname()[1]
+
+
+class VLLMServer:
+    """``with VLLMServer("path/to/base", log_path=run_dir / "logs/vllm.log") as server:``
+    ``server.load_adapter("triage", path)``; ``OpenAILM`` via ``server.lm("triage")``.
+
+    ``command``: the program and leading arguments (default ``vllm serve``); the base model,
+    ``--host``, ``--port``, ``--enable-lora``, ``--max-lora-rank``, ``--max-loras`` and
+    ``extra_args`` follow. ``port=None`` picks a free one.
+    """
+
+    def __init__(
+        self,
+        base_model: str | os.PathLike,
+        *,
+        log_path: str | os.PathLike,
+        max_lora_rank: int = 16,
+        max_loras: int = 4,
+        host: str = "127.0.0.1",
+        port: int | None = None,
+        api_key: str | None = None,
+        served_model_name: str | None = None,
+        command: Sequence[str] = ("vllm", "serve"),
+        extra_args: Sequence[str] = (),
+        startup_timeout: float = 900.0,
+        stop_timeout: float = 30.0,
+    ) -> None:
+        self.base_model = str(base_model)
+        self.model_name = served_model_name or self.base_model
+        self.log_path = Path(log_path)
+        self.max_lora_rank = max_lora_rank
+        self.max_loras = max_loras
+        self.host = host
+        self.port = port
+        self.api_key = api_key or None
+        self.command = list(command)
+        self.extra_args = list(extra_args)
+        self.startup_timeout = startup_timeout
+        self.stop_timeout = stop_timeout
+        self.process: subprocess.Popen | None = None
+        self.hashes: dict[str, str] = {}  # adapter -> content hash, for cache keys
+        self._client: Any = None
+        self._finalizer: weakref.finalize | None = None
+
+    # -- addresses ---------------------------------------------------------------------
+    @property
+    def url(self) -> str:
+        host = {"0.0.0.0": "127.0.0.1", "": "127.0.0.1", "::": "::1"}.get(self.host, self.host)
+        return f"http://[{host}]:{self.port}" if ":" in host else f"http://{host}:{self.port}"
+
+    @property
+    def base_url(self) -> str:
+        return self.url + "/v1"
+
+    def argv(self) -> list[str]:
+        argv = [
+            *self.command,
+            self.base_model,
+            "--host",
+            self.host,
+            "--port",
+            str(self.port),
+            "--enable-lora",
+            "--max-lora-rank",
+            str(self.max_lora_rank),
+            "--max-loras",
+            str(self.max_loras),
+        ]
+        if self.model_name != self.base_model:
+            argv += ["--served-model-name", self.model_name]
+        return argv + self.extra_args
+
+    # -- lifecycle -------------------------------------------------------------------------
+    def start(self) -> VLLMServer:
+        import httpx
+
+        if self.process is not None:
+            raise RuntimeError(f"{self!r} is already started")
+        if self.port is None:
+            self.port = free_port(self.host)
+        env = {**os.environ, "VLLM_ALLOW_RUNTIME_LORA_UPDATING": "True"}
+        if self.api_key:
+            env["VLLM_API_KEY"] = self.api_key
+        self.log_path.parent.mkdir(parents=True, exist_ok=True)
+        argv = self.argv()
+        with open(self.log_path, "ab") as log_file:
+            stamp = time.strftime("%Y-%m-%d %H:%M:%S")
+            log_file.write(f"\n===== {stamp} apprentice starts: {' '.join(argv)}\n".encode())
+            log_file.flush()
+            # A session of its own: stop() signals the whole group (vLLM runs worker processes).
+            self.process = subprocess.Popen(
+                argv,
+                stdin=subprocess.DEVNULL,
+                stdout=log_file,
+                stderr=subprocess.STDOUT,
+                env=env,
+                start_new_session=True,
+            )
+        self._finalizer = weakref.finalize(self, _kill_group, self.process)
+        headers = {"Authorization": f"Bearer {self.api_key}"} if self.api_key else {}
+        self._client = httpx.Client(base_url=self.url, headers=headers, timeout=60, trust_env=False)
+        log.info("started %s (pid %d), log: %s", argv[0], self.process.pid, self.log_path)
+        try:
+            self._wait_healthy()
+        except BaseException:
+            self.stop()
+            raise
+        return self
+
+    def _wait_healthy(self) -> None:
+        import httpx
+
+        deadline = time.monotonic() + self.startup_timeout
+        while True:
+            code = self.process.poll()
+            if code is not None:
+                raise RuntimeError(
+                    f"`{' '.join(self.argv())}` exited with code {code} before it was healthy; "
+                    f"{self.log_path} ends with:\n{self.log_tail()}"
+                )
+            try:
+                if self._client.get("/health", timeout=2).status_code == 200:
+                    return
+            except httpx.HTTPError:
+                pass
+            if time.monotonic() > deadline:
+                raise TimeoutError(
+                    f"{self.url} was not healthy after {self.startup_timeout:.0f}s; "
+                    f"{self.log_path} ends with:\n{self.log_tail()}"
+                )
+            time.sleep(0.2)
+
+    def log_tail(self, lines: int = 30) -> str:
+        try:
+            text = self.log_path.read_text(errors="replace")
+        except OSError:
+            return "(no log)"
+        return "\n".join(text.splitlines()[-lines:])
+
+    def running(self) -> bool:
+        return self.process is not None and self.process.poll() is None
+
+    def wait(self) -> int:
+        """Blocks until the server exits; its exit code."""
+        return self.process.wait() if self.process is not None else 0
+
+    def stop(self) -> int | None:
+        """SIGTERM to the server's process group, SIGKILL after ``stop_timeout``; its exit code."""
+        if self._client is not None:
+            self._client.close()
+            self._client = None
+        if self.process is None:
+            return None
+        process = self.process
+        if process.poll() is None:
+            _signal_group(process, signal.SIGTERM)
+            try:
+                process.wait(self.stop_timeout)
+            except subprocess.TimeoutExpired:
+                log.warning("%r did not stop in %ss; killing it", self, self.stop_timeout)
+                _kill_group(process)
+        if self._finalizer is not None:
+            self._finalizer.detach()
+        return process.returncode
+
+    def __enter__(self) -> VLLMServer:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    def __repr__(self) -> str:
+        return f"VLLMServer({self.base_model!r}, url={self.url if self.port else None})"
+
+    # -- adapters ------------------------------------------------------------------------
+    def load_adapter(self, name: str, path: str | os.PathLike, *, replace: bool = False) -> str:
+        """Loads the PEFT adapter at ``path`` under ``name``; returns its content hash."""
+        from apprentice.train.export import adapter_hash
+
+        folder = Path(path).expanduser().resolve()
+        body: dict[str, Any] = {"lora_name": name, "lora_path": str(folder)}
+        if replace:
+            body["load_inplace"] = True
+        self._post("/v1/load_lora_adapter", body, f"load adapter {name!r} from {folder}")
+        self.hashes[name] = adapter_hash(folder)
+        return self.hashes[name]
+
+    def unload_adapter(self, name: str) -> None:
+        self._post("/v1/unload_lora_adapter", {"lora_name": name}, f"unload adapter {name!r}")
+        self.hashes.pop(name, None)
+
+    def model_ids(self) -> list[str]:
+        """The served ids: the base model first, then the adapters."""
+        reply = self._client.get("/v1/models")
+        if reply.status_code != 200:
+            raise LMRequestError(
+                f"{self.url}/v1/models: HTTP {reply.status_code}: {reply.text[:300]}",
+                status=reply.status_code,
+            )
+        return [card["id"] for card in reply.json()["data"]]
+
+    def _post(self, path: str, body: dict[str, Any], what: str) -> None:
+        if self._client is None:
+            raise RuntimeError(f"{self!r} is not started; call start() first")
+        reply = self._client.post(path, json=body)
+        if reply.status_code != 200:
+            from apprentice.lm.openai import _server_message
+
+            raise LMRequestError(
+                f"{self.url} refused to {what}: HTTP {reply.status_code}: "
+                f"{_server_message(reply.content)}",
+                status=reply.status_code,
+                body=reply.text[:2000],
+            )
+
+    def lm(self, adapter: str | None = None, **options: Any):
+        """An ``OpenAILM`` for the base model (``adapter=None``) or a loaded adapter; ``options``
+        go to OpenAILM (temperature, max_tokens, cache, ...)."""
+        from apprentice.lm.openai import OpenAILM
+
+        if adapter is not None and adapter not in self.hashes:
+            raise ValueError(f"adapter {adapter!r} is not loaded; loaded: {sorted(self.hashes)}")
+        return OpenAILM(
+            self.model_name,
+            base_url=self.base_url,
+            api_key=self.api_key or "",  # never the OPENAI_API_KEY of the environment
+            adapter=adapter,
+            adapter_hash=self.hashes.get(adapter) if adapter else None,
+            **options,
+        )
+
+
+def _signal_group(process: subprocess.Popen, signum: int) -> None:
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(process.pid, signum)
+
+
+def _kill_group(process: subprocess.Popen) -> None:
+    if process.poll() is None:
+        _signal_group(process, signal.SIGKILL)
+        process.wait()
+
+
+def _interrupt(signum: int, frame: Any) -> None:
+    raise KeyboardInterrupt
+
+
+def run_vllm_backend(args: Any, servable: Any, api_key: str | None) -> int:
+    """``apprentice serve --backend vllm``: launch, load the adapters, serve until interrupted."""
+    import sys
+
+    from apprentice.train.config import VLLM_LORA_RANKS
+
+    problems = servable.vllm_problems()
+    if problems:
+        print("apprentice serve: " + "; ".join(problems), file=sys.stderr)
+        return 2
+    ranks = [m.lora_config.get("r", 0) for m in servable.manifests.values() if m.lora_config]
+    rank = args.max_lora_rank or min(r for r in VLLM_LORA_RANKS if r >= max([16, *ranks]))
+    run_dir = servable.run_dir or Path.cwd()
+    server = VLLMServer(
+        servable.base_model,
+        log_path=args.log_file or run_dir / "logs" / "vllm_server.log",
+        max_lora_rank=rank,
+        max_loras=args.max_loras or max(4, len(servable.adapters)),
+        host=args.host,
+        port=args.port,
+        api_key=api_key,
+        served_model_name=args.served_model_name,
+    )
+    previous = signal.signal(signal.SIGTERM, _interrupt)
+    try:
+        server.start()
+        for name, folder in servable.adapters.items():
+            server.load_adapter(name, folder)
+        print(
+            f"apprentice serve: {server.base_url} (vLLM, log {server.log_path}) serves "
+            f"{server.model_ids()}",
+            file=sys.stderr,
+            flush=True,
+        )
+        return server.wait()
+    except KeyboardInterrupt:
+        return 0
+    except (RuntimeError, TimeoutError, LMRequestError) as exc:
+        print(f"apprentice serve: {exc}", file=sys.stderr)
+        return 1
+    finally:
+        server.stop()
+        signal.signal(signal.SIGTERM, previous)
