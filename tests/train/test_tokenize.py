@@ -44,7 +44,9 @@ def test_truncation_cuts_the_prompt_start_and_never_the_target(tiny_causal):
     assert tok.decode(target[:-1]) == ROW["completion"]  # intact
     text = tok.decode(feature["input_ids"]).removesuffix("</s>")
     assert text.endswith("refund me\n<|assistant|>\n" + ROW["completion"])
-    assert text.startswith("ord word")  # the start of the prompt was cut
+    # The start of the prompt was cut: fewer of the 400 words are left, and the text starts
+    # inside that run of words (where exactly depends on how the tokenizer merged them).
+    assert text.lstrip().startswith(("word", "ord", "rd", "d ")) and text.count("word") < 400
 
 
 def test_chat_template_is_used_when_the_tokenizer_has_one(tiny_causal):
