@@ -19,8 +19,9 @@ from concurrent.futures import Future
 from pathlib import Path
 from typing import Any
 
-from apprentice.lm.base import BaseLM, Request, Response
+from apprentice.lm.base import Request, Response
 from apprentice.lm.cache import Cache
+from apprentice.lm.engine_view import EngineView, check_batching
 from apprentice.lm.local_batch import BASE
 from apprentice.lm.local_engine import EngineStats, LocalEngine, adapter_dir
 from apprentice.lm.usage import Price
@@ -28,7 +29,7 @@ from apprentice.lm.usage import Price
 __all__ = ["BASE", "EngineStats", "LocalEngine", "LocalLM", "get_engine"]
 
 
-class LocalLM(BaseLM):
+class LocalLM(EngineView):
     """``LocalLM("path/to/base", adapters={"triage": "runs/x/adapters/triage"}, adapter="triage")``.
 
     ``adapters`` are loaded into the shared engine of the base model; ``adapter`` is the one
@@ -61,17 +62,11 @@ class LocalLM(BaseLM):
         price: Price | None = None,
         history_size: int = 200,
     ) -> None:
-        for name, value in (("max_batch_size", max_batch_size), ("max_new_tokens", max_new_tokens)):
-            if type(value) is not int or value < 1:
-                raise ValueError(f"{name} must be an integer >= 1, got {value!r}")
-        if (
-            isinstance(batch_wait_ms, bool)
-            or not isinstance(batch_wait_ms, (int, float))
-            or not batch_wait_ms >= 0
-        ):
-            raise ValueError(
-                f"batch_wait_ms must be a number of milliseconds >= 0, got {batch_wait_ms!r}"
-            )
+        check_batching(
+            max_batch_size=max_batch_size,
+            batch_wait_ms=batch_wait_ms,
+            max_new_tokens=max_new_tokens,
+        )
         if merge:
             if len(adapters or {}) != 1 or (adapter is not None and adapter not in adapters):
                 raise ValueError(
@@ -84,11 +79,7 @@ class LocalLM(BaseLM):
             self.engine = get_engine(base_model, device, dtype)
             for name, path in (adapters or {}).items():
                 self.engine.load_adapter(name, path)
-        if adapter is not None and adapter not in self.engine.adapter_names():
-            raise ValueError(
-                f"adapter {adapter!r} is not loaded for {str(base_model)!r}; loaded: "
-                f"{self.engine.adapter_names()}; pass adapters={{{adapter!r}: path}}"
-            )
+        self._check_loaded(adapter, base_model)
         super().__init__(
             str(base_model), adapter=adapter, cache=cache, price=price, history_size=history_size
         )
@@ -99,25 +90,9 @@ class LocalLM(BaseLM):
         self.max_new_tokens = max_new_tokens
         self.merge = merge
 
-    # The hash follows the engine's adapter table, so a swapped adapter changes the cache key.
-    @property
-    def adapter_hash(self) -> str | None:
-        return self.engine.adapter_hash(self.adapter) if self.adapter else None
-
-    @adapter_hash.setter
-    def adapter_hash(self, value: str | None) -> None:
-        if value is not None:
-            raise AttributeError(
-                "LocalLM.adapter_hash is the loaded adapter's content hash; it cannot be set"
-            )
-
     @property
     def kind(self) -> str:
         return self.engine.kind
-
-    @property
-    def stats(self) -> EngineStats:
-        return self.engine.stats
 
     def with_adapter(self, name: str | None) -> LocalLM:
         """A view of the same engine answering with adapter ``name`` (None: the base model);
@@ -134,50 +109,21 @@ class LocalLM(BaseLM):
             adapter=name,
             device=self.device_option,
             dtype=self.dtype_option,
-            max_batch_size=self.max_batch_size,
-            batch_wait_ms=self.batch_wait_ms,
-            max_new_tokens=self.max_new_tokens,
-            cache=self.cache if self.cache is not None else False,
-            price=self.usage.price,
-            history_size=self.history.maxlen or 0,
+            **self._view_options(),
         )
-
-    def load_adapter(self, name: str, path: str | Path, *, replace: bool = False) -> str:
-        return self.engine.load_adapter(name, path, replace=replace)
-
-    def unload_adapter(self, name: str) -> None:
-        self.engine.unload_adapter(name)
-
-    def adapter_names(self) -> list[str]:
-        return self.engine.adapter_names()
 
     # -- config and cache key ----------------------------------------------------------------
     def to_config(self) -> dict[str, Any]:
-        path = self.engine.adapter_path(self.adapter) if self.adapter else None
         dtype = self.dtype_option
         return {
-            "backend": self.backend,
-            "model": self.model,
-            "adapter": self.adapter,
-            "adapters": {self.adapter: path} if path else {},
+            **self._base_config(),
             "device": self.device_option,
             "dtype": str(dtype).removeprefix("torch.") if dtype is not None else None,
-            "max_batch_size": self.max_batch_size,
-            "batch_wait_ms": self.batch_wait_ms,
-            "max_new_tokens": self.max_new_tokens,
             "merge": self.merge,
-            "cache": self.cache is not None,
-            "price": self.usage.price.to_config() if self.usage.price else None,
-            "history_size": self.history.maxlen,
         }
 
-    def key_fields(self, request: Request) -> dict[str, Any]:
-        fields = request.key_fields()
-        fields["temperature"] = request.temperature or 0.0
-        if fields["max_tokens"] is None:
-            fields["max_tokens"] = self.max_new_tokens
-        fields["dtype"] = str(self.engine.dtype)
-        return fields
+    def _dtype_key(self) -> str:
+        return str(self.engine.dtype)
 
     # -- generation -------------------------------------------------------------------------
     def _submit(self, requests: list[Request]) -> list[Future]:

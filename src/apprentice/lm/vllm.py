@@ -26,8 +26,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from apprentice.lm.base import BaseLM, LMError, Request, Response, Usage
+from apprentice.lm.base import LMError, Request, Response, Usage
 from apprentice.lm.cache import Cache
+from apprentice.lm.engine_view import EngineView, check_batching
 from apprentice.lm.local_engine import EngineStats, adapter_dir
 from apprentice.lm.usage import Price
 
@@ -53,7 +54,7 @@ class EngineOptions:
     seed: int = 0
 
 
-class VLLMLM(BaseLM):
+class VLLMLM(EngineView):
     """``VLLMLM("path/to/base", adapters={"triage": "runs/x/adapters/triage/adapter"}, adapter="triage")``.
 
     ``max_lora_rank``: the largest adapter rank the engine accepts (one of vLLM's 1, 8, 16,
@@ -89,24 +90,20 @@ class VLLMLM(BaseLM):
             raise ValueError(
                 f"max_lora_rank must be one of {sorted(VLLM_LORA_RANKS)}, got {max_lora_rank!r}"
             )
-        for name, value in (
-            ("max_loras", max_loras),
-            ("max_batch_size", max_batch_size),
-            ("max_new_tokens", max_new_tokens),
-        ):
-            if type(value) is not int or value < 1:
-                raise ValueError(f"{name} must be an integer >= 1, got {value!r}")
+        if type(max_loras) is not int or max_loras < 1:
+            raise ValueError(f"max_loras must be an integer >= 1, got {max_loras!r}")
+        check_batching(
+            max_batch_size=max_batch_size,
+            batch_wait_ms=batch_wait_ms,
+            max_new_tokens=max_new_tokens,
+        )
         options = EngineOptions(
             max_lora_rank, max_loras, dtype, gpu_memory_utilization, max_model_len, seed
         )
         self.engine = get_vllm_engine(base_model, options)
         for name, path in (adapters or {}).items():
             self.engine.load_adapter(name, path)
-        if adapter is not None and adapter not in self.engine.adapter_names():
-            raise ValueError(
-                f"adapter {adapter!r} is not loaded for {str(base_model)!r}; loaded: "
-                f"{self.engine.adapter_names()}; pass adapters={{{adapter!r}: path}}"
-            )
+        self._check_loaded(adapter, base_model)
         super().__init__(
             str(base_model), adapter=adapter, cache=cache, price=price, history_size=history_size
         )
@@ -115,65 +112,20 @@ class VLLMLM(BaseLM):
         self.batch_wait_ms = float(batch_wait_ms)
         self.max_new_tokens = max_new_tokens
 
-    @property
-    def adapter_hash(self) -> str | None:  # follows the engine's table: a swap changes the key
-        return self.engine.adapter_hash(self.adapter) if self.adapter else None
-
-    @adapter_hash.setter
-    def adapter_hash(self, value: str | None) -> None:
-        if value is not None:
-            raise AttributeError("VLLMLM.adapter_hash is the loaded adapter's content hash")
-
-    @property
-    def stats(self) -> EngineStats:
-        return self.engine.stats
-
     def with_adapter(self, name: str | None) -> VLLMLM:
         """A view of the same engine answering with adapter ``name`` (None: the base model)."""
         return VLLMLM(
             self.model,
             adapter=name,
-            max_batch_size=self.max_batch_size,
-            batch_wait_ms=self.batch_wait_ms,
-            max_new_tokens=self.max_new_tokens,
-            cache=self.cache if self.cache is not None else False,
-            price=self.usage.price,
-            history_size=self.history.maxlen or 0,
+            **self._view_options(),
             **vars(self.options),
         )
 
-    def load_adapter(self, name: str, path: str | Path, *, replace: bool = False) -> str:
-        return self.engine.load_adapter(name, path, replace=replace)
-
-    def unload_adapter(self, name: str) -> None:
-        self.engine.unload_adapter(name)
-
-    def adapter_names(self) -> list[str]:
-        return self.engine.adapter_names()
-
     def to_config(self) -> dict[str, Any]:
-        path = self.engine.adapter_path(self.adapter) if self.adapter else None
-        return {
-            "backend": self.backend,
-            "model": self.model,
-            "adapter": self.adapter,
-            "adapters": {self.adapter: path} if path else {},
-            **vars(self.options),
-            "max_batch_size": self.max_batch_size,
-            "batch_wait_ms": self.batch_wait_ms,
-            "max_new_tokens": self.max_new_tokens,
-            "cache": self.cache is not None,
-            "price": self.usage.price.to_config() if self.usage.price else None,
-            "history_size": self.history.maxlen,
-        }
+        return {**self._base_config(), **vars(self.options)}
 
-    def key_fields(self, request: Request) -> dict[str, Any]:
-        fields = request.key_fields()
-        fields["temperature"] = request.temperature or 0.0
-        if fields["max_tokens"] is None:
-            fields["max_tokens"] = self.max_new_tokens
-        fields["dtype"] = self.options.dtype
-        return fields
+    def _dtype_key(self) -> str:
+        return self.options.dtype
 
     def _generate(self, requests: list[Request]) -> list[Response | BaseException]:
         futures = self.engine.submit(
