@@ -20,6 +20,7 @@ from typing import Any
 
 from apprentice.evaluate.evaluate import Evaluate, EvaluationResult, ExampleResult
 from apprentice.evaluate.metrics import exact_match
+from apprentice.evaluate.plots import plot_loss, plot_quality_cost, read_train_log
 from apprentice.example import Example
 from apprentice.formats.values import to_jsonable
 from apprentice.lm.usage import Price
@@ -370,71 +371,6 @@ def _table(systems: Sequence[SystemEval], baseline: str) -> list[str]:
     return lines
 
 
-def _read_train_log(path: Path) -> tuple[list[tuple[int, float]], list[tuple[int, float]]]:
-    """(train, validation) losses by step; a step logged twice (a resumed run) keeps the
-    later value, and a torn last line (a killed run) is skipped."""
-    train: dict[int, float] = {}
-    val: dict[int, float] = {}
-    for number, line in enumerate(path.read_text().splitlines(), 1):
-        if not line.strip():
-            continue
-        try:
-            event = json.loads(line)
-        except json.JSONDecodeError:
-            log.warning("%s line %d is not JSON; skipped: %.80s", path, number, line)
-            continue
-        if event.get("loss") is not None:
-            train[int(event["step"])] = float(event["loss"])
-        if event.get("val_loss") is not None:
-            val[int(event["step"])] = float(event["val_loss"])
-    return sorted(train.items()), sorted(val.items())
-
-
-def _plot_loss(path: Path, curves: dict[str, tuple[list, list]]) -> None:
-    from matplotlib.figure import Figure  # Agg canvas, no display and no global backend
-    from matplotlib.ticker import MaxNLocator
-
-    fig = Figure(figsize=(7, 4.2), layout="constrained")
-    ax = fig.add_subplot()
-    values = []
-    for i, (label, (train, val)) in enumerate(curves.items()):
-        if train:
-            steps, losses = [s for s, _ in train], [v for _, v in train]
-            ax.plot(steps, losses, color=f"C{i}", label=f"{label} train")
-        if val:
-            steps, losses = [s for s, _ in val], [v for _, v in val]
-            ax.plot(steps, losses, color=f"C{i}", ls="--", marker="o", ms=3, label=f"{label} val")
-        values += [v for _, v in train + val]
-    if values and min(values) > 0 and max(values) / min(values) > 20:
-        ax.set_yscale("log")
-    ax.set(xlabel="optimizer step", ylabel="loss", title="Training and validation loss")
-    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=8)
-    fig.savefig(path, dpi=120)
-
-
-def _plot_quality_cost(path: Path, systems: Sequence[SystemEval]) -> None:
-    from matplotlib.figure import Figure
-
-    names = [s.name for s in systems]
-    colors = [f"C{i}" for i in range(len(systems))]
-    fig = Figure(figsize=(max(8.0, 2.2 * len(systems)), 4.2), layout="constrained")
-    quality, cost = fig.subplots(1, 2)
-    scores = [s.score for s in systems]
-    bars = quality.bar(names, scores, color=colors)
-    quality.bar_label(bars, labels=[f"{x:.3f}" for x in scores], padding=2)
-    quality.set(ylabel="metric", title="Quality", ylim=(0, max([1.0, *scores]) * 1.15))
-    costs = [s.cost_per_1k for s in systems]
-    bars = cost.bar(names, costs, color=colors)
-    cost.bar_label(bars, labels=[_cost_cell(s) for s in systems], padding=2)
-    cost.set(ylabel="USD per 1k examples", title="Cost", ylim=(0, max([*costs, 1e-9]) * 1.2))
-    for ax in (quality, cost):
-        ax.tick_params(axis="x", labelrotation=15)
-        ax.grid(axis="y", alpha=0.3)
-    fig.savefig(path, dpi=120)
-
-
 def _training_section(out_dir: Path, train_logs: dict[str, Path] | None) -> list[str]:
     lines = ["## Training", ""]
     curves, notes = {}, []
@@ -444,12 +380,12 @@ def _training_section(out_dir: Path, train_logs: dict[str, Path] | None) -> list
         if not path.is_file():
             notes.append(f"- {label}: no training log at `{path}`")
             continue
-        curves[label] = _read_train_log(path)
+        curves[label] = read_train_log(path)
     curves = {label: c for label, c in curves.items() if c[0] or c[1]}
     if not curves:
         lines.append("No training logs: the loss curve is skipped.")
         return [*lines, *notes, ""]
-    _plot_loss(out_dir / "loss.png", curves)
+    plot_loss(out_dir / "loss.png", curves)
     lines += ["![training and validation loss](loss.png)", ""]
     lines += ["| adapter | steps | final train loss | best val loss |", "|---|---|---|---|"]
     for label, (train, val) in curves.items():
@@ -501,7 +437,13 @@ def write_report(
         "![quality and cost per system](quality_cost.png)",
         "",
     ]
-    _plot_quality_cost(out_dir / "quality_cost.png", systems)
+    plot_quality_cost(
+        out_dir / "quality_cost.png",
+        [s.name for s in systems],
+        [s.score for s in systems],
+        [s.cost_per_1k for s in systems],
+        [_cost_cell(s) for s in systems],
+    )
     lines += _training_section(out_dir, train_logs)
     if extra:
         lines += ["## Run", ""]
