@@ -89,13 +89,11 @@ def _summary(outcomes) -> str:
     for o in outcomes:
         rows.append((o.stage, o.status, f"{o.seconds:.1f}s", _short(o.stage, o.summary)))
     widths = [max(len(r[i]) for r in rows) for i in range(3)]
-    lines = []
-    for i, row in enumerate(rows):
-        lines.append(
-            "  ".join(c.ljust(w) for c, w in zip(row[:3], widths, strict=False)) + "  " + row[3]
-        )
-        if i == 0:
-            lines.append("-" * (sum(widths) + 6 + len(rows[0][3]) + 20))
+    lines = [
+        "  ".join(c.ljust(w) for c, w in zip(row[:3], widths, strict=True)) + "  " + row[3]
+        for row in rows
+    ]
+    lines.insert(1, "-" * max(len(line) for line in lines))
     return "\n".join(lines)
 
 
