@@ -338,3 +338,17 @@ def test_display_progress_false_is_silent(capsys):
     ap.Evaluate(devset=devset(4), metric=ap.answer_exact_match, display_progress=False)(QA())
     captured = capsys.readouterr()
     assert captured.err == "" and captured.out == ""
+
+
+def test_many_failures_log_the_first_five_and_one_summary(caplog):
+    devset = [ap.Example(q=str(i), a=str(i)).with_inputs("q") for i in range(20)]
+
+    def broken(q):
+        raise RuntimeError(f"no answer for {q}")
+
+    with caplog.at_level("WARNING", logger="apprentice.evaluate.evaluate"):
+        result = ap.Evaluate(devset=devset, metric=lambda e, p: 1.0, num_threads=4)(broken)
+    assert result.errors == 20 and all(r.error for r in result.results)
+    messages = [r.getMessage() for r in caplog.records]
+    assert sum("failed: RuntimeError" in m for m in messages) == 5
+    assert any(m.startswith("20 of 20 examples failed") for m in messages)

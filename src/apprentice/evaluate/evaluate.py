@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextvars
 import csv
 import inspect
+import itertools
 import json
 import logging
 import math
@@ -21,6 +22,9 @@ from apprentice.formats.values import to_jsonable
 __all__ = ["Evaluate", "EvaluationError", "EvaluationResult", "ExampleResult"]
 
 log = logging.getLogger(__name__)
+
+# Failures logged one by one per run; the rest go to debug and a one-line summary.
+_FAILURES_SHOWN = 5
 
 Metric = Callable[..., Any]
 
@@ -166,30 +170,49 @@ class Evaluate:
         metric = self.metric if metric is None else metric
         _check_metric(metric)
         score_of = _metric_caller(metric)
+        failures = itertools.count()  # next() on a count is atomic: safe across the pool
+
+        def failed(index, example, prediction, exc, stage=""):
+            loud = next(failures) < _FAILURES_SHOWN
+            return self._failed(index, example, prediction, exc, stage=stage, loud=loud)
 
         def run_one(index: int) -> ExampleResult:
             example = self.devset[index]
             try:
                 prediction = program(**example.inputs())
             except Exception as exc:  # one bad example never stops the run
-                return self._failed(index, example, None, exc)
+                return failed(index, example, None, exc)
             try:
                 score = _as_score(score_of(example, prediction), index)
             except Exception as exc:
-                return self._failed(index, example, prediction, exc, stage="metric ")
+                return failed(index, example, prediction, exc, stage="metric ")
             return ExampleResult(index, example, prediction, score)
 
         results = self._run(run_one)
         score = sum(r.score for r in results) / len(results) if results else 0.0
         errors = sum(r.error is not None for r in results)
         log.info("Evaluate: %.4f over %d examples (%d errors)", score, len(results), errors)
+        if errors > _FAILURES_SHOWN:
+            log.warning(
+                "%d of %d examples failed (the first %d are shown above); every error is in "
+                "the results (to_csv / to_json)",
+                errors,
+                len(results),
+                _FAILURES_SHOWN,
+            )
         return EvaluationResult(score=score, results=results)
 
     def _failed(
-        self, index: int, example: Example, prediction: Any, exc: Exception, stage: str = ""
+        self,
+        index: int,
+        example: Example,
+        prediction: Any,
+        exc: Exception,
+        stage: str = "",
+        loud: bool = True,
     ) -> ExampleResult:
         error = f"{stage}{type(exc).__name__}: {exc}"
-        log.warning("example %d failed: %s", index, error)
+        log.log(logging.WARNING if loud else logging.DEBUG, "example %d failed: %s", index, error)
         log.debug("example %d traceback", index, exc_info=exc)
         return ExampleResult(index, example, prediction, self.failure_score, error)
 
