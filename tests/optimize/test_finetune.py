@@ -102,7 +102,11 @@ def test_lora_adapters_learn_related_tasks_on_the_trained_base(full_student):
             student=base,
             run_dir=tmp_path / f"lora-{name}",
             progress=False,
-            lora=ap.LoraConfig(r=16, alpha=32, dropout=0.0),
+            # r=64 on this 128-wide base: at r<=32 the "digits" adapter strips the "A" but
+            # miscopies the first digit (0.11-0.32 held-out over lr 2e-3..5e-3 and 8..16
+            # epochs); at r=64 it scores 0.99 for seeds 0-3 and 6 or 8 epochs, and so does
+            # "region". Both far above the 0.9 bar, so thread count and load cannot flip it.
+            lora=ap.LoraConfig(r=64, alpha=128, dropout=0.0),
             train=ap.TrainConfig(epochs=8, learning_rate=2e-3, save_every=10**6),
         )
         programs[name] = optimizer.compile(
