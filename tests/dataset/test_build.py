@@ -90,7 +90,7 @@ def test_a_lower_threshold_keeps_half_right_runs_with_the_teachers_answer(flaky_
     # The row teaches what the teacher said (that is what the trace holds), not the label.
     truth = {e.ticket: e.category for e in examples}
     for r in wrong:
-        said = r["completion"].split("### category")[1].split()[0]
+        said = r["completion"].split("[[category]]")[1].split()[0]
         assert said in ("billing", "bug") and said != truth[tickets[r["example_id"]]]
 
 

@@ -72,7 +72,7 @@ def test_training_row_is_the_inference_prompt_plus_the_target(fmt):
 
 def test_chat_parse_reports_missing_and_invalid_fields_with_the_raw_text():
     sig = ap.make_signature("q -> answer: int, label: Literal['a', 'b'], note")
-    raw = "### answer\nforty-two\n\n### label\nc"
+    raw = "[[answer]]\nforty-two\n\n[[label]]\nc"
     with pytest.raises(ap.ParseError) as err:
         ap.ChatFormat().parse(sig, raw)
     exc = err.value
@@ -86,7 +86,7 @@ def test_chat_parse_reports_missing_and_invalid_fields_with_the_raw_text():
 
 def test_chat_parse_is_lenient_where_it_is_safe():
     sig = ap.make_signature("q -> answer: int, label: Literal['Yes', 'No']")
-    text = "Sure!\n### answer:\n 1,234 \n### label\n`yes`\n### answer\n9"
+    text = "Sure!\n[[ answer ]]\n 1,234 \n [[label]] \n`yes`\n"
     assert ap.ChatFormat().parse(sig, text) == {"answer": 1234, "label": "Yes"}
     single = ap.make_signature("q -> answer")
     assert ap.ChatFormat().parse(single, "  just the answer \n") == {"answer": "just the answer"}
@@ -109,4 +109,4 @@ def test_messages_to_prompt_is_deterministic_and_ends_with_the_assistant_turn():
     messages = ap.ChatFormat().render(ap.make_signature("q -> a"), [], {"q": "hi"})
     prompt = messages_to_prompt(messages)
     assert prompt == messages_to_prompt(messages)
-    assert prompt.endswith("<|assistant|>\n") and "### q\nhi" in prompt
+    assert prompt.endswith("<|assistant|>\n") and "[[q]]\nhi" in prompt

@@ -27,7 +27,7 @@ def test_a_dict_is_rendered_by_the_chat_format_and_parsed_back():
     lm = ScriptedLM(capital)
     prediction = ap.Predict("question -> answer", lm=lm)(question="Capital of France?")
     assert prediction.answer == "Paris"
-    assert lm.history[-1].response.text == "### answer\nParis"
+    assert lm.history[-1].response.text == "[[answer]]\nParis"
 
 
 def test_the_active_format_renders_the_answer():
@@ -39,9 +39,9 @@ def test_the_active_format_renders_the_answer():
 
 
 def test_a_string_is_taken_as_the_raw_completion():
-    lm = ScriptedLM(lambda s, i: "### answer\n  Lyon  ")
+    lm = ScriptedLM(lambda s, i: "[[answer]]\n  Lyon  ")
     assert ap.Predict("question -> answer", lm=lm)(question="q").answer == "Lyon"
-    assert lm.history[-1].response.text == "### answer\n  Lyon  "
+    assert lm.history[-1].response.text == "[[answer]]\n  Lyon  "
 
 
 def test_the_function_sees_the_signature_and_inputs_once_per_sample():
@@ -54,7 +54,7 @@ def test_the_function_sees_the_signature_and_inputs_once_per_sample():
     lm = ScriptedLM(script)
     prediction = ap.Predict("question -> answer", lm=lm, n=3)(question="q")
     assert calls == [(["answer"], {"question": "q"})] * 3
-    assert lm.history[-1].response.texts == [f"### answer\n{i}" for i in (1, 2, 3)]
+    assert lm.history[-1].response.texts == [f"[[answer]]\n{i}" for i in (1, 2, 3)]
     assert prediction.answer == "1"
 
 
@@ -67,7 +67,7 @@ def test_exceptions_from_the_function_come_back_as_failures():
     lm = ScriptedLM(script)
     batch = [request_for(lm, question="France?"), request_for(lm, question="boom")]
     results = lm.generate(batch, return_exceptions=True)
-    assert results[0].text == "### answer\nParis"
+    assert results[0].text == "[[answer]]\nParis"
     assert isinstance(results[1], KeyError) and "no such city" in str(results[1])
     with pytest.raises(KeyError, match="no such city"):
         lm.generate(batch)
@@ -111,7 +111,7 @@ def test_usage_history_and_cache_go_through_base_lm(tmp_path):
         qa(question="Capital of France?")
     assert len(calls) == 1  # the next two were cache hits
     assert (lm.usage.calls, lm.usage.cached_calls) == (1, 2)
-    assert lm.usage.completion_tokens == 6  # whitespace words of "### answer\nParis is the capital"
+    assert lm.usage.completion_tokens == 5  # whitespace words of "[[answer]]\nParis is the capital"
     assert lm.usage.prompt_tokens > 0
     assert len(lm.history) == 2 and lm.history[-1].response.cached
     assert "--- completion 0 (cached) ---" in lm.inspect_history(1, file=io.StringIO())
@@ -127,7 +127,7 @@ def test_requests_built_by_hand_still_work_with_meta():
     lm = ScriptedLM(capital)
     request = request_for(lm, question="France")
     assert isinstance(request, Request)
-    assert lm.generate([request])[0].text == "### answer\nParis"
+    assert lm.generate([request])[0].text == "[[answer]]\nParis"
 
 
 def test_agenerate_and_aforward_run_the_script():
@@ -139,4 +139,4 @@ def test_agenerate_and_aforward_run_the_script():
 
     assert [p.answer for p in asyncio.run(main())] == ["Paris"] * 5
     request = request_for(lm, question="Spain?")
-    assert asyncio.run(lm.agenerate([request]))[0].text == "### answer\nunknown"
+    assert asyncio.run(lm.agenerate([request]))[0].text == "[[answer]]\nunknown"

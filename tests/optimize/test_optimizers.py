@@ -59,8 +59,8 @@ class NeedsDemos(ap.ScriptedLM):
     def _answer(self, request):
         demos = (len(request.messages) - 2) // 2
         response = super()._answer(request)
-        if demos < self.k and "### category" in response.text:
-            return ap.Response(texts=["### reasoning\nno idea\n\n### category\nbug"])
+        if demos < self.k and "[[category]]" in response.text:
+            return ap.Response(texts=["[[reasoning]]\nno idea\n\n[[category]]\nbug"])
         return response
 
 

@@ -19,7 +19,7 @@ def test_predict_renders_sends_and_parses():
     pred = ap.Predict("question -> answer")(question="What is the capital of France?")
     assert pred.answer == "Paris"
     sent = lm.history[-1].request
-    assert sent.messages[-1]["content"].startswith("### question\nWhat is the capital of France?")
+    assert sent.messages[-1]["content"].startswith("[[question]]\nWhat is the capital of France?")
 
 
 def test_chain_of_thought_only_adds_reasoning():
@@ -90,7 +90,7 @@ def test_sampling_config_and_n_completions():
 
 
 def test_n_completions_keep_the_parseable_ones():
-    replies = iter(["nonsense", "### a\n1", "### a\n2"])
+    replies = iter(["nonsense", "[[a]]\n1", "[[a]]\n2"])
     p = ap.Predict("q -> a: int", lm=ap.ScriptedLM(lambda s, i: next(replies)), n=3)
     assert p(q="x").completions.a == [1, 2]
 
@@ -103,7 +103,7 @@ def test_demos_are_rendered_as_turns():
     p(question="What is the capital of France?")
     messages = lm.history[-1].request.messages
     assert [m["role"] for m in messages] == ["system", "user", "assistant", "user"]
-    assert messages[2]["content"] == "### answer\nLima"
+    assert messages[2]["content"] == "[[answer]]\nLima"
 
 
 def test_async_forward():
@@ -127,7 +127,7 @@ def test_observers_see_every_step_with_its_prompt_and_outputs():
     assert len(steps) == 2
     ok, bad = steps
     assert ok.outputs[0]["answer"] == "Paris" and ok.error is None
-    assert ok.messages[-1]["content"].startswith("### question\nFrance?")
+    assert ok.messages[-1]["content"].startswith("[[question]]\nFrance?")
     assert ok.lm_identity["backend"] == "scripted"
     assert isinstance(bad.error, ap.ParseError) and bad.completions == ["???"]
 

@@ -39,7 +39,7 @@ def test_steps_carry_paths_prompts_completions_outputs_and_lm():
     last = steps[-1]
     assert last.inputs == {"question": "why?", "queries": ["q:why?", "q:why?"]}
     assert last.output == {"answer": "a:why?"}
-    assert last.completion == "### answer\na:why?"
+    assert last.completion == "[[answer]]\na:why?"
     assert last.messages[-1]["role"] == "user" and "[2] q:why?" in last.messages[-1]["content"]
     assert last.lm["backend"] == "scripted"
     assert last.signature["fields"][-1]["name"] == "answer"

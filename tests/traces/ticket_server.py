@@ -29,7 +29,7 @@ from typing import Any
 
 from recipes.demo.task import ClassifyTicket, ExtractOrder, teacher
 
-_TICKET_RE = re.compile(r"### ticket\n(.*?)\n\n(?:### |Reply with)", re.S)
+_TICKET_RE = re.compile(r"\[\[ticket\]\]\n(.*?)\n\n(?:\[\[|Reply with)", re.S)
 
 
 STEPS = ("classify", "extract")
@@ -66,14 +66,14 @@ def right_answer(step: str, ticket: str) -> str:
     """The completion a good teacher gives, written out in the chat format by hand."""
     if step == "classify":
         out = teacher(ClassifyTicket, {"ticket": ticket})
-        return f"### reasoning\n{out['reasoning']}\n\n### category\n{out['category']}"
-    return f"### order_id\n{teacher(ExtractOrder, {'ticket': ticket})['order_id']}"
+        return f"[[reasoning]]\n{out['reasoning']}\n\n[[category]]\n{out['category']}"
+    return f"[[order_id]]\n{teacher(ExtractOrder, {'ticket': ticket})['order_id']}"
 
 
 # Garbage that cannot parse: no markers for a two-field reply, a missing field for a one-field one.
 GARBAGE = {
     "classify": "I'm sorry, I can't help with that request.",
-    "extract": "### reasoning\nThe order number is somewhere in there.",
+    "extract": "[[reasoning]]\nThe order number is somewhere in there.",
 }
 
 

@@ -6,9 +6,9 @@ from apprentice.formats import messages_to_prompt
 ROW = {
     "messages": [
         {"role": "system", "content": "Classify."},
-        {"role": "user", "content": "### ticket\nrefund me"},
+        {"role": "user", "content": "[[ticket]]\nrefund me"},
     ],
-    "completion": "### category\nbilling",
+    "completion": "[[category]]\nbilling",
 }
 
 
@@ -33,7 +33,7 @@ def test_truncation_cuts_the_prompt_start_and_never_the_target(tiny_causal):
     tok = AutoTokenizer.from_pretrained(tiny_causal)
     long_row = {
         **ROW,
-        "messages": [{"role": "user", "content": "word " * 400 + "### ticket\nrefund me"}],
+        "messages": [{"role": "user", "content": "word " * 400 + "[[ticket]]\nrefund me"}],
     }
     huge_target = {**ROW, "completion": "billing " * 400}
     features, report = tokenize_rows([long_row, huge_target], tok, kind="causal", max_length=64)
@@ -55,7 +55,7 @@ def test_chat_template_is_used_when_the_tokenizer_has_one(tiny_causal):
         "{% for m in messages %}[{{ m['role'] }}] {{ m['content'] }}\n{% endfor %}[assistant] "
     )
     prompt = render_prompt(ROW["messages"], tok, "causal")
-    assert prompt == "[system] Classify.\n[user] ### ticket\nrefund me\n[assistant] "
+    assert prompt == "[system] Classify.\n[user] [[ticket]]\nrefund me\n[assistant] "
     (feature,), _ = tokenize_rows([ROW], tok, kind="causal")
     assert (
         feature["input_ids"][: len(tok(prompt, add_special_tokens=False)["input_ids"])]

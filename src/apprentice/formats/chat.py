@@ -1,14 +1,26 @@
-"""The chat format: one section per field, each headed by a marker line ``### name``.
+"""The chat format: one section per field, each headed by a marker line ``[[name]]``.
 
 A prompt is a system message (the fields with their types and descriptions, the
 layout, and the instructions), then each demo as a user/assistant pair, then the
 inputs as the last user message. A completion is the output sections in order::
 
-    ### reasoning
+    [[reasoning]]
     Paris is the capital and largest city of France.
 
-    ### answer
+    [[answer]]
     Paris
+
+Why ``[[name]]`` and not a markdown heading: real models write markdown in their
+reasoning (``### Summary``, even ``### answer`` when they quote the format), and a
+heading marker cut such reasoning short or took a quoted answer for the real one. A line
+that is exactly ``[[answer]]`` is not something a model writes by accident, and it costs
+one token more than ``### answer`` on a Llama-family tokenizer.
+
+Parsing is robust to quoted markers: only the signature's output fields count, and they
+are located from the end of the completion backwards (the last field at its last marker
+line, each earlier field at its last marker line before that), so a value may quote any
+marker line except its own. The patterns match whole lines with no nested repetition:
+linear in the completion's length, whatever it holds.
 """
 
 from __future__ import annotations
@@ -24,10 +36,11 @@ if TYPE_CHECKING:
     from apprentice.lm.base import Message
     from apprentice.signature import Field, Signature
 
-__all__ = ["ChatFormat", "describe_fields", "render_sections"]
+__all__ = ["MARKER", "ChatFormat", "describe_fields", "find_sections", "render_sections"]
 
-MARKER = "### {name}"
-_MARKER_RE = re.compile(r"^[ \t]*###[ \t]*([A-Za-z_][A-Za-z0-9_]*)[ \t]*:?[ \t]*$", re.M)
+MARKER = "[[{name}]]"
+# One optional run of spaces at each end, nothing repeated inside: no backtracking blow-up.
+_MARKER_RE = re.compile(r"^[ \t]*\[\[ ?([A-Za-z_][A-Za-z0-9_]*) ?\]\][ \t]*$", re.M)
 NOT_GIVEN = "(not given)"
 
 
@@ -55,6 +68,30 @@ def render_sections(fields: Mapping[str, Field], values: Mapping[str, Any], is_i
     return "\n\n".join(parts)
 
 
+def find_sections(text: str, names: Sequence[str]) -> dict[str, str]:
+    """The text of each field in ``names`` (in their order) found in ``text``.
+
+    Fields are placed from the last backwards: each at its last marker line before the
+    next field's marker. A value may therefore quote the marker of any other field (a
+    reasoning that says "then I write [[answer]]" on a line of its own) and still parse.
+    """
+    wanted = set(names)
+    lines: dict[str, list[re.Match[str]]] = {}
+    for match in _MARKER_RE.finditer(text):
+        if match.group(1) in wanted:
+            lines.setdefault(match.group(1), []).append(match)
+    sections: dict[str, str] = {}
+    limit = len(text)  # where the field after this one begins
+    for name in reversed(names):
+        found = [m for m in lines.get(name, ()) if m.end() <= limit]
+        if not found:
+            continue
+        marker = found[-1]
+        sections[name] = text[marker.end() : limit].strip()
+        limit = marker.start()
+    return sections
+
+
 def _reply_order(signature: type[Signature]) -> str:
     names = [f"`{MARKER.format(name=n)}`" for n in signature.output_fields]
     return "Reply with the sections " + ", then ".join(names) + "."
@@ -62,7 +99,7 @@ def _reply_order(signature: type[Signature]) -> str:
 
 class ChatFormat(Format):
     name = "chat"
-    version = 1
+    version = 2  # 2: [[name]] markers (1 used "### name")
 
     def system_message(self, signature: type[Signature]) -> str:
         layout_in = "\n\n".join(f"{MARKER.format(name=n)}\n<{n}>" for n in signature.input_fields)
@@ -98,15 +135,9 @@ class ChatFormat(Format):
         return render_sections(signature.output_fields, outputs, False)
 
     def parse(self, signature: type[Signature], completion: str) -> dict[str, Any]:
-        sections: dict[str, str] = {}
-        matches = list(_MARKER_RE.finditer(completion))
-        for i, match in enumerate(matches):
-            name = match.group(1)
-            end = matches[i + 1].start() if i + 1 < len(matches) else len(completion)
-            if name not in sections:  # the first section of a name wins
-                sections[name] = completion[match.end() : end].strip()
+        sections = find_sections(completion, list(signature.output_fields))
         missing = [n for n in signature.output_fields if n not in sections]
-        if missing and len(signature.output_fields) == 1 and not matches:
+        if missing and len(signature.output_fields) == 1 and not _MARKER_RE.search(completion):
             # A single-output signature answered without markers: take the whole text.
             sections = {next(iter(signature.output_fields)): completion.strip()}
             missing = []

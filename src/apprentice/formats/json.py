@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import re
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
@@ -16,19 +15,32 @@ if TYPE_CHECKING:
 
 __all__ = ["JSONFormat"]
 
-_FENCE_RE = re.compile(r"```(?:json)?\s*(.*?)```", re.S)
+
+def _fenced_blocks(text: str) -> list[str]:
+    """The bodies of ```...``` blocks (an optional ``json`` tag dropped), in order. A scan
+    for the fences, not a regex: the lazy regex it replaced was quadratic on a fence
+    followed by a long run of whitespace."""
+    blocks, start = [], text.find("```")
+    while start != -1:
+        end = text.find("```", start + 3)
+        if end == -1:
+            break
+        body = text[start + 3 : end]
+        blocks.append(body.removeprefix("json").lstrip())
+        start = text.find("```", end + 3)
+    return blocks
 
 
 class JSONFormat(ChatFormat):
     name = "json"
-    version = 1
+    version = 2  # 2: inputs under [[name]] markers
 
     def system_message(self, signature: type[Signature]) -> str:
         keys = ", ".join(f'"{n}"' for n in signature.output_fields)
         return (
             f"Your input fields are:\n{describe_fields(signature.input_fields)}\n"
             f"Your output fields are:\n{describe_fields(signature.output_fields)}\n\n"
-            "Inputs arrive in sections, one per field, each headed by a marker line `### <field>`.\n"
+            "Inputs arrive in sections, one per field, each headed by a marker line `[[<field>]]`.\n"
             f"You reply with one JSON object and nothing else, with exactly the keys {keys}.\n\n"
             f"Your task: {signature.instructions}"
         )
@@ -74,14 +86,14 @@ class JSONFormat(ChatFormat):
 
 
 def _extract_object(text: str) -> dict[str, Any] | None:
-    candidates = [m.group(1) for m in _FENCE_RE.finditer(text)] + [text]
+    candidates = [*_fenced_blocks(text), text]
     for candidate in candidates:
         start, end = candidate.find("{"), candidate.rfind("}")
         if start == -1 or end <= start:
             continue
         try:
             obj = json.loads(candidate[start : end + 1])
-        except ValueError:
+        except (ValueError, RecursionError):  # RecursionError: nested too deep
             continue
         if isinstance(obj, dict):
             return obj
