@@ -75,6 +75,17 @@ def build_parser() -> argparse.ArgumentParser:
         help="serve a run's student over an OpenAI-compatible HTTP API",
         description="serve a run's student (or one adapter) over an OpenAI-compatible HTTP API",
     )
+    convert = sub.add_parser(
+        "convert",
+        help="convert a .gguf model file into a transformers checkpoint folder",
+        description="convert a .gguf model file into a save_pretrained folder (weights "
+        "dequantized to fp32, tokenizer, chat template); a recipe's student.model may also "
+        "name the .gguf file directly, which converts it once into a cache",
+    )
+    convert.add_argument("gguf", type=Path, help="the .gguf file")
+    convert.add_argument(
+        "--out", type=Path, default=None, help="the folder to write (default: the GGUF cache)"
+    )
     try:
         from apprentice.serve.cli import add_serve_arguments
     except ImportError:  # the serving extra is optional
@@ -163,6 +174,11 @@ def main(argv: list[str] | None = None) -> int:
             from apprentice.serve.cli import run_serve
 
             return run_serve(args)
+        if args.command == "convert":
+            from apprentice.gguf import convert_gguf
+
+            print(convert_gguf(args.gguf, args.out))
+            return 0
         return _run_stage(args)
     except KeyboardInterrupt:
         print("apprentice: interrupted; run the same command again to resume", file=sys.stderr)

@@ -178,8 +178,13 @@ def get_engine(
 
 def _model_key(base_model: str | Path) -> str:
     """A local directory by its resolved path (so two spellings share an engine), else the
-    hub name. A value that can only be a local path but does not exist fails here."""
+    hub name; a ``.gguf`` file by the checkpoint it converts into (once, cached). A value
+    that can only be a local path but does not exist fails here."""
+    from apprentice.gguf import is_gguf, resolve_model
+
     text = str(base_model)
+    if is_gguf(text):
+        text = resolve_model(text)
     path = Path(text).expanduser()
     if path.exists():
         if not path.is_dir():

@@ -70,10 +70,16 @@ def student_kind(config: Any) -> Kind:
 def load_student(
     name_or_path: str | os.PathLike, *, dtype: Any = None, device: str | None = None
 ) -> Student:
-    """Loads a student by its config: encoder-decoder -> seq2seq, otherwise causal."""
+    """Loads a student by its config: encoder-decoder -> seq2seq, otherwise causal. A
+    ``.gguf`` file is converted into a checkpoint first (once; see apprentice.gguf)."""
     from transformers import AutoConfig, AutoModelForCausalLM, AutoModelForSeq2SeqLM, AutoTokenizer
 
-    name = _check_exists(name_or_path)
+    from apprentice.gguf import GGUFError, resolve_model
+
+    try:
+        name = _check_exists(resolve_model(name_or_path))
+    except GGUFError as exc:
+        raise StudentError(str(exc)) from None
     try:
         config = AutoConfig.from_pretrained(name)
     except (OSError, ValueError) as exc:

