@@ -32,6 +32,7 @@ from typing import Any
 
 import yaml
 
+from apprentice.progress import library_bars, show_progress
 from apprentice.recipe import Recipe, RecipeError, load_recipe
 
 __all__ = ["STAGES", "Run", "StageOutcome"]
@@ -67,7 +68,7 @@ class Run:
     def __init__(self, recipe: Recipe, root: Path, *, progress: bool = True) -> None:
         self.recipe = recipe
         self.root = root
-        self.progress = progress
+        self.progress = show_progress(progress)  # no bars in a log file
         self.outcomes: list[StageOutcome] = []
 
     # -- opening ----------------------------------------------------------------------------
@@ -137,7 +138,8 @@ class Run:
             resumed = started.get("status") == "running" and started.get("hash") == key
             self._record(stage, hash=key, status="running")
             t0 = time.perf_counter()
-            summary = fn()
+            with library_bars(self.progress):
+                summary = fn()
             seconds = time.perf_counter() - t0
             self._record(stage, hash=key, status="done", seconds=seconds, summary=summary)
             outcome = StageOutcome(stage, "resumed" if resumed else "ran", seconds, summary)

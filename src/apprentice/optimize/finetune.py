@@ -64,6 +64,12 @@ class BootstrapFinetune(Optimizer):
         self.results: dict[str, Any] = {}
 
     def compile(self, student, *, trainset, teacher=None, valset=None) -> Module:
+        from apprentice.progress import library_bars, show_progress
+
+        with library_bars(show_progress(self.progress)):
+            return self._compile(student, trainset=trainset, teacher=teacher)
+
+    def _compile(self, student, *, trainset, teacher) -> Module:
         from apprentice.dataset.build import build_dataset
         from apprentice.traces.bootstrap import bootstrap_traces
         from apprentice.train.sft import train_adapter

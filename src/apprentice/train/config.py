@@ -85,6 +85,18 @@ class TrainConfig(_Strict):
     logging_steps: int = Field(10, ge=1, description="log the training loss every N steps")
     seed: int = Field(0, description="seed for shuffling, dropout and LoRA init")
     num_workers: int = Field(0, ge=0, description="DataLoader worker processes")
+    num_threads: Literal["auto"] | int = Field(
+        "auto",
+        description="CPU training threads; auto = the cores idle when training starts (at "
+        "least 1), so a busy box does not stall the run; a resumed run reuses its first choice",
+    )
+
+    @field_validator("num_threads")
+    @classmethod
+    def _positive_threads(cls, value):
+        if value != "auto" and value < 1:
+            raise ValueError(f"num_threads must be 'auto' or >= 1, got {value}")
+        return value
 
     @field_validator("bf16", "packing", mode="before")
     @classmethod

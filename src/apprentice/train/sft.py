@@ -9,6 +9,7 @@ checkpoint state, and multi-GPU / multi-process runs through ``accelerate launch
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import math
@@ -36,6 +37,7 @@ from apprentice.train.students import (
     load_student,
     model_hash,
 )
+from apprentice.train.threads import choose_threads, cpu_threads
 
 __all__ = ["TrainResult", "train_adapter"]
 
@@ -320,61 +322,72 @@ def train_adapter(
     start = time.perf_counter() - state["elapsed_s"]
     last_val: float | None = None
     micro = 0
-    while state["global_step"] < total_steps:
-        epoch = state["epoch"]
-        epoch_loader = accelerator.prepare(loader("train", epoch))
-        skip = state["batch_in_epoch"]
-        if skip:
-            epoch_loader = accelerator.skip_first_batches(epoch_loader, skip)
-        for batch in epoch_loader:
-            with accelerator.accumulate(model):
-                with torch.autocast(device_type, dtype=torch.bfloat16, enabled=bf16):
-                    loss = model(**batch).loss
-                accelerator.backward(loss)
-                if accelerator.sync_gradients:
-                    accelerator.clip_grad_norm_(trainable, train.max_grad_norm)
-                optimizer.step()
-                if accelerator.sync_gradients:
-                    scheduler.step()
-                optimizer.zero_grad(set_to_none=True)
-            micro += 1
-            state["batch_in_epoch"] += 1
-            mask = batch.get("attention_mask")
-            state["tokens"] += int(mask.sum()) if mask is not None else batch["input_ids"].numel()
-            window_loss += float(loss.detach())
-            window_batches += 1
-            if not accelerator.sync_gradients:
+    # CPU threads: chosen once per run (see train/threads.py), reused on resume.
+    if device_type != "cpu":
+        threads = contextlib.nullcontext()
+    else:
+        if not (train.num_threads == "auto" and state.get("num_threads")):
+            state["num_threads"] = choose_threads(train.num_threads)
+        threads = cpu_threads(state["num_threads"])
+        log.info("training on %d CPU thread(s)", state["num_threads"])
+    with threads:
+        while state["global_step"] < total_steps:
+            epoch = state["epoch"]
+            epoch_loader = accelerator.prepare(loader("train", epoch))
+            skip = state["batch_in_epoch"]
+            if skip:
+                epoch_loader = accelerator.skip_first_batches(epoch_loader, skip)
+            for batch in epoch_loader:
+                with accelerator.accumulate(model):
+                    with torch.autocast(device_type, dtype=torch.bfloat16, enabled=bf16):
+                        loss = model(**batch).loss
+                    accelerator.backward(loss)
+                    if accelerator.sync_gradients:
+                        accelerator.clip_grad_norm_(trainable, train.max_grad_norm)
+                    optimizer.step()
+                    if accelerator.sync_gradients:
+                        scheduler.step()
+                    optimizer.zero_grad(set_to_none=True)
+                micro += 1
+                state["batch_in_epoch"] += 1
+                mask = batch.get("attention_mask")
+                state["tokens"] += (
+                    int(mask.sum()) if mask is not None else batch["input_ids"].numel()
+                )
+                window_loss += float(loss.detach())
+                window_batches += 1
+                if not accelerator.sync_gradients:
+                    continue
+                state["global_step"] += 1
+                step = state["global_step"]
+                bar.update(1)
+                if step % train.logging_steps == 0 or step == total_steps:
+                    elapsed = time.perf_counter() - start
+                    event = {
+                        "step": step,
+                        "epoch": epoch,
+                        "loss": window_loss / window_batches,
+                        "lr": scheduler.get_last_lr()[0],
+                        "tokens_per_s": state["tokens"] / max(elapsed, 1e-9),
+                    }
+                    log_event(event)
+                    bar.set_postfix(loss=f"{event['loss']:.4f}", refresh=False)
+                    window_loss, window_batches = 0.0, 0
+                if step % eval_every == 0 or step == total_steps:
+                    last_val = validation_loss()
+                    if last_val is not None:
+                        log_event({"step": step, "epoch": epoch, "val_loss": last_val})
+                if step % save_every == 0 and step < total_steps:
+                    state["elapsed_s"] = time.perf_counter() - start
+                    _save_checkpoint(accelerator, out_dir, state, train.save_total_limit)
+                if step >= total_steps:
+                    break
+            else:
+                state["epoch"] += 1
+                state["batch_in_epoch"] = 0
                 continue
-            state["global_step"] += 1
-            step = state["global_step"]
-            bar.update(1)
-            if step % train.logging_steps == 0 or step == total_steps:
-                elapsed = time.perf_counter() - start
-                event = {
-                    "step": step,
-                    "epoch": epoch,
-                    "loss": window_loss / window_batches,
-                    "lr": scheduler.get_last_lr()[0],
-                    "tokens_per_s": state["tokens"] / max(elapsed, 1e-9),
-                }
-                log_event(event)
-                bar.set_postfix(loss=f"{event['loss']:.4f}", refresh=False)
-                window_loss, window_batches = 0.0, 0
-            if step % eval_every == 0 or step == total_steps:
-                last_val = validation_loss()
-                if last_val is not None:
-                    log_event({"step": step, "epoch": epoch, "val_loss": last_val})
-            if step % save_every == 0 and step < total_steps:
-                state["elapsed_s"] = time.perf_counter() - start
-                _save_checkpoint(accelerator, out_dir, state, train.save_total_limit)
-            if step >= total_steps:
-                break
-        else:
-            state["epoch"] += 1
-            state["batch_in_epoch"] = 0
-            continue
-        break
-    bar.close()
+            break
+        bar.close()
     elapsed = time.perf_counter() - start
     metrics = {
         "steps": state["global_step"],
@@ -387,6 +400,7 @@ def train_adapter(
         "bf16": bf16,
         "packing": packing,
         "num_processes": accelerator.num_processes,
+        "num_threads": state.get("num_threads"),
     }
     adapter_dir = out_dir / "adapter"
     accelerator.wait_for_everyone()
