@@ -102,14 +102,14 @@ class ChatFormat(Format):
     version = 2  # 2: [[name]] markers (1 used "### name")
 
     def system_message(self, signature: type[Signature]) -> str:
-        layout_in = "\n\n".join(f"{MARKER.format(name=n)}\n<{n}>" for n in signature.input_fields)
+        # Kept lean: every token here is paid on every call and every training row
+        # (measured on the demo with SmolLM2's tokenizer in docs/benchmarks.md).
         layout_out = "\n\n".join(f"{MARKER.format(name=n)}\n<{n}>" for n in signature.output_fields)
         return (
             f"Your input fields are:\n{describe_fields(signature.input_fields)}\n"
             f"Your output fields are:\n{describe_fields(signature.output_fields)}\n\n"
-            "Each message is laid out in sections, one per field, each headed by its marker line.\n"
-            f"Inputs arrive as:\n\n{layout_in}\n\n"
-            f"You reply with:\n\n{layout_out}\n\n"
+            "Each field is a section headed by its marker line. You reply with:\n\n"
+            f"{layout_out}\n\n"
             f"Your task: {signature.instructions}"
         )
 
