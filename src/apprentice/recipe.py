@@ -140,6 +140,12 @@ class EvalConfig(_Section):
     untrained_max_new_tokens: int = Field(
         64, ge=1, description="cap for the untrained student, which rarely stops on its own"
     )
+    fewshot: int = Field(
+        0,
+        ge=0,
+        description="also score the untrained student prompted with this many of the "
+        "teacher's passing runs as demos (BootstrapFewShot): what prompting alone buys; 0 = off",
+    )
 
 
 class Recipe(_Section):

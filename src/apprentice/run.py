@@ -45,6 +45,7 @@ STAGES = ("bootstrap", "dataset", "train", "eval", "report")
 SYSTEMS = {
     "teacher": "teacher",
     "untrained": "student (untrained)",
+    "fewshot": "student (untrained, few-shot)",
     "trained": "student (trained)",
 }
 
@@ -382,6 +383,24 @@ class Run:
         self._require(self.program_file, "train")
         return self.recipe.make_program().load(self.program_file)
 
+    def _fewshot(self):
+        """The program with ``eval.fewshot`` demos per predictor from the teacher's passing
+        runs over the training data (its replies come from the run's cache)."""
+        from apprentice.optimize.bootstrap import BootstrapFewShot
+
+        r = self.recipe
+        optimizer = BootstrapFewShot(
+            r.make_metric(),
+            metric_threshold=r.bootstrap.threshold,
+            max_bootstrapped_demos=r.eval.fewshot,
+            max_labeled_demos=0,
+        )
+        return optimizer.compile(
+            r.make_program(),
+            trainset=r.load_split("train"),
+            teacher=r.make_teacher(cache_dir=self.root / "cache"),
+        )
+
     def eval(self) -> StageOutcome:
         from apprentice.evaluate.report import SystemEval, evaluate_system
         from apprentice.lm.local import LocalLM
@@ -398,12 +417,23 @@ class Run:
             "untrained": _hash(
                 base, self.student_path(), r.section_hash("student", "serve"), self._tiny_stamp()
             ),
+            "fewshot": _hash(
+                base,
+                self.student_path(),
+                r.section_hash("student", "serve", "teacher", "data", "bootstrap"),
+                self._tiny_stamp(),
+            ),
             # The train stage's record changes whenever adapters are retrained in place.
             "trained": _hash(
                 base, _file_hash(self.program_file), self.state()["stages"].get("train")
             ),
         }
-        wanted = ["teacher"] * r.eval.teacher + ["untrained"] * r.eval.untrained + ["trained"]
+        wanted = (
+            ["teacher"] * r.eval.teacher
+            + ["untrained"] * r.eval.untrained
+            + ["fewshot"] * bool(r.eval.fewshot)
+            + ["trained"]
+        )
         out_dir = self.root / "eval"
         out_dir.mkdir(exist_ok=True)
 
@@ -419,8 +449,8 @@ class Run:
                 if system == "teacher":
                     program = r.make_program()
                     program.set_lm(r.make_teacher(cache_dir=self.root / "cache"))
-                elif system == "untrained":
-                    program = r.make_program()
+                elif system in ("untrained", "fewshot"):
+                    program = r.make_program() if system == "untrained" else self._fewshot()
                     options = self._lm_options()
                     options["max_new_tokens"] = r.eval.untrained_max_new_tokens
                     program.set_lm(LocalLM(self.student_path(), **options))
