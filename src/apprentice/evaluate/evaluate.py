@@ -4,11 +4,9 @@ from __future__ import annotations
 
 import contextvars
 import csv
-import inspect
 import itertools
 import json
 import logging
-import math
 import threading
 from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
@@ -18,6 +16,7 @@ from typing import Any
 
 from apprentice.example import Example
 from apprentice.formats.values import to_jsonable
+from apprentice.metric import as_score, bind_metric, check_metric
 
 __all__ = ["Evaluate", "EvaluationError", "EvaluationResult", "ExampleResult"]
 
@@ -154,7 +153,7 @@ class Evaluate:
             raise ValueError(f"max_errors must be None or an integer >= 0, got {max_errors!r}")
         if isinstance(failure_score, bool) or not isinstance(failure_score, (int, float)):
             raise TypeError(f"failure_score must be a number, got {failure_score!r}")
-        _check_metric(metric)
+        check_metric(metric)
         self.devset = _checked_devset(devset)
         self.metric = metric
         self.num_threads = num_threads
@@ -168,8 +167,8 @@ class Evaluate:
         if not callable(program):
             raise TypeError(f"program must be callable (a Module or function), got {program!r}")
         metric = self.metric if metric is None else metric
-        _check_metric(metric)
-        score_of = _metric_caller(metric)
+        check_metric(metric)
+        score_of = bind_metric(metric)
         failures = itertools.count()  # next() on a count is atomic: safe across the pool
 
         def failed(index, example, prediction, exc, stage=""):
@@ -183,7 +182,7 @@ class Evaluate:
             except Exception as exc:  # one bad example never stops the run
                 return failed(index, example, None, exc)
             try:
-                score = _as_score(score_of(example, prediction), index)
+                score = as_score(score_of(example, prediction, None), index)
             except Exception as exc:
                 return failed(index, example, prediction, exc, stage="metric ")
             return ExampleResult(index, example, prediction, score)
@@ -309,49 +308,3 @@ def _checked_devset(devset: Sequence[Example]) -> list[Example]:
                 "ap.Example(...).with_inputs('question', ...)"
             )
     return checked
-
-
-def _check_metric(metric: Any) -> None:
-    if not callable(metric):
-        raise TypeError(
-            f"metric must be a function metric(example, prediction, trace=None), got {metric!r}"
-        )
-    try:
-        signature = inspect.signature(metric)
-    except ValueError:  # no signature to inspect (some builtins): trust it
-        return
-    for args in ((None, None), (None, None, None)):
-        try:
-            signature.bind(*args)
-            return
-        except TypeError:
-            pass
-    raise TypeError(
-        f"metric {metric!r} has signature {signature}; it must accept "
-        "(example, prediction, trace=None)"
-    )
-
-
-def _metric_caller(metric: Metric) -> Callable[[Example, Any], Any]:
-    """Calls ``metric(example, prediction)``, passing ``trace=None`` only when it requires one."""
-    try:
-        inspect.signature(metric).bind(None, None)
-    except TypeError:
-        return lambda example, prediction: metric(example, prediction, None)
-    except ValueError:  # no signature to inspect (some builtins)
-        pass
-    return lambda example, prediction: metric(example, prediction)
-
-
-def _as_score(value: Any, index: int) -> float:
-    if isinstance(value, (str, bytes)) or value is None:
-        raise TypeError(f"metric returned {value!r} for example {index}; return a number or bool")
-    try:
-        score = float(value)
-    except (TypeError, ValueError):
-        raise TypeError(
-            f"metric returned {value!r} for example {index}; return a number or bool"
-        ) from None
-    if math.isnan(score):
-        raise ValueError(f"metric returned NaN for example {index}")
-    return score

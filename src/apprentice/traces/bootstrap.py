@@ -23,6 +23,7 @@ from typing import Any
 from apprentice.example import Example
 from apprentice.formats.values import to_jsonable
 from apprentice.lm.base import BaseLM
+from apprentice.metric import check_metric
 from apprentice.module import Module
 from apprentice.traces.capture import Trace, example_id, run_traced
 from apprentice.traces.store import StoreManifest, TraceStore
@@ -142,6 +143,8 @@ def bootstrap_traces(
             lm_concurrency,
             concurrency,
         )
+    if metric is not None:
+        check_metric(metric)
     examples = _unique(dataset, example_key)
     result = BootstrapResult(total=len(examples))
     teacher_id = (

@@ -16,6 +16,7 @@ from dataclasses import dataclass, field, fields
 from typing import TYPE_CHECKING, Any
 
 from apprentice.formats.values import to_jsonable
+from apprentice.metric import as_score, bind_metric
 from apprentice.settings import context, settings
 
 if TYPE_CHECKING:
@@ -176,9 +177,8 @@ def run_traced(
         )
         if metric is not None:
             try:
-                from apprentice.evaluate.evaluate import _as_score
-
-                trace.score = _as_score(metric(example, prediction, trace), trace.example_id)
+                score = bind_metric(metric)(example, prediction, trace)
+                trace.score = as_score(score, trace.example_id)
             except Exception as exc:
                 trace.error = f"metric failed: {type(exc).__name__}: {exc}"
     return trace
