@@ -48,3 +48,31 @@ def test_a_metric_that_takes_no_prediction_is_refused_before_any_run():
         ap.bootstrap_traces(TicketTriage(), make_examples(2), metric=lambda example: 1.0)
     with pytest.raises(TypeError, match="must be a function"):
         ap.Evaluate(devset=make_examples(2), metric="accuracy")
+
+
+def test_a_metric_that_raises_is_reported_not_silently_zero_shot(caplog):
+    def broken(example, prediction):
+        raise KeyError("label")
+
+    optimizer = ap.BootstrapFewShot(broken, max_bootstrapped_demos=2, max_labeled_demos=0)
+    with pytest.raises(RuntimeError, match=r"all 4 teacher runs failed.*KeyError: 'label'"):
+        optimizer.compile(TicketTriage(), trainset=make_examples(4), teacher=ap.ScriptedLM(teacher))
+    warned = [r for r in caplog.records if r.levelname == "WARNING"]
+    assert len(warned) == 3 and "metric failed: KeyError" in warned[0].getMessage()
+
+
+def test_bootstrap_logs_its_first_failures_at_warning(caplog, tmp_path):
+    def broken(example, prediction):
+        raise ValueError("nope")
+
+    result = ap.bootstrap_traces(
+        TicketTriage(),
+        make_examples(5),
+        teacher=ap.ScriptedLM(teacher),
+        metric=broken,
+        store=tmp_path / "traces",
+        progress=False,
+    )
+    assert result.failed == 5
+    warned = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
+    assert len(warned) == 3 and all("ValueError: nope" in m for m in warned)

@@ -61,6 +61,8 @@ class BootstrapFewShot(Optimizer):
         demos: dict[str, list[Example]] = {path: [] for path in paths}
         used: set[int] = set()
         errors = 0
+        first_error: str | None = None
+        tried = 0
         for round_ in range(self.max_rounds):
             current = runner if round_ == 0 else _retry_copy(runner, round_, 0.7)
             for index, example in enumerate(examples):
@@ -69,9 +71,18 @@ class BootstrapFewShot(Optimizer):
                 if index in used:
                     continue
                 trace = run_traced(current, example, metric=self.metric)
+                tried += 1
                 if not trace.ok:
                     errors += 1
-                    log.debug("example %d failed: %s", index, trace.error)
+                    first_error = first_error or trace.error
+                    # The first few at WARNING (a broken metric or teacher shows at once),
+                    # the rest at DEBUG so a long run's log stays readable.
+                    log.log(
+                        logging.WARNING if errors <= 3 else logging.DEBUG,
+                        "BootstrapFewShot: example %d failed: %s",
+                        index,
+                        trace.error,
+                    )
                     if self.max_errors is not None and errors > self.max_errors:
                         raise RuntimeError(
                             f"{errors} teacher runs failed, more than max_errors={self.max_errors}; "
@@ -83,6 +94,11 @@ class BootstrapFewShot(Optimizer):
                 for step in trace.steps:
                     if step.error is None and step.output is not None and step.predictor in demos:
                         demos[step.predictor].append(Example({**step.inputs, **step.output}))
+        if tried and errors == tried:
+            raise RuntimeError(
+                f"BootstrapFewShot: all {tried} teacher runs failed, so no demos could be "
+                f"bootstrapped; the first error: {first_error}"
+            )
         rng = random.Random(self.seed)
         rest = [e for i, e in enumerate(examples) if i not in used]
         rng.shuffle(rest)

@@ -214,6 +214,8 @@ def bootstrap_traces(
             for future in batch:
                 trace, calls = future.result()  # run_traced never raises for an example
                 _count(result, trace, calls, threshold)
+                if not trace.ok and result.failed <= 3:  # a broken teacher or metric shows at once
+                    log.warning("bootstrap: example %s failed: %s", trace.example_id, trace.error)
                 if trace_store is not None:
                     trace_store.append(trace)
                 else:
