@@ -123,3 +123,17 @@ def test_enum_and_pydantic_fields_round_trip_through_to_dict():
 def test_ensure_signature_rejects_other_things():
     with pytest.raises(SignatureError, match="42"):
         ap.ensure_signature(42)
+
+
+@pytest.mark.parametrize("name", ["labels", "items", "keys", "inputs", "config", "demos", "lm"])
+def test_field_names_that_collide_with_the_api_are_refused(name):
+    with pytest.raises(SignatureError, match=rf"field name '{name}'.* is a .* rename it"):
+        ap.make_signature(f"question -> {name}")
+    with pytest.raises(SignatureError, match=rf"'{name}'"):
+        ap.make_signature(f"{name} -> answer")
+    with pytest.raises(SignatureError, match=rf"'{name}'"):
+        type(
+            "Bad",
+            (ap.Signature,),
+            {"__doc__": "Doc.", "__annotations__": {name: str}, name: ap.OutputField()},
+        )

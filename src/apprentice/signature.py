@@ -22,6 +22,8 @@ import typing
 from dataclasses import dataclass, replace
 from typing import Any, Literal
 
+from apprentice.example import Example, Prediction
+
 __all__ = [
     "Field",
     "InputField",
@@ -339,12 +341,31 @@ def _split_top_level(text: str) -> list[str]:
     return parts
 
 
+# Names a field cannot take: reading ``prediction.labels`` must give the field, not the
+# method, and ``predictor(config=...)`` is a call option, not an input.
+_CALL_OPTIONS = {"config": "per-call settings", "demos": "per-call demos", "lm": "the LM to use"}
+_RESERVED: dict[str, str] = {
+    **{
+        name: f"a method of {cls.__name__}"
+        for cls in (Example, Prediction)
+        for name in dir(cls)
+        if not name.startswith("_")
+    },
+    **{name: f"a predictor call option ({why})" for name, why in _CALL_OPTIONS.items()},
+}
+
+
 def _check_name(field_name: str, spec: str | None = None) -> None:
+    where = f" in signature string {spec!r}" if spec else ""
     if not field_name.isidentifier() or keyword.iskeyword(field_name):
-        where = f" in signature string {spec!r}" if spec else ""
         raise SignatureError(
             f"field name {field_name!r}{where} is not a valid Python identifier; "
             "use letters, digits and underscores"
+        )
+    if field_name in _RESERVED:
+        raise SignatureError(
+            f"field name {field_name!r}{where} is {_RESERVED[field_name]}, so the field "
+            f"could not be read or passed; rename it (e.g. {field_name + '_'!r})"
         )
 
 

@@ -77,7 +77,7 @@ def test_a_markdown_heading_no_longer_cuts_the_reasoning():
     assert FMT.parse(SIG, quoting)["answer"] == "billing"
 
 
-LIST_SIG = ap.make_signature("question -> items: list[str]")
+LIST_SIG = ap.make_signature("question -> tags: list[str]")
 _MEGABYTE = [
     "[[answer]]\n" + " " * 1_000_000,
     "\n" * 1_000_000,
@@ -86,7 +86,7 @@ _MEGABYTE = [
     " \t" * 500_000 + "\n[[answer]]\nx",
     "```json\n" + " " * 1_000_000,
     "```" + "\n" * 1_000_000 + "``",
-    "[[items]]\n```python" + " " * 1_000_000,
+    "[[tags]]\n```python" + " " * 1_000_000,
     "{" * 1_000_000,
     '{"answer": ' + "[" * 100_000 + "]" * 100_000 + "}",
 ]
