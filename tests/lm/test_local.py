@@ -341,3 +341,30 @@ def test_engines_are_shared_per_base_device_and_dtype(students):
     base, _ = students["seq2seq"]
     assert get_engine(base) is get_engine(str(base) + "/") is make_lm(students, "seq2seq").engine
     assert get_engine(base, dtype="bfloat16") is not get_engine(base)
+
+
+def test_a_model_rewritten_in_place_gets_a_fresh_engine(tmp_path):
+    """Retraining a full finetune (or rebuilding a tiny student) into the same folder must
+    not serve the old weights from the process's engine cache."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    from apprentice.train.tiny import make_tiny_student
+
+    base = make_tiny_student("causal", TEXTS, tmp_path / "m", hidden_size=64, num_layers=2)
+    first = LocalLM(base, max_new_tokens=MAX_NEW)
+    assert LocalLM(base).engine is first.engine  # unchanged files: one engine
+
+    model = AutoModelForCausalLM.from_pretrained(base)
+    generator = torch.Generator().manual_seed(5)
+    with torch.no_grad():
+        for weight in model.parameters():
+            if weight.dim() == 2:
+                weight.copy_(torch.randn(weight.shape, generator=generator) * 0.3)
+    model.save_pretrained(base)
+
+    second = LocalLM(base, max_new_tokens=MAX_NEW)
+    assert second.engine is not first.engine
+    fresh = AutoModelForCausalLM.from_pretrained(base)
+    loaded = dict(second.engine.model.named_parameters())
+    assert all(torch.equal(p, loaded[n]) for n, p in fresh.named_parameters())

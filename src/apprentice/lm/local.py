@@ -146,7 +146,10 @@ class LocalLM(EngineView):
 
 
 # -- one engine per (base model, device, dtype) ------------------------------------------------
-_ENGINES: dict[tuple[str, str, str, str], LocalEngine] = {}
+# key -> (weights stamp, engine). A model rewritten in place (a retrained full finetune, a
+# rebuilt tiny student) has a new stamp, so it gets a new engine instead of stale weights;
+# the old engine is dropped here and lives on only while an LM still holds it.
+_ENGINES: dict[tuple[str, str, str, str], tuple[tuple, LocalEngine]] = {}
 _ENGINES_LOCK = threading.Lock()
 
 
@@ -169,11 +172,26 @@ def get_engine(
     if merged is not None:
         merged_key = f"{merged[0]}:{adapter_hash(adapter_dir(*merged))}"
     key = (key_model, device, str(dtype), merged_key)
+    stamp = weights_stamp(key_model)
     with _ENGINES_LOCK:
-        engine = _ENGINES.get(key)
-        if engine is None:
-            engine = _ENGINES[key] = LocalEngine(key_model, device, dtype, merged)
-    return engine
+        held = _ENGINES.get(key)
+        if held is None or held[0] != stamp:
+            held = _ENGINES[key] = (stamp, LocalEngine(key_model, device, dtype, merged))
+    return held[1]
+
+
+def weights_stamp(model: str) -> tuple:
+    """Name, size and modification time of a local model's weight and config files (empty
+    for a hub name): cheap to take on every LM construction, and it changes whenever the
+    files are written again."""
+    path = Path(model)
+    if not path.is_dir():
+        return ()
+    return tuple(
+        (f.name, st.st_size, st.st_mtime_ns)
+        for f in sorted(path.iterdir())
+        if f.suffix in (".safetensors", ".bin", ".json") and (st := f.stat())
+    )
 
 
 def _model_key(base_model: str | Path) -> str:

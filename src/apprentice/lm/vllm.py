@@ -405,17 +405,18 @@ def import_vllm():
     return vllm
 
 
-_ENGINES: dict[tuple[str, EngineOptions], VLLMEngine] = {}
+_ENGINES: dict[tuple[str, EngineOptions], tuple[tuple, VLLMEngine]] = {}  # see lm/local.py
 _ENGINES_LOCK = threading.Lock()
 
 
 def get_vllm_engine(base_model: str | Path, options: EngineOptions) -> VLLMEngine:
     """The process's engine for (base model, options), started on first use."""
-    from apprentice.lm.local import _model_key
+    from apprentice.lm.local import _model_key, weights_stamp
 
     key = (_model_key(base_model), options)
+    stamp = weights_stamp(key[0])
     with _ENGINES_LOCK:
-        engine = _ENGINES.get(key)
-        if engine is None:
-            engine = _ENGINES[key] = VLLMEngine(key[0], options)
-    return engine
+        held = _ENGINES.get(key)
+        if held is None or held[0] != stamp:
+            held = _ENGINES[key] = (stamp, VLLMEngine(key[0], options))
+    return held[1]
