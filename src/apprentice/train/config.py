@@ -66,7 +66,9 @@ class TrainConfig(_Strict):
     )
     full_finetune: bool = Field(False, description="train every weight instead of a LoRA adapter")
     bf16: Literal["auto"] | bool = Field(
-        "auto", description="bf16 autocast; auto = on for CUDA devices with bf16"
+        "auto",
+        description="bf16 autocast; auto = on for CUDA devices with bf16, and on CPUs with "
+        "AVX512-BF16/AMX for students of >= 50M parameters (tiny ones gain little)",
     )
     gradient_checkpointing: bool = Field(False, description="trade compute for memory")
     packing: Literal["auto"] | bool = Field(

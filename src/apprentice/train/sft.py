@@ -24,6 +24,7 @@ from apprentice.dataset.build import load_dataset_dir
 from apprentice.dataset.tokenize import tokenize_rows
 from apprentice.train.batching import collate_padded, collate_padding_free, length_grouped_batches
 from apprentice.train.config import LoraConfig, TrainConfig
+from apprentice.train.cpu import BF16_MIN_PARAMS, choose_threads, cpu_has_bf16, cpu_threads
 from apprentice.train.export import (
     AdapterManifest,
     check_lora_config,
@@ -37,7 +38,6 @@ from apprentice.train.students import (
     load_student,
     model_hash,
 )
-from apprentice.train.threads import choose_threads, cpu_threads
 
 __all__ = ["TrainResult", "train_adapter"]
 
@@ -113,12 +113,16 @@ def _save_checkpoint(accelerator, out_dir: Path, state: dict[str, Any], keep: in
     accelerator.wait_for_everyone()
 
 
-def _use_bf16(setting, device_type: str) -> bool:
+def _use_bf16(setting, device_type: str, params: int) -> bool:
+    """``auto``: CUDA with bf16, or a bf16-capable CPU with a student big enough to gain
+    (see train/cpu.py for the measurements)."""
     import torch
 
-    if setting == "auto":
-        return device_type == "cuda" and torch.cuda.is_bf16_supported()
-    return bool(setting)
+    if setting != "auto":
+        return bool(setting)
+    if device_type == "cuda":
+        return torch.cuda.is_bf16_supported()
+    return device_type == "cpu" and params >= BF16_MIN_PARAMS and cpu_has_bf16()
 
 
 def _use_packing(setting, kind: str, device_type: str) -> bool:
@@ -180,8 +184,8 @@ def train_adapter(
     )
     set_seed(train.seed)
     device_type = accelerator.device.type
-    bf16 = _use_bf16(train.bf16, device_type)
     loaded = load_student(student)
+    bf16 = _use_bf16(train.bf16, device_type, loaded.model.num_parameters())
     model, tokenizer, kind = loaded.model, loaded.tokenizer, loaded.kind
     vocab_before = model.get_input_embeddings().weight.shape[0]
 
@@ -322,7 +326,7 @@ def train_adapter(
     start = time.perf_counter() - state["elapsed_s"]
     last_val: float | None = None
     micro = 0
-    # CPU threads: chosen once per run (see train/threads.py), reused on resume.
+    # CPU threads: chosen once per run (see train/cpu.py), reused on resume.
     if device_type != "cpu":
         threads = contextlib.nullcontext()
     else:
