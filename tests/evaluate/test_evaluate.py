@@ -251,7 +251,9 @@ def test_bad_arguments_name_the_bad_value():
         ap.Evaluate(devset=devset(1), metric=ap.answer_exact_match, failure_score="zero")
     with pytest.raises(TypeError, match="metric must be a function.*'answer'"):
         ap.Evaluate(devset=devset(1), metric="answer")
-    with pytest.raises(TypeError, match=r"must accept \(example, prediction, trace=None\)"):
+    with pytest.raises(
+        TypeError, match=r"must accept \(example, prediction\) or \(example, prediction, trace\)"
+    ):
         ap.Evaluate(devset=devset(1), metric=lambda pred: 1)
     evaluate = ap.Evaluate(devset=devset(1), metric=ap.answer_exact_match)
     with pytest.raises(TypeError, match="program must be callable.*'QA'"):
