@@ -63,10 +63,10 @@ def test_causal_student_learns_the_two_step_task(full_student):
     assert again.score >= 0.95
 
 
-def _digits_teacher(signature, inputs):
+def _queue_teacher(signature, inputs):
     answer = teacher(signature, inputs)
     if "order_id" in answer:
-        answer["order_id"] = answer["order_id"].removeprefix("A")
+        answer["order_id"] = answer["order_id"] + "-" + inputs["category"]
     return answer
 
 
@@ -79,14 +79,19 @@ def _region_teacher(signature, inputs):
 
 def _id_metric(transform):
     def score(example, prediction, trace=None):
-        return float(prediction.order_id == transform(example.order_id))
+        return float(prediction.order_id == transform(example))
 
     return score
 
 
+# Two related tasks that keep the base's way of copying the order id and add to it: a fixed
+# suffix, and a suffix copied from another input. (A task that drops the id's leading "A"
+# was tried and is not stable on this tiny base: 0.16-0.99 depending on the base's seed and
+# the prompt text, because the base copies the digits by finding the "A" it just wrote.)
+# Measured 0.99 for both, at r=16, on bases trained with seeds 0, 1 and 2.
 TASKS = {
-    "digits": (_digits_teacher, _id_metric(lambda o: o.removeprefix("A"))),
-    "region": (_region_teacher, _id_metric(lambda o: o + "-EU")),
+    "queue": (_queue_teacher, _id_metric(lambda e: f"{e.order_id}-{e.category}")),
+    "region": (_region_teacher, _id_metric(lambda e: e.order_id + "-EU")),
 }
 
 
@@ -102,11 +107,7 @@ def test_lora_adapters_learn_related_tasks_on_the_trained_base(full_student):
             student=base,
             run_dir=tmp_path / f"lora-{name}",
             progress=False,
-            # r=64 on this 128-wide base: at r<=32 the "digits" adapter strips the "A" but
-            # miscopies the first digit (0.11-0.32 held-out over lr 2e-3..5e-3 and 8..16
-            # epochs); at r=64 it scores 0.99 for seeds 0-3 and 6 or 8 epochs, and so does
-            # "region". Both far above the 0.9 bar, so thread count and load cannot flip it.
-            lora=ap.LoraConfig(r=64, alpha=128, dropout=0.0),
+            lora=ap.LoraConfig(r=16, alpha=32, dropout=0.0),
             train=ap.TrainConfig(epochs=8, learning_rate=2e-3, save_every=10**6),
         )
         programs[name] = optimizer.compile(
@@ -119,11 +120,11 @@ def test_lora_adapters_learn_related_tasks_on_the_trained_base(full_student):
         assert (adapter_dir / "adapter_config.json").exists()
         assert not (adapter_dir / "model.safetensors").exists()
 
-    digits, hashed = programs["digits"], programs["region"]
+    queue, region = programs["queue"], programs["region"]
     # Two adapters on one base: one engine holds both.
-    assert digits.extract.lm.engine is hashed.extract.lm.engine
-    names = {digits.extract.lm.adapter, hashed.extract.lm.adapter}
-    assert len(names) == 2 and names <= set(digits.extract.lm.adapter_names())
+    assert queue.extract.lm.engine is region.extract.lm.engine
+    names = {queue.extract.lm.adapter, region.extract.lm.adapter}
+    assert len(names) == 2 and names <= set(queue.extract.lm.adapter_names())
     for name, program in programs.items():
         score = ap.Evaluate(
             devset=HELDOUT[:50], metric=TASKS[name][1], num_threads=16, display_progress=False
