@@ -134,12 +134,9 @@ class Module:
 
     def save(self, path: str | os.PathLike) -> Path:
         """Writes demos, instructions, sampling config and LM bindings as JSON (atomically)."""
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(path.name + ".tmp")
-        tmp.write_text(json.dumps(self.dump_state(), indent=2, ensure_ascii=False))
-        os.replace(tmp, path)
-        return path
+        from apprentice.files import atomic_write
+
+        return atomic_write(path, json.dumps(self.dump_state(), indent=2, ensure_ascii=False))
 
     def load(self, path: str | os.PathLike) -> Module:
         """Restores a saved program into this (freshly constructed) program; returns self."""

@@ -15,6 +15,10 @@
 Every stage records the hash of its inputs. Re-running skips a stage whose hash is
 unchanged and whose output exists, and resumes an interrupted one: the bootstrap skips
 traced examples, training restarts from its newest checkpoint.
+
+One process at a time: opening a run and running a stage take the directory's lock
+(``files.exclusive``); a second process is refused at once, naming the lock, instead of
+interleaving its writes with the first one's.
 """
 
 from __future__ import annotations
@@ -32,6 +36,7 @@ from typing import Any
 
 import yaml
 
+from apprentice.files import atomic_write, exclusive, folder_lock, set_aside
 from apprentice.progress import library_bars, show_progress
 from apprentice.recipe import Recipe, RecipeError, load_recipe
 
@@ -71,6 +76,11 @@ class Run:
         self.root = root
         self.progress = show_progress(progress)  # no bars in a log file
         self.outcomes: list[StageOutcome] = []
+        self._lock = folder_lock(root)
+
+    def _exclusive(self):
+        """Held while this process writes into the run directory."""
+        return exclusive(self._lock, f"run directory {self.root}")
 
     # -- opening ----------------------------------------------------------------------------
     @classmethod
@@ -97,14 +107,15 @@ class Run:
             root = Path(run_dir or recipe.run_dir or Path("runs") / recipe.name)
         root.mkdir(parents=True, exist_ok=True)
         run = cls(recipe, root, progress=progress)
-        run._write_recipe()
+        with run._exclusive():
+            run._write_recipe()
         return run
 
     def _write_recipe(self) -> None:
         data = self.recipe.model_dump(mode="json", exclude_none=False)
         text = "# apprentice distill " + str(self.root / "recipe.yaml") + "\n"
         text += yaml.safe_dump(data, sort_keys=False)
-        _atomic_write(self.root / "recipe.yaml", text)
+        atomic_write(self.root / "recipe.yaml", text)
 
     # -- state ------------------------------------------------------------------------------
     @property
@@ -122,7 +133,7 @@ class Run:
     def _record(self, stage: str, **entry: Any) -> None:
         data = self.state()
         data["stages"][stage] = {**data["stages"].get(stage, {}), **entry, "updated": time.time()}
-        _atomic_write(self.state_file, json.dumps(data, indent=2, default=str))
+        atomic_write(self.state_file, json.dumps(data, indent=2, default=str))
 
     def _done(self, stage: str, key: str) -> dict[str, Any] | None:
         entry = self.state()["stages"].get(stage)
@@ -131,6 +142,10 @@ class Run:
         return None
 
     def _stage(self, stage: str, key: str, fn: Callable[[], dict[str, Any]], *, exists: bool):
+        with self._exclusive():
+            return self._run_stage(stage, key, fn, exists=exists)
+
+    def _run_stage(self, stage: str, key: str, fn: Callable[[], dict[str, Any]], *, exists: bool):
         reused = self._done(stage, key) if exists else None
         if reused is not None:
             outcome = StageOutcome(stage, "reused", 0.0, reused.get("summary", {}))
@@ -174,8 +189,9 @@ class Run:
 
     # -- stages -----------------------------------------------------------------------------
     def distill(self) -> list[StageOutcome]:
-        for stage in STAGES:
-            getattr(self, stage)()
+        with self._exclusive():  # held across the stages, so no one slips in between
+            for stage in STAGES:
+                getattr(self, stage)()
         return self.outcomes
 
     def bootstrap(self) -> StageOutcome:
@@ -361,14 +377,10 @@ class Run:
 
     def _set_aside(self, dirs) -> None:
         # A changed recipe makes old checkpoints useless for resuming, but they are never
-        # deleted: the previous run's adapters move to adapters/.previous/.
+        # deleted: each earlier run's adapters move to adapters/.previous/<name>.<time>.
         for d in dirs:
             if d.exists():
-                target = d.parent / ".previous" / d.name
-                if target.exists():
-                    shutil.rmtree(target)
-                target.parent.mkdir(parents=True, exist_ok=True)
-                os.replace(d, target)
+                target = set_aside(d, d.parent / ".previous")
                 log.warning("recipe changed: moved %s to %s", d, target)
 
     def _lm_options(self) -> dict[str, Any]:
@@ -464,7 +476,7 @@ class Run:
                     num_threads=r.eval.num_threads,
                     display_progress=self.progress,
                 )
-                _atomic_write(
+                atomic_write(
                     path,
                     json.dumps({"key": keys[system], "eval": result.to_dict()}, indent=2),
                 )
@@ -515,9 +527,3 @@ class Run:
 
 def _file_hash(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()[:16]
-
-
-def _atomic_write(path: Path, text: str) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
