@@ -393,7 +393,8 @@ class Run:
 
     def compiled_program(self):
         self._require(self.program_file, "train")
-        return self.recipe.make_program().load(self.program_file)
+        # trusted: written by this run, whose recipe already runs code of its choosing
+        return self.recipe.make_program().load(self.program_file, trusted=True)
 
     def _fewshot(self):
         """The program with ``eval.fewshot`` demos per predictor from the teacher's passing

@@ -90,6 +90,13 @@ def _server_message(content: bytes) -> str:
     return text.strip()[:2000] or "(empty body)"
 
 
+def resolve_base_url(base_url: str | None) -> str:
+    """The endpoint a ``base_url`` of None means: ``$OPENAI_BASE_URL``, else OpenAI's."""
+    return (base_url or os.environ.get("OPENAI_BASE_URL") or "https://api.openai.com/v1").rstrip(
+        "/"
+    )
+
+
 def _check_options(
     *,
     base_url: str,
@@ -154,9 +161,7 @@ class OpenAILM(BaseLM):
         price: Price | None = None,
         history_size: int = 200,
     ) -> None:
-        base_url = (
-            base_url or os.environ.get("OPENAI_BASE_URL") or "https://api.openai.com/v1"
-        ).rstrip("/")
+        base_url = resolve_base_url(base_url)
         _check_options(
             base_url=base_url,
             model_type=model_type,
