@@ -15,14 +15,22 @@ import hashlib
 import importlib
 import json
 import os
+import re
 import sys
 from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import (
+    BaseModel,
+    Field,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
 
-from apprentice.train.config import LoraConfig, TrainConfig
+from apprentice.train.config import ConfigSection, LoraConfig, TrainConfig
 
 __all__ = [
     "DataSource",
@@ -38,8 +46,8 @@ class RecipeError(ValueError):
     """A recipe that cannot be used; the message is one line naming the bad value."""
 
 
-class _Section(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+class _Section(ConfigSection):
+    pass
 
 
 class DataSource(_Section):
@@ -102,6 +110,25 @@ class TinyStudent(_Section):
     num_heads: int = Field(4, ge=1)
     seed: int = 0
 
+    @field_validator("num_heads")
+    @classmethod
+    def _heads_divide_hidden(cls, heads: int, info: ValidationInfo) -> int:
+        hidden, kind = info.data.get("hidden_size"), info.data.get("kind")
+        if hidden is None:
+            return heads
+        fits = [h for h in (1, 2, 4, 8, 16) if _head_size_ok(hidden, h, kind)]
+        if not _head_size_ok(hidden, heads, kind):
+            even = " into even head sizes (rotary embeddings)" if kind == "causal" else ""
+            raise ValueError(
+                f"num_heads {heads} does not divide hidden_size {hidden}{even}; "
+                f"use one of {fits} or change hidden_size"
+            )
+        return heads
+
+
+def _head_size_ok(hidden: int, heads: int, kind: str | None) -> bool:
+    return hidden % heads == 0 and (kind != "causal" or (hidden // heads) % 2 == 0)
+
 
 class StudentConfig(_Section):
     model: str | None = Field(None, description="local path or hub name of the base student")
@@ -163,6 +190,28 @@ class Recipe(_Section):
     serve: ServeConfig = ServeConfig()
     eval: EvalConfig = EvalConfig()
     run_dir: str | None = Field(None, description="default: runs/<name> beside the recipe's cwd")
+
+    @field_validator("name")
+    @classmethod
+    def _plain_name(cls, name: str) -> str:
+        # The default run directory is runs/<name>: a name with a path in it would escape runs/.
+        if not _NAME.fullmatch(name):
+            raise ValueError(
+                "must be a plain folder name (letters, digits, '.', '_', '-'; not "
+                "starting with '.'): the default run directory is runs/<name>"
+            )
+        return name
+
+    def check_data_files(self) -> None:
+        """Refuses, before any stage runs, a data file that is not there (``data.dev`` is
+        otherwise first read after training)."""
+        for split in ("train", "dev"):
+            source = getattr(self.data, split)
+            if source.path is not None and not Path(source.path).exists():
+                raise RecipeError(
+                    f"data.{split}.path: {source.path!r} does not exist (relative paths are "
+                    f"read from the working directory, {os.getcwd()})"
+                )
 
     def section_hash(self, *names: str) -> str:
         data = self.model_dump(mode="json")
@@ -340,6 +389,9 @@ def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any
     return data
 
 
+_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
+
+
 def load_recipe(path: str | os.PathLike, overrides: list[str] | None = None) -> Recipe:
     path = Path(path)
     if not path.exists():
@@ -352,6 +404,12 @@ def load_recipe(path: str | os.PathLike, overrides: list[str] | None = None) -> 
         ) from None
     if not isinstance(data, dict):
         raise RecipeError(f"recipe {path} must be a mapping of sections, got {type(data).__name__}")
+    loop = _circular_key(data)
+    if loop is not None:
+        raise RecipeError(
+            f"recipe {path}: {loop} refers to itself (a circular YAML anchor/alias); write the "
+            "value out instead"
+        )
     return validate_recipe(apply_overrides(data, overrides or []), source=str(path))
 
 
@@ -360,6 +418,20 @@ def validate_recipe(data: dict[str, Any], source: str = "recipe") -> Recipe:
         return Recipe.model_validate(data)
     except ValidationError as exc:
         raise RecipeError(f"{source}: {_first_error(exc)}") from None
+
+
+def _circular_key(node: Any, where: str = "", parents: tuple[int, ...] = ()) -> str | None:
+    """The dotted key at which a YAML alias points back to one of its own parents, or None."""
+    if not isinstance(node, (dict, list)):
+        return None
+    if id(node) in parents:
+        return where or "(top level)"
+    items = node.items() if isinstance(node, dict) else enumerate(node)
+    for key, child in items:
+        found = _circular_key(child, f"{where}.{key}" if where else str(key), (*parents, id(node)))
+        if found:
+            return found
+    return None
 
 
 def _first_error(exc: ValidationError) -> str:
@@ -375,7 +447,7 @@ def _first_error(exc: ValidationError) -> str:
         return f"missing required key {where!r}"
     value = error.get("input")
     shown = f" (got {value!r:.80})" if not isinstance(value, dict) else ""
-    return f"{where}: {error['msg']}{shown}"
+    return f"{where}: {error['msg'].removeprefix('Value error, ')}{shown}"
 
 
 def _fields_at(model: type[BaseModel], loc: list[str]) -> list[str]:

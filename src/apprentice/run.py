@@ -105,6 +105,7 @@ class Run:
         else:
             recipe = load_recipe(target, overrides)
             root = Path(run_dir or recipe.run_dir or Path("runs") / recipe.name)
+        recipe.check_data_files()
         root.mkdir(parents=True, exist_ok=True)
         run = cls(recipe, root, progress=progress)
         with run._exclusive():
