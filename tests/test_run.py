@@ -67,3 +67,48 @@ def test_writes_use_their_own_temp_files_and_leave_others_alone(tmp_path):
     Run.open(RECIPE, overrides=SMALL, run_dir=root, progress=False)
     assert (root / "recipe.yaml.tmp").read_text() == "theirs"
     assert not [p.name for p in root.iterdir() if p.name.endswith(".tmp") and p.name[0] == "."]
+
+
+# -- editing the metric's code (same import path) is noticed ---------------------------------
+BROKEN = "def metric(example, prediction):\n    return prediction.category == 'no such'\n"
+FIXED = "def metric(example, prediction):\n    return prediction.category == example.category\n"
+
+
+def _edit_metric(folder: Path, source: str) -> None:
+    import sys
+
+    (folder / "edited_metric.py").write_text(source)
+    sys.modules.pop("edited_metric", None)
+
+
+def test_an_edited_metric_is_not_served_the_old_traces(tmp_path, monkeypatch):
+    from apprentice.recipe import RecipeError
+
+    monkeypatch.syspath_prepend(str(tmp_path))
+    _edit_metric(tmp_path, BROKEN)
+    root = tmp_path / "run"
+    overrides = [*SMALL, "metric=edited_metric:metric"]
+    assert Run.open(RECIPE, overrides=overrides, run_dir=root).bootstrap().summary["passing"] == 0
+    _edit_metric(tmp_path, FIXED)
+    # Before: the 6 traces scored by the broken metric were reused (skipped 6, ran 0).
+    with pytest.raises(RecipeError, match="different metric"):
+        Run.open(root, progress=False).bootstrap()
+
+
+def test_an_edited_metric_rescores_the_eval(tmp_path, monkeypatch):
+    monkeypatch.syspath_prepend(str(tmp_path))
+    _edit_metric(tmp_path, BROKEN)
+    root = tmp_path / "run"
+    overrides = [
+        *SMALL,
+        "metric=edited_metric:metric",
+        "eval.untrained=false",
+        "eval.num_threads=2",
+    ]
+    run = Run.open(RECIPE, overrides=overrides, run_dir=root, progress=False)
+    run.recipe.make_program().save(root / "program.json")  # an (unbound) "trained" program
+    assert run.eval().summary["teacher"] == 0.0
+    _edit_metric(tmp_path, FIXED)
+    again = Run.open(root, progress=False).eval()
+    # Before: "reused", with the broken metric's 0.0 (the key held the import path only).
+    assert again.status == "ran" and again.summary["teacher"] == 1.0

@@ -225,11 +225,13 @@ class Run:
                     attempts=r.bootstrap.attempts,
                     threshold=r.bootstrap.threshold,
                     progress=self.progress,
+                    retry_failed=r.bootstrap.retry_failed,
                 )
             except TraceStoreMismatch as exc:
                 raise RecipeError(
-                    f"{self.traces_dir} holds traces of another program, teacher or dataset "
-                    f"({exc}); use a new --run-dir, or move that folder away to start over"
+                    f"{self.traces_dir} holds traces made by another program, teacher, dataset "
+                    f"or metric ({exc}); use a new --run-dir, or move that folder away to start "
+                    "over (the teacher's replies are cached in the run, so re-running is cheap)"
                 ) from None
             previous = self.state()["stages"].get("bootstrap", {}).get("summary", {})
             summary = result.summary()
@@ -315,6 +317,14 @@ class Run:
         )
         stamp.write_text(json.dumps(want))
         return str(path)
+
+    def _teacher_code(self) -> str | None:
+        """The scripted teacher's code hash (its import path alone misses an edit)."""
+        from apprentice.fingerprint import code_fingerprint
+        from apprentice.recipe import import_object
+
+        t = self.recipe.teacher
+        return code_fingerprint(import_object(t.script, "teacher.script")) if t.script else None
 
     def _tiny_stamp(self) -> str | None:
         stamp = Path(self.student_path()) / "apprentice_tiny.json"
@@ -417,17 +427,25 @@ class Run:
 
     def eval(self) -> StageOutcome:
         from apprentice.evaluate.report import SystemEval, evaluate_system
+        from apprentice.fingerprint import code_fingerprint
         from apprentice.lm.local import LocalLM
-        from apprentice.traces.bootstrap import dataset_hash
+        from apprentice.traces.bootstrap import dataset_hash, program_hash
 
         r = self.recipe
         self._require(self.program_file, "train")
         devset = r.load_split("dev")
         metric = r.make_metric()
 
-        base = _hash(dataset_hash(devset), r.section_hash("eval", "metric", "program"))
+        # The metric's and program's code, not only their import paths: fixing either
+        # re-scores every system.
+        base = _hash(
+            dataset_hash(devset),
+            r.section_hash("eval", "metric", "program"),
+            code_fingerprint(metric),
+            program_hash(r.make_program()),
+        )
         keys = {
-            "teacher": _hash(base, r.section_hash("teacher")),
+            "teacher": _hash(base, r.section_hash("teacher"), self._teacher_code()),
             "untrained": _hash(
                 base, self.student_path(), r.section_hash("student", "serve"), self._tiny_stamp()
             ),

@@ -226,6 +226,10 @@ class OpenAILM(BaseLM):
             "history_size": self.history.maxlen,
         }
 
+    def trace_identity(self) -> dict[str, Any]:
+        # Another endpoint may serve another model under the same name.
+        return {**super().trace_identity(), "base_url": self.base_url}
+
     def key_fields(self, request: Request) -> dict[str, Any]:
         # The request as sent: this LM's defaults filled in, the endpoint kind and any
         # extra body options (a chat and a text completion of the same messages differ).

@@ -33,20 +33,24 @@ __all__ = ["StoreManifest", "TraceStore", "TraceStoreMismatch"]
 log = logging.getLogger(__name__)
 
 SCHEMA = "apprentice.traces"
-VERSION = 1
-_IDENTITY = ("program_hash", "dataset_hash", "teacher")
+VERSION = 2  # 2: the metric and the code of the program, teacher and metric are recorded
+_IDENTITY = ("program_hash", "dataset_hash", "teacher", "metric")
 _RESET_HINT = "use a new store directory, or reset=True to move the old traces aside"
 
 
 class TraceStoreMismatch(ValueError):
-    """A store that was started for a different program, teacher or dataset."""
+    """A store that was started for a different program, teacher, dataset or metric."""
 
 
 @dataclass
 class StoreManifest:
+    """What made the traces: a store is resumed only by the same program (predictors and
+    code), teacher (``BaseLM.trace_identity``), dataset and metric (its code hash)."""
+
     program_hash: str
     teacher: dict[str, Any]
     dataset_hash: str
+    metric: str | None = None
     schema: str = SCHEMA
     version: int = VERSION
     created: float = 0.0
@@ -136,10 +140,16 @@ class TraceStore:
         if existing is not None:
             for name in _IDENTITY:
                 if getattr(existing, name) != getattr(manifest, name):
+                    older = (
+                        f" (made by an older apprentice, store version {existing.version}, "
+                        "which did not record the metric or the code)"
+                        if existing.version < VERSION
+                        else ""
+                    )
                     raise TraceStoreMismatch(
                         f"{self.path} holds traces for a different {name.replace('_hash', '')} "
-                        f"({getattr(existing, name)!r}, now {getattr(manifest, name)!r}); use a "
-                        "new store directory, or reset=True to move the old traces aside"
+                        f"({getattr(existing, name)!r}, now {getattr(manifest, name)!r}){older}; "
+                        "use a new store directory, or reset=True to move the old traces aside"
                     )
         else:
             manifest.created = manifest.created or time.time()
