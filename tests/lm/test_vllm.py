@@ -177,7 +177,7 @@ def test_adapter_table_and_cache_identity(models, fake_vllm, tmp_path):
         lm.load_adapter("wide", models["wide"])
     with pytest.raises(ValueError, match="already loaded"):
         lm.load_adapter("a", models["a"])
-    restored = lm_from_config(lm.to_config())
+    restored = lm_from_config(lm.to_config(), trusted=True)  # our own config: a cache file
     assert isinstance(restored, VLLMLM) and restored.engine is lm.engine
     assert restored.identity == lm.identity
     lm.unload_adapter("a")

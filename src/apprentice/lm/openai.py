@@ -31,7 +31,7 @@ from apprentice.lm.base import (
     Response,
     Usage,
 )
-from apprentice.lm.cache import Cache
+from apprentice.lm.cache import Cache, cache_config
 from apprentice.lm.usage import Price
 
 __all__ = ["OpenAILM"]
@@ -221,7 +221,7 @@ class OpenAILM(BaseLM):
             "retry_backoff": self.retry_backoff,
             "retry_max_wait": self.retry_max_wait,
             "extra_body": dict(self.extra_body),
-            "cache": self.cache is not None,
+            "cache": cache_config(self.cache),
             "price": self.usage.price.to_config() if self.usage.price else None,
             "history_size": self.history.maxlen,
         }
