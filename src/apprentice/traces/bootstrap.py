@@ -194,6 +194,7 @@ def bootstrap_traces(
         check_metric(metric)
     examples = _unique(dataset, example_key)
     result = BootstrapResult(total=len(examples))
+    retry_programs = {a: _retry_copy(runner, a, retry_temperature) for a in range(1, attempts)}
 
     trace_store = TraceStore(store) if isinstance(store, (str, Path)) else store
     done: set[str] = set()
@@ -214,8 +215,6 @@ def bootstrap_traces(
         result.traces = []
     todo = [(eid, ex) for eid, ex in examples if eid not in done]
     result.skipped = len(examples) - len(todo)
-
-    retry_programs = {a: _retry_copy(runner, a, retry_temperature) for a in range(1, attempts)}
 
     def run_one(ex: Example) -> tuple[Trace, int]:
         best = run_traced(runner, ex, metric=metric, example_key=example_key)
