@@ -104,9 +104,9 @@ class TraceStore:
     def open(self, manifest: StoreManifest, *, reset: bool = False) -> set[str]:
         """Starts or resumes the store for ``manifest``; returns the ids already done.
 
-        Resuming a store made for another program, teacher or dataset, or traces without
-        a manifest that says whose they are, is refused unless ``reset=True``, which moves
-        the old traces and manifest aside (``traces.<time>.jsonl``; never deleted or
+        Resuming a store made for another program, teacher, dataset or metric, or traces
+        without a manifest that says whose they are, is refused unless ``reset=True``, which
+        moves the old traces and manifest aside (``traces.<time>.jsonl``; never deleted or
         overwritten). One process at a time writes a store: a second ``open`` elsewhere
         raises ``DirectoryBusy`` until this one is closed.
         """
