@@ -171,3 +171,46 @@ def test_help_lists_every_stage(capsys):
     out = capsys.readouterr().out
     for command in ("distill", "bootstrap", "dataset", "train", "eval", "report", "serve"):
         assert command in out
+
+
+@pytest.mark.parametrize(
+    ("key", "value", "named"),
+    [
+        ("train.epochs", ".inf", "inf"),
+        ("train.learning_rate", ".inf", "inf"),
+        ("bootstrap.threshold", ".nan", "nan"),
+        ("train.batch_size", "true", "True"),
+        ("student.tiny.num_heads", "3", "num_heads 3"),
+        ("name", "../../etc", "'../../etc'"),
+        ("name", "a/b", "'a/b'"),
+        ("data.dev", "{path: no/such/dev.jsonl}", "'no/such/dev.jsonl'"),
+    ],
+)
+def test_bad_values_are_refused_before_anything_runs(tmp_path, capsys, key, value, named):
+    run_dir = tmp_path / "run"
+    err = _one_line_error(
+        capsys,
+        [
+            "bootstrap",
+            str(ROOT / "recipes/demo/causal.yaml"),
+            "--run-dir",
+            str(run_dir),
+            "--set",
+            f"{key}={value}",
+        ],
+    )
+    assert key in err and named in err
+    assert not (run_dir / "traces").exists() and not (run_dir / "run.json").exists()
+
+
+def test_heads_that_do_not_divide_the_hidden_size_say_both(tmp_path):
+    with pytest.raises(RecipeError, match="num_heads 3 does not divide hidden_size 128"):
+        load_recipe(ROOT / "recipes/demo/causal.yaml", ["student.tiny.num_heads=3"])
+
+
+def test_a_circular_yaml_anchor_is_named(tmp_path, capsys):
+    path = tmp_path / "r.yaml"
+    text = (ROOT / "recipes/demo/causal.yaml").read_text()
+    path.write_text(text + "program_args: &loop {inner: *loop}\n")
+    err = _one_line_error(capsys, ["bootstrap", str(path), "--run-dir", str(tmp_path / "run")])
+    assert "program_args.inner" in err and "refers to itself" in err

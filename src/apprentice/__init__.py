@@ -24,6 +24,7 @@ from apprentice.lm import (
     Response,
     ScriptedLM,
 )
+from apprentice.lm.registry import UntrustedLMError
 from apprentice.module import Module, ProgramFileError
 from apprentice.optimize import (
     BootstrapFewShot,
@@ -90,6 +91,7 @@ __all__ = [
     "Prediction",
     "Price",
     "ProgramFileError",
+    "UntrustedLMError",
     "Request",
     "Response",
     "SFTRow",

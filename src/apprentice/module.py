@@ -8,7 +8,7 @@ import copy
 import json
 import logging
 import os
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -110,7 +110,16 @@ class Module:
             "predictors": {path: p.dump_predictor_state() for path, p in self.named_predictors()},
         }
 
-    def load_state(self, state: dict[str, Any], *, source: str = "state") -> Module:
+    def load_state(
+        self,
+        state: dict[str, Any],
+        *,
+        source: str = "state",
+        trusted: bool = False,
+        allowed_endpoints: Mapping[str, str] | None = None,
+    ) -> Module:
+        """Restores ``state`` (``dump_state()``'s dict); ``trusted`` and ``allowed_endpoints``
+        as in ``load``. Every check runs before anything changes."""
         if state.get("schema") != PROGRAM_SCHEMA:
             raise ProgramFileError(
                 f"{source} is not a saved apprentice program (schema {state.get('schema')!r})"
@@ -128,21 +137,48 @@ class Module:
                 f"{source} does not match {type(self).__name__}: predictors missing from the file "
                 f"{missing}, in the file but not in the program {extra}"
             )
+        from apprentice.lm.registry import check_lm_config
+
+        for path in ours:
+            if saved[path].get("lm") is not None:
+                check_lm_config(
+                    saved[path]["lm"],
+                    trusted=trusted,
+                    allowed_endpoints=allowed_endpoints,
+                    where=f"{source}:{path}",
+                )
         for path, predictor in ours.items():
-            predictor.load_predictor_state(saved[path], where=f"{source}:{path}")
+            predictor.load_predictor_state(
+                saved[path],
+                where=f"{source}:{path}",
+                trusted=trusted,
+                allowed_endpoints=allowed_endpoints,
+            )
         return self
 
     def save(self, path: str | os.PathLike) -> Path:
         """Writes demos, instructions, sampling config and LM bindings as JSON (atomically)."""
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(path.name + ".tmp")
-        tmp.write_text(json.dumps(self.dump_state(), indent=2, ensure_ascii=False))
-        os.replace(tmp, path)
-        return path
+        from apprentice.files import atomic_write
 
-    def load(self, path: str | os.PathLike) -> Module:
-        """Restores a saved program into this (freshly constructed) program; returns self."""
+        return atomic_write(path, json.dumps(self.dump_state(), indent=2, ensure_ascii=False))
+
+    def load(
+        self,
+        path: str | os.PathLike,
+        *,
+        trusted: bool = False,
+        allowed_endpoints: Mapping[str, str] | None = None,
+    ) -> Module:
+        """Restores a saved program into this (freshly constructed) program; returns self.
+
+        A program file may come from anywhere, so by default its LM bindings may not choose
+        where prompts and keys go: an endpoint (``base_url``, ``api_key_env``) named in the
+        file is refused unless ``allowed_endpoints`` maps that base URL to that key
+        variable, e.g. ``{"http://127.0.0.1:8000/v1": "OPENAI_API_KEY"}``; a local model
+        must be on this machine (no Hub download); ``cache`` may not name a file.
+        ``trusted=True`` loads every setting as written: pass it for files you made. The
+        rules in full: ``apprentice.lm.registry``.
+        """
         path = Path(path)
         try:
             state = json.loads(path.read_text())
@@ -150,7 +186,9 @@ class Module:
             raise FileNotFoundError(f"no saved program at {path}") from None
         except ValueError as exc:
             raise ProgramFileError(f"{path} is not valid JSON: {exc}") from None
-        return self.load_state(state, source=str(path))
+        return self.load_state(
+            state, source=str(path), trusted=trusted, allowed_endpoints=allowed_endpoints
+        )
 
     def __repr__(self) -> str:
         inner = ", ".join(f"{path}={p!r}" for path, p in self.named_predictors())

@@ -3,7 +3,7 @@
 A recipe names the program, the metric and any script by import path (``pkg.mod:Name``),
 reads data from JSONL, CSV or a HF ``datasets`` directory (or a Python factory for
 synthetic tasks), and carries the teacher, student, LoRA, training, serving and
-evaluation sections. Unknown keys are rejected with the closest valid key suggested;
+evaluation sections (``recipe_sections.py``). Unknown keys are rejected with the closest valid key suggested;
 ``--set train.epochs=3`` style overrides are applied before validation.
 """
 
@@ -15,14 +15,25 @@ import hashlib
 import importlib
 import json
 import os
+import re
 import sys
 from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, Field, ValidationError, field_validator
 
-from apprentice.train.config import LoraConfig, TrainConfig
+from apprentice.recipe_sections import (
+    BootstrapConfig,
+    DataConfig,
+    DatasetConfig,
+    DataSource,
+    EvalConfig,
+    ServeConfig,
+    StudentConfig,
+    TeacherConfig,
+)
+from apprentice.train.config import ConfigSection, LoraConfig, TrainConfig
 
 __all__ = [
     "DataSource",
@@ -38,117 +49,7 @@ class RecipeError(ValueError):
     """A recipe that cannot be used; the message is one line naming the bad value."""
 
 
-class _Section(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-
-class DataSource(_Section):
-    """One split: a file (``.jsonl``, ``.json``, ``.csv``), a HF ``datasets`` directory, or a
-    factory ``pkg.mod:fn`` called with ``args`` that returns examples."""
-
-    path: str | None = Field(None, description="JSONL/JSON/CSV file or HF datasets directory")
-    split: str | None = Field(None, description="split of a HF DatasetDict directory")
-    factory: str | None = Field(None, description="import path of fn(**args) -> examples")
-    args: dict[str, Any] = Field(default_factory=dict, description="arguments of the factory")
-    limit: int | None = Field(None, ge=1, description="use the first N examples only")
-
-    @model_validator(mode="after")
-    def _one_source(self) -> DataSource:
-        if (self.path is None) == (self.factory is None):
-            raise ValueError("give exactly one of 'path' or 'factory'")
-        return self
-
-
-class DataConfig(_Section):
-    train: DataSource = Field(description="examples the teacher is run on")
-    dev: DataSource = Field(description="held-out examples for the report")
-    inputs: list[str] = Field(description="fields that are program inputs; the rest are labels")
-
-
-class TeacherConfig(_Section):
-    """``backend: openai`` for any OpenAI-compatible endpoint; ``scripted`` for a Python
-    function ``fn(signature, inputs) -> outputs`` (tests and the offline demo)."""
-
-    backend: Literal["openai", "scripted"] = "openai"
-    model: str = Field("scripted", description="model name sent to the endpoint")
-    base_url: str | None = Field(None, description="e.g. https://api.openai.com/v1")
-    api_key_env: str = Field("OPENAI_API_KEY", description="environment variable with the key")
-    script: str | None = Field(None, description="scripted: import path of the function")
-    model_type: Literal["chat", "text"] = Field(
-        "chat", description="openai: chat completions, or completions with a flat prompt"
-    )
-    temperature: float | None = Field(0.0, ge=0, description="None: the endpoint's default")
-    max_tokens: int | None = Field(1024, ge=1)
-    concurrency: int = Field(32, ge=1, description="requests in flight")
-    price: dict[str, float] | None = Field(
-        None, description="USD per million tokens: {input: ..., output: ...}"
-    )
-
-    @model_validator(mode="after")
-    def _script_for_scripted(self) -> TeacherConfig:
-        if self.backend == "scripted" and not self.script:
-            raise ValueError("teacher.backend 'scripted' needs teacher.script (pkg.mod:function)")
-        return self
-
-
-class TinyStudent(_Section):
-    """A random-init student built from a config on first use, with a BPE tokenizer trained
-    on the run's own training rows (no download). For offline demos and tests only."""
-
-    kind: Literal["causal", "seq2seq"] = "causal"
-    vocab_size: int = Field(1000, ge=300)
-    hidden_size: int = Field(128, ge=16)
-    num_layers: int = Field(4, ge=1)
-    num_heads: int = Field(4, ge=1)
-    seed: int = 0
-
-
-class StudentConfig(_Section):
-    model: str | None = Field(None, description="local path or hub name of the base student")
-    tiny: TinyStudent | None = Field(None, description="build a tiny student instead (offline)")
-
-    @model_validator(mode="after")
-    def _one_student(self) -> StudentConfig:
-        if (self.model is None) == (self.tiny is None):
-            raise ValueError("give exactly one of 'model' or 'tiny'")
-        return self
-
-
-class BootstrapConfig(_Section):
-    threshold: float | None = Field(1.0, description="keep traces scoring at least this")
-    attempts: int = Field(1, ge=1, description="tries per example (retries sample hotter)")
-    concurrency: int = Field(32, ge=1, description="program runs in flight")
-
-
-class DatasetConfig(_Section):
-    multitask: bool = Field(True, description="one adapter for all predictors (else one each)")
-    val_fraction: float = Field(0.1, ge=0, lt=1)
-    format: Literal["chat", "json"] = "chat"
-
-
-class ServeConfig(_Section):
-    backend: Literal["local", "vllm"] = "local"
-    device: str | None = Field(None, description="cpu, cuda, cuda:1; None picks")
-    max_batch_size: int = Field(64, ge=1)
-    max_new_tokens: int = Field(256, ge=1)
-
-
-class EvalConfig(_Section):
-    num_threads: int = Field(16, ge=1)
-    untrained: bool = Field(True, description="also score the student before training")
-    teacher: bool = Field(True, description="also score the teacher (uses teacher calls)")
-    untrained_max_new_tokens: int = Field(
-        64, ge=1, description="cap for the untrained student, which rarely stops on its own"
-    )
-    fewshot: int = Field(
-        0,
-        ge=0,
-        description="also score the untrained student prompted with this many of the "
-        "teacher's passing runs as demos (BootstrapFewShot): what prompting alone buys; 0 = off",
-    )
-
-
-class Recipe(_Section):
+class Recipe(ConfigSection):
     name: str = Field(description="short name; the default run directory is runs/<name>")
     program: str = Field(description="import path of the Module class, pkg.mod:Class")
     program_args: dict[str, Any] = Field(default_factory=dict)
@@ -163,6 +64,28 @@ class Recipe(_Section):
     serve: ServeConfig = ServeConfig()
     eval: EvalConfig = EvalConfig()
     run_dir: str | None = Field(None, description="default: runs/<name> beside the recipe's cwd")
+
+    @field_validator("name")
+    @classmethod
+    def _plain_name(cls, name: str) -> str:
+        # The default run directory is runs/<name>: a name with a path in it would escape runs/.
+        if not _NAME.fullmatch(name):
+            raise ValueError(
+                "must be a plain folder name (letters, digits, '.', '_', '-'; not "
+                "starting with '.'): the default run directory is runs/<name>"
+            )
+        return name
+
+    def check_data_files(self) -> None:
+        """Refuses, before any stage runs, a data file that is not there (``data.dev`` is
+        otherwise first read after training)."""
+        for split in ("train", "dev"):
+            source = getattr(self.data, split)
+            if source.path is not None and not Path(source.path).exists():
+                raise RecipeError(
+                    f"data.{split}.path: {source.path!r} does not exist (relative paths are "
+                    f"read from the working directory, {os.getcwd()})"
+                )
 
     def section_hash(self, *names: str) -> str:
         data = self.model_dump(mode="json")
@@ -340,6 +263,9 @@ def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any
     return data
 
 
+_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
+
+
 def load_recipe(path: str | os.PathLike, overrides: list[str] | None = None) -> Recipe:
     path = Path(path)
     if not path.exists():
@@ -352,6 +278,12 @@ def load_recipe(path: str | os.PathLike, overrides: list[str] | None = None) -> 
         ) from None
     if not isinstance(data, dict):
         raise RecipeError(f"recipe {path} must be a mapping of sections, got {type(data).__name__}")
+    loop = _circular_key(data)
+    if loop is not None:
+        raise RecipeError(
+            f"recipe {path}: {loop} refers to itself (a circular YAML anchor/alias); write the "
+            "value out instead"
+        )
     return validate_recipe(apply_overrides(data, overrides or []), source=str(path))
 
 
@@ -360,6 +292,20 @@ def validate_recipe(data: dict[str, Any], source: str = "recipe") -> Recipe:
         return Recipe.model_validate(data)
     except ValidationError as exc:
         raise RecipeError(f"{source}: {_first_error(exc)}") from None
+
+
+def _circular_key(node: Any, where: str = "", parents: tuple[int, ...] = ()) -> str | None:
+    """The dotted key at which a YAML alias points back to one of its own parents, or None."""
+    if not isinstance(node, (dict, list)):
+        return None
+    if id(node) in parents:
+        return where or "(top level)"
+    items = node.items() if isinstance(node, dict) else enumerate(node)
+    for key, child in items:
+        found = _circular_key(child, f"{where}.{key}" if where else str(key), (*parents, id(node)))
+        if found:
+            return found
+    return None
 
 
 def _first_error(exc: ValidationError) -> str:
@@ -375,7 +321,7 @@ def _first_error(exc: ValidationError) -> str:
         return f"missing required key {where!r}"
     value = error.get("input")
     shown = f" (got {value!r:.80})" if not isinstance(value, dict) else ""
-    return f"{where}: {error['msg']}{shown}"
+    return f"{where}: {error['msg'].removeprefix('Value error, ')}{shown}"
 
 
 def _fields_at(model: type[BaseModel], loc: list[str]) -> list[str]:

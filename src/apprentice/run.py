@@ -15,6 +15,10 @@
 Every stage records the hash of its inputs. Re-running skips a stage whose hash is
 unchanged and whose output exists, and resumes an interrupted one: the bootstrap skips
 traced examples, training restarts from its newest checkpoint.
+
+One process at a time: opening a run and running a stage take the directory's lock
+(``files.exclusive``); a second process is refused at once, naming the lock, instead of
+interleaving its writes with the first one's.
 """
 
 from __future__ import annotations
@@ -32,6 +36,7 @@ from typing import Any
 
 import yaml
 
+from apprentice.files import atomic_write, exclusive, folder_lock, set_aside
 from apprentice.progress import library_bars, show_progress
 from apprentice.recipe import Recipe, RecipeError, load_recipe
 
@@ -71,6 +76,11 @@ class Run:
         self.root = root
         self.progress = show_progress(progress)  # no bars in a log file
         self.outcomes: list[StageOutcome] = []
+        self._lock = folder_lock(root)
+
+    def _exclusive(self):
+        """Held while this process writes into the run directory."""
+        return exclusive(self._lock, f"run directory {self.root}")
 
     # -- opening ----------------------------------------------------------------------------
     @classmethod
@@ -95,16 +105,18 @@ class Run:
         else:
             recipe = load_recipe(target, overrides)
             root = Path(run_dir or recipe.run_dir or Path("runs") / recipe.name)
+        recipe.check_data_files()
         root.mkdir(parents=True, exist_ok=True)
         run = cls(recipe, root, progress=progress)
-        run._write_recipe()
+        with run._exclusive():
+            run._write_recipe()
         return run
 
     def _write_recipe(self) -> None:
         data = self.recipe.model_dump(mode="json", exclude_none=False)
         text = "# apprentice distill " + str(self.root / "recipe.yaml") + "\n"
         text += yaml.safe_dump(data, sort_keys=False)
-        _atomic_write(self.root / "recipe.yaml", text)
+        atomic_write(self.root / "recipe.yaml", text)
 
     # -- state ------------------------------------------------------------------------------
     @property
@@ -122,7 +134,7 @@ class Run:
     def _record(self, stage: str, **entry: Any) -> None:
         data = self.state()
         data["stages"][stage] = {**data["stages"].get(stage, {}), **entry, "updated": time.time()}
-        _atomic_write(self.state_file, json.dumps(data, indent=2, default=str))
+        atomic_write(self.state_file, json.dumps(data, indent=2, default=str))
 
     def _done(self, stage: str, key: str) -> dict[str, Any] | None:
         entry = self.state()["stages"].get(stage)
@@ -131,6 +143,10 @@ class Run:
         return None
 
     def _stage(self, stage: str, key: str, fn: Callable[[], dict[str, Any]], *, exists: bool):
+        with self._exclusive():
+            return self._run_stage(stage, key, fn, exists=exists)
+
+    def _run_stage(self, stage: str, key: str, fn: Callable[[], dict[str, Any]], *, exists: bool):
         reused = self._done(stage, key) if exists else None
         if reused is not None:
             outcome = StageOutcome(stage, "reused", 0.0, reused.get("summary", {}))
@@ -174,8 +190,9 @@ class Run:
 
     # -- stages -----------------------------------------------------------------------------
     def distill(self) -> list[StageOutcome]:
-        for stage in STAGES:
-            getattr(self, stage)()
+        with self._exclusive():  # held across the stages, so no one slips in between
+            for stage in STAGES:
+                getattr(self, stage)()
         return self.outcomes
 
     def bootstrap(self) -> StageOutcome:
@@ -208,11 +225,13 @@ class Run:
                     attempts=r.bootstrap.attempts,
                     threshold=r.bootstrap.threshold,
                     progress=self.progress,
+                    retry_failed=r.bootstrap.retry_failed,
                 )
             except TraceStoreMismatch as exc:
                 raise RecipeError(
-                    f"{self.traces_dir} holds traces of another program, teacher or dataset "
-                    f"({exc}); use a new --run-dir, or move that folder away to start over"
+                    f"{self.traces_dir} holds traces made by another program, teacher, dataset "
+                    f"or metric ({exc}); use a new --run-dir, or move that folder away to start "
+                    "over (the teacher's replies are cached in the run, so re-running is cheap)"
                 ) from None
             previous = self.state()["stages"].get("bootstrap", {}).get("summary", {})
             summary = result.summary()
@@ -299,6 +318,14 @@ class Run:
         stamp.write_text(json.dumps(want))
         return str(path)
 
+    def _teacher_code(self) -> str | None:
+        """The scripted teacher's code hash (its import path alone misses an edit)."""
+        from apprentice.fingerprint import code_fingerprint
+        from apprentice.recipe import import_object
+
+        t = self.recipe.teacher
+        return code_fingerprint(import_object(t.script, "teacher.script")) if t.script else None
+
     def _tiny_stamp(self) -> str | None:
         stamp = Path(self.student_path()) / "apprentice_tiny.json"
         return stamp.read_text() if self.recipe.student.tiny and stamp.exists() else None
@@ -361,14 +388,10 @@ class Run:
 
     def _set_aside(self, dirs) -> None:
         # A changed recipe makes old checkpoints useless for resuming, but they are never
-        # deleted: the previous run's adapters move to adapters/.previous/.
+        # deleted: each earlier run's adapters move to adapters/.previous/<name>.<time>.
         for d in dirs:
             if d.exists():
-                target = d.parent / ".previous" / d.name
-                if target.exists():
-                    shutil.rmtree(target)
-                target.parent.mkdir(parents=True, exist_ok=True)
-                os.replace(d, target)
+                target = set_aside(d, d.parent / ".previous")
                 log.warning("recipe changed: moved %s to %s", d, target)
 
     def _lm_options(self) -> dict[str, Any]:
@@ -381,7 +404,8 @@ class Run:
 
     def compiled_program(self):
         self._require(self.program_file, "train")
-        return self.recipe.make_program().load(self.program_file)
+        # trusted: written by this run, whose recipe already runs code of its choosing
+        return self.recipe.make_program().load(self.program_file, trusted=True)
 
     def _fewshot(self):
         """The program with ``eval.fewshot`` demos per predictor from the teacher's passing
@@ -403,17 +427,25 @@ class Run:
 
     def eval(self) -> StageOutcome:
         from apprentice.evaluate.report import SystemEval, evaluate_system
+        from apprentice.fingerprint import code_fingerprint
         from apprentice.lm.local import LocalLM
-        from apprentice.traces.bootstrap import dataset_hash
+        from apprentice.traces.bootstrap import dataset_hash, program_hash
 
         r = self.recipe
         self._require(self.program_file, "train")
         devset = r.load_split("dev")
         metric = r.make_metric()
 
-        base = _hash(dataset_hash(devset), r.section_hash("eval", "metric", "program"))
+        # The metric's and program's code, not only their import paths: fixing either
+        # re-scores every system.
+        base = _hash(
+            dataset_hash(devset),
+            r.section_hash("eval", "metric", "program"),
+            code_fingerprint(metric),
+            program_hash(r.make_program()),
+        )
         keys = {
-            "teacher": _hash(base, r.section_hash("teacher")),
+            "teacher": _hash(base, r.section_hash("teacher"), self._teacher_code()),
             "untrained": _hash(
                 base, self.student_path(), r.section_hash("student", "serve"), self._tiny_stamp()
             ),
@@ -464,7 +496,7 @@ class Run:
                     num_threads=r.eval.num_threads,
                     display_progress=self.progress,
                 )
-                _atomic_write(
+                atomic_write(
                     path,
                     json.dumps({"key": keys[system], "eval": result.to_dict()}, indent=2),
                 )
@@ -515,9 +547,3 @@ class Run:
 
 def _file_hash(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()[:16]
-
-
-def _atomic_write(path: Path, text: str) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)

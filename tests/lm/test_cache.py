@@ -207,3 +207,25 @@ def test_forked_children_use_their_own_connections(tmp_path):
     assert [c.exitcode for c in children] == [0, 0]
     assert len(cache) == 301
     assert cache.get("x-99") == {"i": 99} and cache.get("y-0") == {"i": 0}
+
+
+def test_a_saved_lm_keeps_its_cache_file(tmp_path, monkeypatch):
+    from apprentice.lm import OpenAILM
+    from apprentice.lm.registry import lm_from_config
+
+    monkeypatch.setenv("APPRENTICE_CACHE_DIR", str(tmp_path / "default"))
+    custom = tmp_path / "teacher.sqlite"
+    options = {"base_url": "http://127.0.0.1:9/v1"}
+    cases = [
+        (custom, str(custom)),  # a path: that file again, not the default cache
+        (Cache(custom), str(custom)),
+        (True, True),  # the default cache stays "the default", wherever it is when loaded
+        (False, False),
+    ]
+    for cache, saved in cases:
+        config = OpenAILM("m", cache=cache, **options).to_config()
+        assert config["cache"] == saved
+        rebuilt = lm_from_config(config, trusted=True)
+        default = tmp_path / "default" / "lm_cache.sqlite"
+        wanted = custom if isinstance(saved, str) else default if saved else None
+        assert (rebuilt.cache.path if rebuilt.cache is not None else None) == wanted

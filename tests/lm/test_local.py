@@ -306,7 +306,7 @@ def test_missing_paths_fail_with_the_path_in_the_message(tmp_path, students):
         LocalLM(base, adapters={"x": tmp_path / "no-such-adapter"})
 
 
-def test_config_round_trip_reuses_the_engine(students):
+def test_config_round_trip_reuses_the_engine(students, tmp_path):
     lm = make_lm(students, adapter="a", batch_wait_ms=1.0)
     config = json.loads(json.dumps(lm.to_config()))
     assert config["backend"] == "local"
@@ -317,6 +317,12 @@ def test_config_round_trip_reuses_the_engine(students):
     assert rebuilt.identity == lm.identity
     assert rebuilt.to_config() == config
     assert rebuilt.generate([PROMPTS[0]])[0].text == lm.generate([PROMPTS[0]])[0].text
+    # A cache file of its own is saved as that file, not as "the default cache".
+    cached = make_lm(students, adapter="a", cache=tmp_path / "student.sqlite")
+    assert cached.to_config()["cache"] == str(tmp_path / "student.sqlite")
+    assert (
+        lm_from_config(cached.to_config(), trusted=True).cache.path == tmp_path / "student.sqlite"
+    )
 
 
 def test_cache_key_follows_the_adapter_content(students, tmp_path):

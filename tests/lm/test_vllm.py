@@ -177,9 +177,31 @@ def test_adapter_table_and_cache_identity(models, fake_vllm, tmp_path):
         lm.load_adapter("wide", models["wide"])
     with pytest.raises(ValueError, match="already loaded"):
         lm.load_adapter("a", models["a"])
-    restored = lm_from_config(lm.to_config())
+    restored = lm_from_config(lm.to_config(), trusted=True)  # our own config: a cache file
     assert isinstance(restored, VLLMLM) and restored.engine is lm.engine
     assert restored.identity == lm.identity
     lm.unload_adapter("a")
     failed = lm.generate([ask("hello")], return_exceptions=True)[0]
     assert "'a' is not loaded" in str(failed)
+
+
+def test_an_error_after_generate_fails_its_requests_and_the_engine_serves_on(models, fake_vllm):
+    lm = VLLMLM(models["causal"])
+    real_generate = lm.engine.llm.generate
+
+    def malformed(prompts, params, *, use_tqdm, lora_request):
+        real_generate(prompts, params, use_tqdm=use_tqdm, lora_request=lora_request)
+        return [types.SimpleNamespace() for _ in prompts]  # no .outputs: reading it fails
+
+    lm.engine.llm.generate = malformed
+    answers: list = []
+    caller = threading.Thread(
+        target=lambda: answers.extend(lm.generate([ask("hi")], return_exceptions=True)),
+        daemon=True,
+    )
+    caller.start()
+    caller.join(timeout=60)  # before: the gathering thread died and this call never returned
+    assert not caller.is_alive(), "the caller is still waiting on a dead gathering thread"
+    assert "outputs" in str(answers[0]) and "vLLM" in str(answers[0])
+    lm.engine.llm.generate = real_generate
+    assert lm.generate([ask("again", max_tokens=5)])[0].text.startswith("base")

@@ -14,6 +14,7 @@ from recipes.demo.task import TicketTriage, make_examples, metric, teacher
 
 import apprentice as ap
 from apprentice.lm.local import LocalLM
+from apprentice.traces import TraceStoreMismatch
 from apprentice.train.export import read_manifest
 from apprentice.train.tiny import make_tiny_student, task_corpus
 
@@ -177,3 +178,89 @@ def test_t5_student_learns_to_classify_tickets(tmp_path):
     # tiny random-init T5 does not learn to copy order ids (0% on that step; see
     # docs/benchmarks.md), so its quality test is the classification step.
     assert result.score >= 0.9, result.score
+
+
+# -- re-running in the same run_dir (fast: training is stubbed out) ----------------------------
+class _Trained(Exception):
+    """Raised instead of training: the test only needs what reached the trainer."""
+
+
+@pytest.fixture
+def no_training(monkeypatch):
+    import apprentice.train.sft as sft
+
+    def stop(dataset_dir, *args, **kwargs):
+        raise _Trained(dataset_dir)
+
+    monkeypatch.setattr(sft, "train_adapter", stop)
+
+
+def _finetune(run_dir, metric_fn, **options):
+    return ap.BootstrapFinetune(
+        metric=metric_fn,
+        threshold=1.0,
+        student="unused",
+        run_dir=run_dir,
+        progress=False,
+        concurrency=2,
+        **options,
+    )
+
+
+def test_fixing_the_metric_and_rerunning_in_the_same_run_dir(tmp_path, no_training):
+    def broken(example, prediction):
+        return prediction.category == example.order_id  # compares the wrong fields
+
+    trainset = make_examples(4)
+    first = _finetune(tmp_path, broken)
+    with pytest.raises(ValueError, match="no training rows"):
+        first.compile(TicketTriage(), trainset=trainset, teacher=ap.ScriptedLM(teacher))
+    # Before: the 4 old traces were reused (skipped 4, ran 0) and the same error blamed
+    # the metric that had just been fixed. Now the change is named, with the way out.
+    fixed = _finetune(tmp_path, metric)
+    with pytest.raises(TraceStoreMismatch, match="different metric") as refused:
+        fixed.compile(TicketTriage(), trainset=trainset, teacher=ap.ScriptedLM(teacher))
+    assert "reset_traces=True" in str(refused.value)
+    again = _finetune(tmp_path, metric, reset_traces=True)
+    with pytest.raises(_Trained):
+        again.compile(TicketTriage(), trainset=trainset, teacher=ap.ScriptedLM(teacher))
+    assert again.results["bootstrap"]["ran"] == 4 and again.results["bootstrap"]["kept"] == 4
+    assert len(list(tmp_path.glob("traces/traces.*.jsonl"))) == 1  # the old ones, set aside
+
+
+def test_retry_failed_reruns_failed_traces_of_an_earlier_run(tmp_path, no_training):
+    outage = {"on": True}
+
+    def flaky(sig, inputs):
+        if outage["on"]:
+            raise RuntimeError("endpoint down")
+        return teacher(sig, inputs)
+
+    trainset = make_examples(4)
+    with pytest.raises(ValueError, match="no training rows"):
+        _finetune(tmp_path, metric).compile(
+            TicketTriage(), trainset=trainset, teacher=ap.ScriptedLM(flaky)
+        )
+    outage["on"] = False
+    with pytest.raises(ValueError, match="4 of them were reused.*retry_failed=True"):
+        _finetune(tmp_path, metric).compile(
+            TicketTriage(), trainset=trainset, teacher=ap.ScriptedLM(flaky)
+        )
+    retried = _finetune(tmp_path, metric, retry_failed=True)
+    with pytest.raises(_Trained):
+        retried.compile(TicketTriage(), trainset=trainset, teacher=ap.ScriptedLM(flaky))
+    assert retried.results["bootstrap"]["ran"] == 4 and retried.results["bootstrap"]["kept"] == 4
+
+
+def test_a_second_process_on_the_run_dir_is_refused(tmp_path, no_training):
+    from apprentice.files import DirectoryBusy, folder_lock
+
+    other = folder_lock(tmp_path)
+    other.acquire(timeout=0)
+    try:
+        with pytest.raises(DirectoryBusy, match="in use"):
+            _finetune(tmp_path, metric).compile(
+                TicketTriage(), trainset=make_examples(2), teacher=ap.ScriptedLM(teacher)
+            )
+    finally:
+        other.release()

@@ -179,7 +179,7 @@ def test_save_and_load_round_trip_demos_instructions_config_and_lm(tmp_path):
     state = json.loads(text)
     assert state["schema"] == "apprentice.program" and state["version"] == 1
 
-    fresh = MultiHop().load(path)
+    fresh = MultiHop().load(path, allowed_endpoints={"http://127.0.0.1:9/v1": "OPENAI_API_KEY"})
     assert fresh.answer.signature.instructions == "Answer tersely."
     assert fresh.answer.demos == [
         ap.Example(context=["c"], question="q", reasoning="r", answer="a")

@@ -2,7 +2,7 @@ import pytest
 from recipes.demo.task import TicketTriage, make_examples, metric, teacher
 
 import apprentice as ap
-from apprentice.traces import bootstrap_traces
+from apprentice.traces import TraceStore, TraceStoreMismatch, bootstrap_traces
 
 
 def test_failures_become_failed_traces_and_the_run_goes_on():
@@ -71,3 +71,74 @@ def test_the_original_program_is_not_mutated():
     program = TicketTriage()
     bootstrap_traces(program, make_examples(3), teacher=ap.ScriptedLM(teacher), progress=False)
     assert all(p.lm is None for p in program.predictors())
+
+
+# -- reusing a store: only traces that the same code would make again ------------------------
+def _boot(store, *, teacher_fn=teacher, metric_fn=metric, **options):
+    return bootstrap_traces(
+        TicketTriage(),
+        make_examples(4),
+        teacher=ap.ScriptedLM(teacher_fn),
+        metric=metric_fn,
+        store=store,
+        threshold=1.0,
+        concurrency=2,
+        progress=False,
+        **options,
+    )
+
+
+def test_a_fixed_metric_does_not_reuse_the_traces_the_broken_one_scored(tmp_path):
+    def broken_metric(example, prediction):
+        return prediction.category == "no such category"
+
+    first = _boot(tmp_path, metric_fn=broken_metric)
+    assert (first.ran, first.kept, first.low_score) == (4, 0, 4)
+    # Before: "skipped 4, ran 0", then "no training rows: check the metric" - the fixed one.
+    with pytest.raises(TraceStoreMismatch, match="different metric") as refused:
+        _boot(tmp_path)
+    assert "reset=True" in str(refused.value)
+    again = _boot(tmp_path, reset=True)
+    assert (again.skipped, again.ran, again.kept) == (0, 4, 4)
+
+
+def test_a_fixed_teacher_function_does_not_reuse_the_broken_ones_traces(tmp_path):
+    def make_teacher(wrong: bool):
+        def scripted(sig, inputs):
+            out = teacher(sig, inputs)
+            if wrong and "category" in out:
+                out["category"] = "bug" if out["category"] != "bug" else "billing"
+            return out
+
+        return scripted
+
+    assert _boot(tmp_path, teacher_fn=make_teacher(wrong=True)).kept == 0
+    # Same source, another captured value: another teacher.
+    with pytest.raises(TraceStoreMismatch, match="different teacher"):
+        _boot(tmp_path, teacher_fn=make_teacher(wrong=False))
+    # The same teacher, made again, resumes.
+    assert _boot(tmp_path, teacher_fn=make_teacher(wrong=True)).skipped == 4
+
+
+def test_retry_failed_runs_only_the_examples_whose_trace_failed(tmp_path, caplog):
+    outage = {"on": True}
+    calls = []
+
+    def flaky(sig, inputs):
+        calls.append(inputs["ticket"])
+        if outage["on"] and inputs["ticket"] in tickets[:2]:
+            raise RuntimeError("endpoint down")
+        return teacher(sig, inputs)
+
+    tickets = [e.ticket for e in make_examples(4)]
+    first = _boot(tmp_path, teacher_fn=flaky)
+    assert (first.failed, first.kept) == (2, 2)
+    outage["on"] = False
+    resumed = _boot(tmp_path, teacher_fn=flaky)
+    assert (resumed.skipped, resumed.ran) == (4, 0)
+    assert "2 of which failed" in caplog.text and "retry_failed=True" in caplog.text
+    before = len(calls)
+    retried = _boot(tmp_path, teacher_fn=flaky, retry_failed=True)
+    assert (retried.skipped, retried.ran, retried.kept) == (2, 2, 2)
+    assert sorted(set(calls[before:])) == sorted(tickets[:2])
+    assert all(t.ok for t in TraceStore(tmp_path)) and len(TraceStore(tmp_path)) == 4

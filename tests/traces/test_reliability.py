@@ -202,7 +202,11 @@ def test_a_torn_last_line_is_cut_and_only_its_example_runs_again(tmp_path, keep)
     examples = make_examples(20)
     store = tmp_path / "traces"
     options = {"metric": metric, "store": store, "concurrency": 4, "progress": False}
-    first = bootstrap_traces(TicketTriage(), examples, teacher=ap.ScriptedLM(teacher), **options)
+    # The resumed run must use the same teacher (its code is part of the store's identity);
+    # counting_teacher's call log is state, not code, so a fresh one is the same teacher.
+    first = bootstrap_traces(
+        TicketTriage(), examples, teacher=ap.ScriptedLM(counting_teacher([])), **options
+    )
     assert first.kept == 20
     data = (store / "traces.jsonl").read_bytes()
     start = data.rstrip(b"\n").rfind(b"\n") + 1

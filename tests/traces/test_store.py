@@ -89,3 +89,86 @@ def test_bootstrap_resumes_without_recalling_the_teacher(tmp_path):
     assert len(calls) == 50  # two predictor calls per example, first run only
     lines = (tmp_path / "traces.jsonl").read_text().splitlines()
     assert len(lines) == 25 and len({json.loads(line)["example_id"] for line in lines}) == 25
+
+
+def _aside_ids(folder) -> set[str]:
+    return {
+        json.loads(line)["example_id"]
+        for path in folder.glob("traces.*.jsonl")
+        for line in path.read_text().splitlines()
+    }
+
+
+def test_two_resets_in_the_same_second_keep_both_old_stores(tmp_path, monkeypatch):
+    import apprentice.traces.store as store_module
+
+    monkeypatch.setattr(store_module.time, "time", lambda: 1_800_000_000.0)
+    for i, eid in enumerate(("a", "b", "c")):
+        store = TraceStore(tmp_path)
+        store.open(manifest(program=str(i)), reset=True)
+        store.append(Trace(example_id=eid, inputs={}))
+        store.close()
+    # Neither moved-aside store overwrote the other: every trace is still on disk.
+    assert _aside_ids(tmp_path) == {"a", "b"}
+    assert [t.example_id for t in TraceStore(tmp_path)] == ["c"]
+
+
+def test_lines_that_are_json_but_not_traces_are_skipped_not_fatal(tmp_path, caplog):
+    store = TraceStore(tmp_path)
+    store.open(manifest())
+    store.append(Trace(example_id="a", inputs={}))
+    store.close()
+    with open(tmp_path / "traces.jsonl", "a") as f:
+        f.write('{}\n[1, 2]\n123\n"text"\n{"example_id": 5}\n{"example_id": "x", "colour": 1}\n')
+        f.write('{"example_id": "y", "inputs": {}, "steps": [{"predictor": "p"}]}\n')
+    store = TraceStore(tmp_path)
+    with store:
+        assert store.open(manifest()) == {"a"}
+        store.append(Trace(example_id="b", inputs={}))
+    assert [t.example_id for t in TraceStore(tmp_path)] == ["a", "b"]
+    assert len(TraceStore(tmp_path)) == 2
+    assert "line 2 is not a trace" in caplog.text
+
+
+def test_traces_without_a_manifest_are_not_adopted(tmp_path):
+    store = TraceStore(tmp_path)
+    store.open(manifest(program="theirs"))
+    store.append(Trace(example_id="a", inputs={}))
+    store.close()
+    (tmp_path / "manifest.json").unlink()
+    with pytest.raises(TraceStoreMismatch, match="no manifest.json") as refused:
+        TraceStore(tmp_path).open(manifest(program="ours"))
+    assert "reset=True" in str(refused.value)
+    store = TraceStore(tmp_path)
+    assert store.open(manifest(program="ours"), reset=True) == set()
+    store.close()
+    assert _aside_ids(tmp_path) == {"a"}
+
+
+def test_a_manifest_with_an_unknown_key_or_bad_json_is_named(tmp_path):
+    store = TraceStore(tmp_path)
+    store.open(manifest())
+    store.close()
+    data = json.loads((tmp_path / "manifest.json").read_text())
+    (tmp_path / "manifest.json").write_text(json.dumps({**data, "colour": "red"}))
+    with pytest.raises(TraceStoreMismatch, match=r"unknown key\(s\) \['colour'\]"):
+        TraceStore(tmp_path).open(manifest())
+    (tmp_path / "manifest.json").write_text("{not json")
+    with pytest.raises(TraceStoreMismatch, match="not valid JSON"):
+        TraceStore(tmp_path).manifest()
+    (tmp_path / "manifest.json").write_text("[1]")
+    with pytest.raises(TraceStoreMismatch, match="not a trace store manifest"):
+        TraceStore(tmp_path).manifest()
+
+
+def test_a_second_writer_on_one_store_is_refused_until_the_first_closes(tmp_path):
+    from apprentice.files import DirectoryBusy
+
+    first = TraceStore(tmp_path)
+    first.open(manifest())
+    with pytest.raises(DirectoryBusy, match="in use by another apprentice process"):
+        TraceStore(tmp_path).open(manifest())
+    first.close()
+    second = TraceStore(tmp_path)
+    assert second.open(manifest()) == set()
+    second.close()

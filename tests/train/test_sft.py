@@ -129,6 +129,31 @@ def test_bad_configs_fail_before_training(demo_dataset, tiny_causal, tmp_path):
     assert not any((tmp_path / name / "adapter").exists() for name in "abcdef")
 
 
+def test_checkpoints_of_another_config_or_dataset_are_set_aside_not_resumed(
+    demo_dataset, tiny_causal, tmp_path, caplog
+):
+    out = tmp_path / "run"
+    config = TrainConfig(max_steps=4, save_every=2, batch_size=8, logging_steps=1)
+    options = {"lora": LoraConfig(r=8), "progress": False}
+    train_adapter(demo_dataset, tiny_causal, out, train=config, **options)
+    assert (out / "checkpoints" / "step-2").exists()  # left behind, as by a killed run
+
+    # Before: the new run resumed the old one's step-2 state (optimizer, schedule, step
+    # count) and trained steps 3-4 only, under another learning rate.
+    changed = config.model_copy(update={"learning_rate": 5e-3})
+    train_adapter(demo_dataset, tiny_causal, out, train=changed, **options)
+    assert [e["step"] for e in _log(out) if "loss" in e] == [1, 2, 3, 4]
+    assert "train.learning_rate" in caplog.text and "not resumed" in caplog.text
+    stale = list((out / ".stale").glob("checkpoints.*/step-2/trainer_state.json"))
+    assert len(stale) == 1  # set aside, never deleted
+
+    # Other rows (one predictor's only) are another dataset: also a fresh start.
+    caplog.clear()
+    train_adapter(demo_dataset, tiny_causal, out, train=changed, predictors=["classify"], **options)
+    assert [e["step"] for e in _log(out) if "loss" in e] == [1, 2, 3, 4]
+    assert "predictors" in caplog.text
+
+
 def test_length_grouped_batches_are_a_function_of_seed_and_epoch():
     lengths = [5, 50, 7, 48, 6, 49, 8, 47] * 8
     a = length_grouped_batches(lengths, 8, seed=1, epoch=0)

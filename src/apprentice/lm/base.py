@@ -185,6 +185,16 @@ class BaseLM:
             "adapter_hash": self.adapter_hash,
         }
 
+    def trace_identity(self) -> dict[str, Any]:
+        """What decides this LM's answers beyond each request's own fields: its identity and
+        the defaults it fills into every request. A trace store made with one value is not
+        resumed with another."""
+        fields = self.key_fields(Request(messages=({"role": "user", "content": ""},)))
+        for name in Request.__dataclass_fields__:  # the request's own, not the LM's
+            if name not in ("temperature", "max_tokens"):
+                fields.pop(name, None)
+        return {**self.identity, "defaults": fields}
+
     def cache_key(self, request: Request) -> str:
         payload = json.dumps(
             [self.identity, self.key_fields(request)], sort_keys=True, separators=(",", ":")

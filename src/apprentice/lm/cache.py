@@ -17,7 +17,7 @@ import weakref
 from pathlib import Path
 from typing import Any
 
-__all__ = ["Cache", "default_cache_path", "resolve_cache"]
+__all__ = ["Cache", "cache_config", "default_cache_path", "resolve_cache"]
 
 
 def default_cache_path() -> Path:
@@ -122,6 +122,17 @@ def _after_fork_in_child() -> None:
 
 if hasattr(os, "register_at_fork"):
     os.register_at_fork(after_in_child=_after_fork_in_child)
+
+
+def cache_config(cache: Cache | None) -> bool | str:
+    """How an LM's ``to_config`` saves its cache: ``True`` for the default cache (wherever
+    ``APPRENTICE_CACHE_DIR`` puts it when loaded), the file's path for any other, ``False``
+    for none."""
+    if cache is None:
+        return False
+    if cache.path.resolve() == default_cache_path().resolve():
+        return True
+    return str(cache.path)
 
 
 def cache_disabled_by_env() -> bool:

@@ -10,6 +10,7 @@ from __future__ import annotations
 from typing import Any
 
 from apprentice.lm.base import BaseLM, Request
+from apprentice.lm.cache import cache_config
 
 __all__ = ["EngineView", "check_batching"]
 
@@ -89,7 +90,7 @@ class EngineView(BaseLM):
             "max_batch_size": self.max_batch_size,
             "batch_wait_ms": self.batch_wait_ms,
             "max_new_tokens": self.max_new_tokens,
-            "cache": self.cache is not None,
+            "cache": cache_config(self.cache),
             "price": self.usage.price.to_config() if self.usage.price else None,
             "history_size": self.history.maxlen,
         }

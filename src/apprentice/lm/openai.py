@@ -31,7 +31,7 @@ from apprentice.lm.base import (
     Response,
     Usage,
 )
-from apprentice.lm.cache import Cache
+from apprentice.lm.cache import Cache, cache_config
 from apprentice.lm.usage import Price
 
 __all__ = ["OpenAILM"]
@@ -88,6 +88,13 @@ def _server_message(content: bytes) -> str:
     except (ValueError, AttributeError):
         pass
     return text.strip()[:2000] or "(empty body)"
+
+
+def resolve_base_url(base_url: str | None) -> str:
+    """The endpoint a ``base_url`` of None means: ``$OPENAI_BASE_URL``, else OpenAI's."""
+    return (base_url or os.environ.get("OPENAI_BASE_URL") or "https://api.openai.com/v1").rstrip(
+        "/"
+    )
 
 
 def _check_options(
@@ -154,9 +161,7 @@ class OpenAILM(BaseLM):
         price: Price | None = None,
         history_size: int = 200,
     ) -> None:
-        base_url = (
-            base_url or os.environ.get("OPENAI_BASE_URL") or "https://api.openai.com/v1"
-        ).rstrip("/")
+        base_url = resolve_base_url(base_url)
         _check_options(
             base_url=base_url,
             model_type=model_type,
@@ -216,10 +221,14 @@ class OpenAILM(BaseLM):
             "retry_backoff": self.retry_backoff,
             "retry_max_wait": self.retry_max_wait,
             "extra_body": dict(self.extra_body),
-            "cache": self.cache is not None,
+            "cache": cache_config(self.cache),
             "price": self.usage.price.to_config() if self.usage.price else None,
             "history_size": self.history.maxlen,
         }
+
+    def trace_identity(self) -> dict[str, Any]:
+        # Another endpoint may serve another model under the same name.
+        return {**super().trace_identity(), "base_url": self.base_url}
 
     def key_fields(self, request: Request) -> dict[str, Any]:
         # The request as sent: this LM's defaults filled in, the endpoint kind and any

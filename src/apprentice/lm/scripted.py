@@ -10,6 +10,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
+from apprentice.fingerprint import code_fingerprint
 from apprentice.lm.base import BaseLM, LMError, Request, Response, Usage
 
 __all__ = ["ScriptedLM"]
@@ -28,6 +29,13 @@ class ScriptedLM(BaseLM):
                 f"ScriptedLM needs a function fn(signature, inputs) -> dict, got {fn!r}"
             )
         self.fn = fn
+        # The function's code is who answers: an edited or re-parametrised script is
+        # another teacher (new cache keys; a trace store made by the old one is not reused).
+        self.script_hash = code_fingerprint(fn)
+
+    @property
+    def identity(self) -> dict[str, Any]:
+        return {**super().identity, "script": self.script_hash}
 
     def _generate(self, requests: list[Request]) -> list[Response | BaseException]:
         return [self._answer(r) for r in requests]

@@ -321,7 +321,16 @@ class VLLMEngine:
                 batch.extend(more)
                 last = time.perf_counter()
             for start in range(0, len(batch), first.max_batch_size):
-                self._run(batch[start : start + first.max_batch_size])
+                jobs = batch[start : start + first.max_batch_size]
+                try:
+                    self._run(jobs)
+                except Exception as exc:  # never let the thread die with requests waiting on it
+                    log.exception("the vLLM gathering thread failed on a batch")
+                    for job in jobs:
+                        if not job.future.done():
+                            job.future.set_exception(
+                                LMError(f"vLLM backend failed: {type(exc).__name__}: {exc}")
+                            )
 
     def _run(self, jobs: list[_Job]) -> None:
         jobs = [j for j in jobs if j.future.set_running_or_notify_cancel()]

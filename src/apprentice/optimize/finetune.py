@@ -14,6 +14,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from apprentice.files import exclusive, folder_lock
 from apprentice.module import Module
 from apprentice.optimize.labeled import Optimizer, _check_trainset
 
@@ -28,7 +29,12 @@ class BootstrapFinetune(Optimizer):
 
     ``multitask=True`` trains one adapter on every predictor's rows; ``False`` trains one
     adapter per predictor. ``run_dir`` keeps every artifact (traces, dataset, adapters);
-    re-running with the same run_dir resumes and reuses finished traces.
+    re-running with the same run_dir resumes and reuses finished traces, as long as the
+    program, teacher, trainset and metric (their code included) are the same; when one
+    changed, compile raises ``TraceStoreMismatch`` naming it. ``reset_traces=True`` moves
+    the old traces aside and runs the teacher again (its cached replies cost nothing);
+    ``retry_failed=True`` runs again only the examples whose trace failed. One process at a
+    time works in a run_dir.
     """
 
     def __init__(
@@ -46,6 +52,8 @@ class BootstrapFinetune(Optimizer):
         run_dir: str | os.PathLike | None = None,
         progress: bool = True,
         lm_options: dict[str, Any] | None = None,
+        retry_failed: bool = False,
+        reset_traces: bool = False,
     ) -> None:
         from apprentice.train.config import LoraConfig, TrainConfig
 
@@ -61,6 +69,8 @@ class BootstrapFinetune(Optimizer):
         self.run_dir = Path(run_dir) if run_dir is not None else None
         self.progress = progress
         self.lm_options = dict(lm_options or {})
+        self.retry_failed = retry_failed
+        self.reset_traces = reset_traces
         self.results: dict[str, Any] = {}
 
     def compile(self, student, *, trainset, teacher=None, valset=None) -> Module:
@@ -70,33 +80,54 @@ class BootstrapFinetune(Optimizer):
             return self._compile(student, trainset=trainset, teacher=teacher)
 
     def _compile(self, student, *, trainset, teacher) -> Module:
-        from apprentice.dataset.build import build_dataset
-        from apprentice.traces.bootstrap import bootstrap_traces
-        from apprentice.train.sft import train_adapter
-
         examples = _check_trainset(trainset)
         run_dir = self.run_dir or Path(tempfile.mkdtemp(prefix="apprentice-finetune-"))
-        run_dir.mkdir(parents=True, exist_ok=True)
-        boot = bootstrap_traces(
-            student,
-            examples,
-            teacher=teacher,
-            metric=self.metric,
-            store=run_dir / "traces",
-            concurrency=self.concurrency,
-            attempts=self.attempts,
-            threshold=self.threshold,
-            progress=self.progress,
-        )
+        with exclusive(folder_lock(run_dir), f"run directory {run_dir}"):
+            return self._compile_in(run_dir, student, examples, teacher)
+
+    def _compile_in(self, run_dir: Path, student, examples, teacher) -> Module:
+        from apprentice.dataset.build import build_dataset
+        from apprentice.traces.bootstrap import bootstrap_traces
+        from apprentice.traces.store import TraceStoreMismatch
+        from apprentice.train.sft import train_adapter
+
+        try:
+            boot = bootstrap_traces(
+                student,
+                examples,
+                teacher=teacher,
+                metric=self.metric,
+                store=run_dir / "traces",
+                concurrency=self.concurrency,
+                attempts=self.attempts,
+                threshold=self.threshold,
+                progress=self.progress,
+                reset=self.reset_traces,
+                retry_failed=self.retry_failed,
+            )
+        except TraceStoreMismatch as exc:
+            raise TraceStoreMismatch(
+                f"{exc}. With BootstrapFinetune: pass reset_traces=True (the old traces are "
+                "moved aside, never deleted), or use another run_dir"
+            ) from None
         self.results["bootstrap"] = boot.summary()
-        dataset = build_dataset(
-            run_dir / "traces",
-            student,
-            run_dir / "dataset",
-            threshold=self.threshold,
-            multitask=self.multitask,
-            val_fraction=self.val_fraction,
-        )
+        try:
+            dataset = build_dataset(
+                run_dir / "traces",
+                student,
+                run_dir / "dataset",
+                threshold=self.threshold,
+                multitask=self.multitask,
+                val_fraction=self.val_fraction,
+            )
+        except ValueError as exc:
+            if not boot.skipped:
+                raise
+            raise ValueError(
+                f"{exc} ({boot.skipped} of them were reused from an earlier run in "
+                f"{run_dir / 'traces'}: pass retry_failed=True to run the failed ones again, "
+                "or reset_traces=True to start over)"
+            ) from None
         self.results["dataset"] = {"counts": dataset.counts, "drops": dataset.drops}
         groups = adapter_groups(student, self.multitask)
         trained: dict[str, Any] = {}

@@ -231,13 +231,27 @@ class Predict(Module):
             "lm": lm_config,
         }
 
-    def load_predictor_state(self, state: dict[str, Any], *, where: str = "state") -> Predict:
+    def load_predictor_state(
+        self,
+        state: dict[str, Any],
+        *,
+        where: str = "state",
+        trusted: bool = False,
+        allowed_endpoints: Mapping[str, str] | None = None,
+    ) -> Predict:
         saved = state.get("signature", {})
         saved_fields = {f["name"]: f for f in saved.get("fields", [])}
         if list(saved_fields) != list(self.signature.fields):
             raise ProgramFileError(
                 f"{where}: saved fields {list(saved_fields)} differ from the program's "
                 f"{list(self.signature.fields)}"
+            )
+        lm = None
+        if state.get("lm") is not None:  # before any change: a refused LM changes nothing
+            from apprentice.lm.registry import lm_from_config
+
+            lm = lm_from_config(
+                state["lm"], trusted=trusted, allowed_endpoints=allowed_endpoints, where=where
             )
         signature = self.signature
         if (
@@ -252,10 +266,8 @@ class Predict(Module):
         self.demos = [Example(d) for d in state.get("demos", [])]
         self.config = {}
         self.update_config(**state.get("config", {}))
-        if state.get("lm") is not None:
-            from apprentice.lm.registry import lm_from_config
-
-            self.lm = lm_from_config(state["lm"])
+        if lm is not None:
+            self.lm = lm
         return self
 
     def __repr__(self) -> str:

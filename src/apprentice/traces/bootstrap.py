@@ -21,14 +21,23 @@ from pathlib import Path
 from typing import Any
 
 from apprentice.example import Example
+from apprentice.fingerprint import code_fingerprint
 from apprentice.formats.values import to_jsonable
 from apprentice.lm.base import BaseLM
 from apprentice.metric import check_metric
 from apprentice.module import Module
+from apprentice.settings import settings
 from apprentice.traces.capture import Trace, example_id, run_traced
 from apprentice.traces.store import StoreManifest, TraceStore
 
-__all__ = ["BootstrapResult", "bootstrap_traces", "dataset_hash", "passes", "program_hash"]
+__all__ = [
+    "BootstrapResult",
+    "bootstrap_traces",
+    "dataset_hash",
+    "passes",
+    "program_hash",
+    "teacher_identity",
+]
 
 log = logging.getLogger(__name__)
 
@@ -77,12 +86,44 @@ def passes(trace: Trace, threshold: float | None) -> bool:
 
 
 def program_hash(program: Module) -> str:
-    """Hash of the program's predictors (signatures, demos, config), not of its LM bindings."""
+    """Hash of the program's predictors (signatures, demos, config) and of the code of its
+    own module classes (``forward`` decides the trace too), not of its LM bindings."""
     state = program.dump_state()
     for predictor in state["predictors"].values():
         predictor.pop("lm", None)
+    state["code"] = sorted(code_fingerprint(cls) for cls in _user_classes(program))
     payload = json.dumps(state, sort_keys=True, ensure_ascii=False)
     return hashlib.sha256(payload.encode()).hexdigest()[:16]
+
+
+def _user_classes(program: Module) -> set[type]:
+    """The classes of the program and its sub-modules that are not apprentice's own."""
+    found: set[type] = set()
+    todo, seen = [program], set()
+    while todo:
+        module = todo.pop()
+        if id(module) in seen:
+            continue
+        seen.add(id(module))
+        for cls in type(module).__mro__:
+            if issubclass(cls, Module) and not cls.__module__.startswith("apprentice."):
+                found.add(cls)
+        todo.extend(child for _, child in module.named_children())
+    return found
+
+
+def teacher_identity(program: Module, teacher: BaseLM | Module | None) -> dict[str, Any]:
+    """What answers the bootstrap: the teacher LM's ``trace_identity``; for a teacher program
+    (or none: the program's own bindings), its hash and each distinct LM's."""
+    if isinstance(teacher, BaseLM):
+        return teacher.trace_identity()
+    runner = _teacher_program(program, teacher)
+    lms = {}
+    for predictor in runner.predictors():
+        lm = predictor.lm or settings().lm
+        ident = lm.trace_identity() if isinstance(lm, BaseLM) else {"lm": repr(lm)}
+        lms[json.dumps(ident, sort_keys=True, default=str)] = ident
+    return {"program": program_hash(runner), "lms": [lms[k] for k in sorted(lms)]}
 
 
 def dataset_hash(examples: Iterable[Example]) -> str:
@@ -123,11 +164,17 @@ def bootstrap_traces(
     example_key: str = "id",
     progress: bool = True,
     reset: bool = False,
+    retry_failed: bool = False,
 ) -> BootstrapResult:
     """Runs the teacher over ``dataset`` and records one trace per example.
 
-    With a ``store`` the run is resumable: examples already traced there are skipped.
-    Without one, the traces are returned in ``result.traces``.
+    With a ``store`` the run is resumable: examples already traced there are skipped, as
+    long as the store was made by the same program code and predictors, teacher (its code
+    too, for a ``ScriptedLM``), dataset and metric; otherwise ``TraceStoreMismatch`` says
+    which of them changed, and ``reset=True`` moves the old traces aside and starts over.
+    Failed traces are reused like the others unless ``retry_failed=True``, which runs
+    those examples again (their new trace supersedes the failed one).
+    Without a store, the traces are returned in ``result.traces``.
     """
     if concurrency < 1:
         raise ValueError(f"concurrency must be >= 1, got {concurrency}")
@@ -147,23 +194,27 @@ def bootstrap_traces(
         check_metric(metric)
     examples = _unique(dataset, example_key)
     result = BootstrapResult(total=len(examples))
-    teacher_id = (
-        teacher.identity if isinstance(teacher, BaseLM) else {"program": type(runner).__name__}
-    )
+    retry_programs = {a: _retry_copy(runner, a, retry_temperature) for a in range(1, attempts)}
 
     trace_store = TraceStore(store) if isinstance(store, (str, Path)) else store
     done: set[str] = set()
     if trace_store is not None:
         manifest = StoreManifest(
-            program_hash(program), teacher_id, dataset_hash(e for _, e in examples)
+            program_hash(program),
+            teacher_identity(program, teacher),
+            dataset_hash(e for _, e in examples),
+            code_fingerprint(metric) if metric is not None else None,
         )
         done = trace_store.open(manifest, reset=reset)
+        try:
+            done -= _report_reuse(trace_store, done, retry_failed)
+        except BaseException:
+            trace_store.close()
+            raise
     else:
         result.traces = []
     todo = [(eid, ex) for eid, ex in examples if eid not in done]
     result.skipped = len(examples) - len(todo)
-
-    retry_programs = {a: _retry_copy(runner, a, retry_temperature) for a in range(1, attempts)}
 
     def run_one(ex: Example) -> tuple[Trace, int]:
         best = run_traced(runner, ex, metric=metric, example_key=example_key)
@@ -230,6 +281,24 @@ def bootstrap_traces(
     result.elapsed_s = time.perf_counter() - start
     log.info("bootstrap: %s", result.summary())
     return result
+
+
+def _report_reuse(store: TraceStore, done: set[str], retry_failed: bool) -> set[str]:
+    """Says what an earlier run left in the store; returns the failed ids to run again."""
+    if not done:
+        return set()
+    failed = {t.example_id for t in store if not t.ok and t.example_id in done}
+    if failed and not retry_failed:
+        log.warning(
+            "bootstrap: reusing %d traces from %s, %d of which failed; pass retry_failed=True "
+            "to run the failed ones again, or reset=True to start over",
+            len(done),
+            store.path,
+            len(failed),
+        )
+    else:
+        log.info("bootstrap: reusing %d traces from %s", len(done) - len(failed), store.path)
+    return failed if retry_failed else set()
 
 
 def _better(candidate: Trace, best: Trace) -> bool:

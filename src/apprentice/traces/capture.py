@@ -12,7 +12,7 @@ import hashlib
 import json
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field, fields
+from dataclasses import MISSING, dataclass, field, fields
 from typing import TYPE_CHECKING, Any
 
 from apprentice.formats.values import to_jsonable
@@ -24,7 +24,7 @@ if TYPE_CHECKING:
     from apprentice.module import Module
     from apprentice.predict.predict import StepRecord
 
-__all__ = ["Step", "Trace", "capture", "example_id", "run_traced"]
+__all__ = ["Step", "Trace", "capture", "example_id", "run_traced", "why_not_a_trace"]
 
 
 @dataclass
@@ -99,6 +99,42 @@ class Trace:
 
 _STEP_FIELDS = tuple(f.name for f in fields(Step))
 _TRACE_FIELDS = tuple(f.name for f in fields(Trace))
+_STEP_REQUIRED = frozenset(f.name for f in fields(Step) if f.default is MISSING)
+_TRACE_REQUIRED = frozenset(
+    f.name for f in fields(Trace) if f.default is MISSING and f.default_factory is MISSING
+)
+
+
+def why_not_a_trace(data: Any) -> str | None:
+    """Why ``Trace.from_dict(data)`` would fail on this parsed JSON, or None when it would
+    not: what a store line must look like, checked without building the Trace."""
+    if not isinstance(data, dict):
+        return f"a JSON {type(data).__name__}, not an object"
+    if not isinstance(data.get("example_id"), str):
+        return f"example_id is {data.get('example_id')!r}, not a string"
+    problem = _keys_problem(data, _TRACE_FIELDS, _TRACE_REQUIRED)
+    if problem:
+        return problem
+    steps = data.get("steps", [])
+    if not isinstance(steps, list):
+        return f"steps is a {type(steps).__name__}, not a list"
+    for i, step in enumerate(steps):
+        if not isinstance(step, dict):
+            return f"steps[{i}] is a {type(step).__name__}, not an object"
+        problem = _keys_problem(step, _STEP_FIELDS, _STEP_REQUIRED)
+        if problem:
+            return f"steps[{i}]: {problem}"
+    return None
+
+
+def _keys_problem(data: dict, known: tuple[str, ...], required: frozenset[str]) -> str | None:
+    unknown = sorted(set(data) - set(known))
+    missing = sorted(required - set(data))
+    if unknown:
+        return f"unknown key(s) {unknown}"
+    if missing:
+        return f"missing key(s) {missing}"
+    return None
 
 
 def example_id(example: Example, key: str = "id") -> str:

@@ -4,7 +4,12 @@ Crash safety: traces are written in small batches (``flush_every`` traces or
 ``flush_interval`` seconds, whichever comes first), each batch in one ``write`` followed
 by ``fsync``. A process killed mid-write leaves at most a torn last line, which the
 next open cuts off; the examples of a lost batch have no trace and simply run again
-(their LM calls are answered by the LM cache). Readers stream line by line.
+(their LM calls are answered by the LM cache). Readers stream line by line; a line
+that is not a trace (hand-edited, another tool's) is skipped with a warning, so its
+example simply runs again.
+
+One writer at a time: ``open`` takes the folder's lock (``files.exclusive``), and a
+second writer is refused at once rather than interleaving with the first.
 """
 
 from __future__ import annotations
@@ -16,29 +21,36 @@ import os
 import threading
 import time
 from collections.abc import Iterator
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import Any
 
-from apprentice.traces.capture import Trace
+from apprentice.files import acquire, atomic_write, folder_lock, set_aside
+from apprentice.traces.capture import Trace, why_not_a_trace
 
 __all__ = ["StoreManifest", "TraceStore", "TraceStoreMismatch"]
 
 log = logging.getLogger(__name__)
 
 SCHEMA = "apprentice.traces"
-VERSION = 1
+VERSION = 2  # 2: the metric and the code of the program, teacher and metric are recorded
+_IDENTITY = ("program_hash", "dataset_hash", "teacher", "metric")
+_RESET_HINT = "use a new store directory, or reset=True to move the old traces aside"
 
 
 class TraceStoreMismatch(ValueError):
-    """A store that was started for a different program, teacher or dataset."""
+    """A store that was started for a different program, teacher, dataset or metric."""
 
 
 @dataclass
 class StoreManifest:
+    """What made the traces: a store is resumed only by the same program (predictors and
+    code), teacher (``BaseLM.trace_identity``), dataset and metric (its code hash)."""
+
     program_hash: str
     teacher: dict[str, Any]
     dataset_hash: str
+    metric: str | None = None
     schema: str = SCHEMA
     version: int = VERSION
     created: float = 0.0
@@ -62,49 +74,88 @@ class TraceStore:
         self._buffer: list[bytes] = []
         self._last_flush = time.monotonic()
         self._handle = None
+        self._folder_lock = None  # taken by open(), released by close()
 
     # -- manifest ------------------------------------------------------------------------
     def manifest(self) -> StoreManifest | None:
         if not self.manifest_file.exists():
             return None
-        data = json.loads(self.manifest_file.read_text())
-        if data.get("schema") != SCHEMA:
-            raise TraceStoreMismatch(f"{self.manifest_file} is not a trace store manifest")
+        where = self.manifest_file
+        try:
+            data = json.loads(where.read_text())
+        except ValueError as exc:
+            raise TraceStoreMismatch(f"{where} is not valid JSON ({exc}); {_RESET_HINT}") from None
+        if not isinstance(data, dict) or data.get("schema") != SCHEMA:
+            raise TraceStoreMismatch(f"{where} is not a trace store manifest; {_RESET_HINT}")
         if data.get("version", 0) > VERSION:
             raise TraceStoreMismatch(
-                f"{self.manifest_file} has version {data['version']}; this apprentice reads up to {VERSION}"
+                f"{where} has version {data['version']}; this apprentice reads up to {VERSION}"
+            )
+        known = {f.name for f in fields(StoreManifest)}
+        unknown = sorted(set(data) - known)
+        missing = sorted({"program_hash", "teacher", "dataset_hash"} - set(data))
+        if unknown or missing:
+            what = f"unknown key(s) {unknown}" if unknown else f"no key(s) {missing}"
+            raise TraceStoreMismatch(
+                f"{where} has {what}: it was edited or written by another tool; {_RESET_HINT}"
             )
         return StoreManifest(**data)
 
     def open(self, manifest: StoreManifest, *, reset: bool = False) -> set[str]:
         """Starts or resumes the store for ``manifest``; returns the ids already done.
 
-        Resuming a store made for another program, teacher or dataset is refused unless
-        ``reset=True``, which moves the old traces aside (they are never deleted).
+        Resuming a store made for another program, teacher, dataset or metric, or traces
+        without a manifest that says whose they are, is refused unless ``reset=True``, which
+        moves the old traces and manifest aside (``traces.<time>.jsonl``; never deleted or
+        overwritten). One process at a time writes a store: a second ``open`` elsewhere
+        raises ``DirectoryBusy`` until this one is closed.
         """
+        if self._handle is not None:
+            raise RuntimeError(f"trace store {self.path} is already open")
         self.path.mkdir(parents=True, exist_ok=True)
-        existing = self.manifest()
-        if existing is not None and not reset:
-            for name in ("program_hash", "dataset_hash", "teacher"):
+        if self._folder_lock is None:
+            self._folder_lock = folder_lock(self.path)
+        acquire(self._folder_lock, f"trace store {self.path}")
+        try:
+            done = self._start(manifest, reset)
+            self._handle = open(self.file, "ab")  # noqa: SIM115 - closed in close()
+        except BaseException:
+            self._folder_lock.release()
+            raise
+        return done
+
+    def _start(self, manifest: StoreManifest, reset: bool) -> set[str]:
+        if reset:
+            for path in (self.file, self.manifest_file):
+                if path.exists():
+                    log.warning("moved old %s to %s", path.name, set_aside(path, self.path))
+            existing = None
+        else:
+            existing = self.manifest()
+        if existing is None and not reset and self.file.exists() and self.file.stat().st_size:
+            raise TraceStoreMismatch(
+                f"{self.file} holds traces but there is no manifest.json to say which program, "
+                f"teacher and dataset made them; {_RESET_HINT}"
+            )
+        if existing is not None:
+            for name in _IDENTITY:
                 if getattr(existing, name) != getattr(manifest, name):
+                    older = (
+                        f" (made by an older apprentice, store version {existing.version}, "
+                        "which did not record the metric or the code)"
+                        if existing.version < VERSION
+                        else ""
+                    )
                     raise TraceStoreMismatch(
                         f"{self.path} holds traces for a different {name.replace('_hash', '')} "
-                        f"({getattr(existing, name)!r}, now {getattr(manifest, name)!r}); use a new "
-                        "store directory, or reset=True to move the old traces aside"
+                        f"({getattr(existing, name)!r}, now {getattr(manifest, name)!r}){older}; "
+                        "use a new store directory, or reset=True to move the old traces aside"
                     )
-        if existing is not None and reset and self.file.exists():
-            aside = self.file.with_name(f"traces.{int(time.time())}.jsonl")
-            os.replace(self.file, aside)
-            log.warning("moved old traces to %s", aside)
-        if existing is None or reset:
+        else:
             manifest.created = manifest.created or time.time()
-            tmp = self.manifest_file.with_suffix(".tmp")
-            tmp.write_text(json.dumps(manifest.to_dict(), indent=2))
-            os.replace(tmp, self.manifest_file)
+            atomic_write(self.manifest_file, json.dumps(manifest.to_dict(), indent=2))
         self.repair()
-        done = {t for t in self._ids()}
-        self._handle = open(self.file, "ab")  # noqa: SIM115 - closed in close()
-        return done
+        return set(self._ids())
 
     def repair(self) -> int:
         """Cuts a torn last line left by a crash; returns the bytes removed."""
@@ -156,9 +207,12 @@ class TraceStore:
 
     def close(self) -> None:
         if self._handle is not None:
-            self.flush()
-            self._handle.close()
-            self._handle = None
+            try:
+                self.flush()
+            finally:
+                self._handle.close()
+                self._handle = None
+                self._folder_lock.release()
 
     def __enter__(self) -> TraceStore:
         return self
@@ -167,7 +221,7 @@ class TraceStore:
         self.close()
 
     # -- reading (streaming) -------------------------------------------------------------------
-    def _lines(self) -> Iterator[tuple[int, dict[str, Any]]]:
+    def _lines(self, warn: bool = True) -> Iterator[tuple[int, dict[str, Any]]]:
         if not self.file.exists():
             return
         with open(self.file, "rb") as f:
@@ -175,9 +229,18 @@ class TraceStore:
                 if not raw.endswith(b"\n"):
                     return  # torn tail of a crashed writer: not a trace yet
                 try:
-                    yield number, json.loads(raw)
+                    data = json.loads(raw)
                 except ValueError:
-                    log.warning("%s line %d is not valid JSON; skipped", self.file, number)
+                    if warn:
+                        log.warning("%s line %d is not valid JSON; skipped", self.file, number)
+                    continue
+                problem = why_not_a_trace(data)
+                if problem is None:
+                    yield number, data
+                elif warn:
+                    log.warning(
+                        "%s line %d is not a trace (%s); skipped", self.file, number, problem
+                    )
 
     def _ids(self) -> Iterator[str]:
         for _, data in self._lines():
@@ -189,7 +252,7 @@ class TraceStore:
         for number, data in self._lines():
             last[data["example_id"]] = number
         # Second pass: only the line numbers remembered above, so memory holds ids, not traces.
-        for number, data in self._lines():
+        for number, data in self._lines(warn=False):
             if last.get(data["example_id"]) == number:
                 yield Trace.from_dict(data)
 

@@ -31,6 +31,7 @@ from apprentice.train.export import (
     check_servable,
     write_manifest,
 )
+from apprentice.train.resume import resumable_checkpoint, run_fingerprint
 from apprentice.train.students import (
     StudentError,
     default_target_modules,
@@ -148,7 +149,9 @@ def train_adapter(
 ) -> TrainResult:
     """Trains on ``dataset_dir`` (rows of ``predictors``, or all) and exports to ``out_dir/adapter``.
 
-    Resumes from the newest checkpoint in ``out_dir/checkpoints`` when there is one.
+    Resumes from the newest checkpoint in ``out_dir/checkpoints`` when this same run (same
+    dataset, rows, student and settings) made it; another run's checkpoints are set aside
+    (``train/resume.py``).
     """
     import torch
     from accelerate import Accelerator
@@ -277,14 +280,27 @@ def train_adapter(
     model, optimizer = accelerator.prepare(model, optimizer)
     accelerator.register_for_checkpointing(scheduler)
 
+    student_hash = model_hash(loaded.name)
+    fingerprint = run_fingerprint(
+        dataset_hash=dataset_manifest.content_hash,
+        predictors=list(predictors or dataset_manifest.predictors),
+        student_hash=student_hash,
+        train=train,
+        lora=None if train.full_finetune else {**lora.model_dump(), "target_modules": targets},
+        bf16=bf16,
+        packing=packing,
+    )
     state: dict[str, Any] = {
         "global_step": 0,
         "epoch": 0,
         "batch_in_epoch": 0,
         "tokens": 0,
         "elapsed_s": 0.0,
+        "fingerprint": fingerprint,  # a checkpoint resumes only the run that made it
     }
-    checkpoint = _latest_checkpoint(out_dir)
+    checkpoint = resumable_checkpoint(
+        accelerator, out_dir, _latest_checkpoint(out_dir), fingerprint
+    )
     if checkpoint is not None:
         accelerator.load_state(str(checkpoint))
         state = json.loads((checkpoint / "trainer_state.json").read_text())
@@ -418,7 +434,7 @@ def train_adapter(
         kind=kind,
         method="full" if train.full_finetune else "lora",
         base_model=str(loaded.name),
-        base_model_hash=model_hash(loaded.name),
+        base_model_hash=student_hash,
         dataset_hash=dataset_manifest.content_hash,
         predictors=list(predictors or dataset_manifest.predictors),
         train_config=train.model_dump(),

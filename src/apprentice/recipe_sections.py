@@ -1,0 +1,158 @@
+"""The sections of a recipe, each a typed config with a help string on every field.
+
+``Recipe`` (``apprentice/recipe.py``) puts them together and loads them from YAML; the
+number rules every section shares (no ``inf``/``nan``, no booleans for numbers, no
+unknown keys) come from ``ConfigSection``.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import Field, ValidationInfo, field_validator, model_validator
+
+from apprentice.train.config import ConfigSection
+
+__all__ = [
+    "BootstrapConfig",
+    "DataConfig",
+    "DataSource",
+    "DatasetConfig",
+    "EvalConfig",
+    "ServeConfig",
+    "StudentConfig",
+    "TeacherConfig",
+    "TinyStudent",
+]
+
+
+class _Section(ConfigSection):
+    pass
+
+
+class DataSource(_Section):
+    """One split: a file (``.jsonl``, ``.json``, ``.csv``), a HF ``datasets`` directory, or a
+    factory ``pkg.mod:fn`` called with ``args`` that returns examples."""
+
+    path: str | None = Field(None, description="JSONL/JSON/CSV file or HF datasets directory")
+    split: str | None = Field(None, description="split of a HF DatasetDict directory")
+    factory: str | None = Field(None, description="import path of fn(**args) -> examples")
+    args: dict[str, Any] = Field(default_factory=dict, description="arguments of the factory")
+    limit: int | None = Field(None, ge=1, description="use the first N examples only")
+
+    @model_validator(mode="after")
+    def _one_source(self) -> DataSource:
+        if (self.path is None) == (self.factory is None):
+            raise ValueError("give exactly one of 'path' or 'factory'")
+        return self
+
+
+class DataConfig(_Section):
+    train: DataSource = Field(description="examples the teacher is run on")
+    dev: DataSource = Field(description="held-out examples for the report")
+    inputs: list[str] = Field(description="fields that are program inputs; the rest are labels")
+
+
+class TeacherConfig(_Section):
+    """``backend: openai`` for any OpenAI-compatible endpoint; ``scripted`` for a Python
+    function ``fn(signature, inputs) -> outputs`` (tests and the offline demo)."""
+
+    backend: Literal["openai", "scripted"] = "openai"
+    model: str = Field("scripted", description="model name sent to the endpoint")
+    base_url: str | None = Field(None, description="e.g. https://api.openai.com/v1")
+    api_key_env: str = Field("OPENAI_API_KEY", description="environment variable with the key")
+    script: str | None = Field(None, description="scripted: import path of the function")
+    model_type: Literal["chat", "text"] = Field(
+        "chat", description="openai: chat completions, or completions with a flat prompt"
+    )
+    temperature: float | None = Field(0.0, ge=0, description="None: the endpoint's default")
+    max_tokens: int | None = Field(1024, ge=1)
+    concurrency: int = Field(32, ge=1, description="requests in flight")
+    price: dict[str, float] | None = Field(
+        None, description="USD per million tokens: {input: ..., output: ...}"
+    )
+
+    @model_validator(mode="after")
+    def _script_for_scripted(self) -> TeacherConfig:
+        if self.backend == "scripted" and not self.script:
+            raise ValueError("teacher.backend 'scripted' needs teacher.script (pkg.mod:function)")
+        return self
+
+
+class TinyStudent(_Section):
+    """A random-init student built from a config on first use, with a BPE tokenizer trained
+    on the run's own training rows (no download). For offline demos and tests only."""
+
+    kind: Literal["causal", "seq2seq"] = "causal"
+    vocab_size: int = Field(1000, ge=300)
+    hidden_size: int = Field(128, ge=16)
+    num_layers: int = Field(4, ge=1)
+    num_heads: int = Field(4, ge=1)
+    seed: int = 0
+
+    @field_validator("num_heads")
+    @classmethod
+    def _heads_divide_hidden(cls, heads: int, info: ValidationInfo) -> int:
+        hidden, kind = info.data.get("hidden_size"), info.data.get("kind")
+        if hidden is None:
+            return heads
+        fits = [h for h in (1, 2, 4, 8, 16) if _head_size_ok(hidden, h, kind)]
+        if not _head_size_ok(hidden, heads, kind):
+            even = " into even head sizes (rotary embeddings)" if kind == "causal" else ""
+            raise ValueError(
+                f"num_heads {heads} does not divide hidden_size {hidden}{even}; "
+                f"use one of {fits} or change hidden_size"
+            )
+        return heads
+
+
+def _head_size_ok(hidden: int, heads: int, kind: str | None) -> bool:
+    return hidden % heads == 0 and (kind != "causal" or (hidden // heads) % 2 == 0)
+
+
+class StudentConfig(_Section):
+    model: str | None = Field(None, description="local path or hub name of the base student")
+    tiny: TinyStudent | None = Field(None, description="build a tiny student instead (offline)")
+
+    @model_validator(mode="after")
+    def _one_student(self) -> StudentConfig:
+        if (self.model is None) == (self.tiny is None):
+            raise ValueError("give exactly one of 'model' or 'tiny'")
+        return self
+
+
+class BootstrapConfig(_Section):
+    threshold: float | None = Field(1.0, description="keep traces scoring at least this")
+    attempts: int = Field(1, ge=1, description="tries per example (retries sample hotter)")
+    concurrency: int = Field(32, ge=1, description="program runs in flight")
+    retry_failed: bool = Field(
+        False, description="run again the examples whose stored trace failed (else reused)"
+    )
+
+
+class DatasetConfig(_Section):
+    multitask: bool = Field(True, description="one adapter for all predictors (else one each)")
+    val_fraction: float = Field(0.1, ge=0, lt=1)
+    format: Literal["chat", "json"] = "chat"
+
+
+class ServeConfig(_Section):
+    backend: Literal["local", "vllm"] = "local"
+    device: str | None = Field(None, description="cpu, cuda, cuda:1; None picks")
+    max_batch_size: int = Field(64, ge=1)
+    max_new_tokens: int = Field(256, ge=1)
+
+
+class EvalConfig(_Section):
+    num_threads: int = Field(16, ge=1)
+    untrained: bool = Field(True, description="also score the student before training")
+    teacher: bool = Field(True, description="also score the teacher (uses teacher calls)")
+    untrained_max_new_tokens: int = Field(
+        64, ge=1, description="cap for the untrained student, which rarely stops on its own"
+    )
+    fewshot: int = Field(
+        0,
+        ge=0,
+        description="also score the untrained student prompted with this many of the "
+        "teacher's passing runs as demos (BootstrapFewShot): what prompting alone buys; 0 = off",
+    )
