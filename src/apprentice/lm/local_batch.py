@@ -18,6 +18,7 @@ import inspect
 import logging
 import os
 import time
+import warnings
 from concurrent.futures import Future
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
@@ -87,8 +88,18 @@ def generate_batch(engine: LocalEngine, jobs: list[Job]) -> list[Response]:
             options["stopping_criteria"] = [stops]
         if jobs[0].sampling.seed is not None:
             torch.manual_seed(jobs[0].sampling.seed)
-        output = engine.model.generate(input_ids=input_ids, attention_mask=mask, **options)
+        with _quiet_cache_rename():
+            output = engine.model.generate(input_ids=input_ids, attention_mask=mask, **options)
     return _responses(engine, jobs, output[:, start:].tolist(), stops.stopped_at)
+
+
+@contextlib.contextmanager
+def _quiet_cache_rename():
+    """transformers 5.2x warns on every call that ``past_key_values`` is being renamed
+    ``cache``; the old name is what every supported version takes, so keep logs clean."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", ".*past_key_values. is deprecated", FutureWarning)
+        yield
 
 
 def _pad(engine: LocalEngine, prompts: list[list[int]], shared: int):
@@ -164,7 +175,8 @@ def _shared_prefix(engine: LocalEngine, prompts, names, max_new_tokens: int):
     config = engine.model.config
     prefix = DynamicCache(config=config)  # sliding-window layers show up as such below
     ids = torch.tensor([prompts[0][:shared]] * len(groups), device=engine.device)
-    engine.model(input_ids=ids, past_key_values=prefix, use_cache=True, **forward)
+    with _quiet_cache_rename():
+        engine.model(input_ids=ids, past_key_values=prefix, use_cache=True, **forward)
     if not prefix.layers or any(type(layer) is not DynamicLayer for layer in prefix.layers):
         engine.share_prefix = False  # sliding windows, recurrent state, ...: not a plain KV cache
         log.info(

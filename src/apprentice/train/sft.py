@@ -16,6 +16,7 @@ import math
 import os
 import shutil
 import time
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -204,7 +205,9 @@ def train_adapter(
             )
         from peft import get_peft_model
 
-        model = get_peft_model(model, _peft_config(lora, kind, targets))
+        with warnings.catch_warnings():  # peft reads a property transformers 5 deprecates
+            warnings.filterwarnings("ignore", ".*is_gradient_checkpointing", FutureWarning)
+            model = get_peft_model(model, _peft_config(lora, kind, targets))
     if train.gradient_checkpointing:
         model.gradient_checkpointing_enable()
         if hasattr(model, "enable_input_require_grads"):
