@@ -188,7 +188,7 @@ def test_concurrent_requests_are_batched(serve, local_lm):
         (
             {"messages": [{"role": "user", "content": "x"}], "temperature": "hot"},
             400,
-            "temperature must be a number",
+            "temperature must be a finite number",
         ),
         (
             {"messages": [{"role": "user", "content": "x"}], "n": 0},
@@ -203,7 +203,7 @@ def test_concurrent_requests_are_batched(serve, local_lm):
         (
             {"messages": [{"role": "user", "content": "x"}], "top_p": 0},
             400,
-            "top_p must be a number > 0",
+            "top_p must be a finite number > 0",
         ),
         (
             {"messages": [{"role": "user", "content": "x"}], "stop": [1]},
