@@ -61,7 +61,6 @@ def test_non_finite_numbers_are_refused(constant):
     [
         ("seed", 2**70),
         ("seed", -(2**64)),
-        ("max_tokens", 10**30),
         ("n", 2**70),
         ("temperature", 10**400),  # a Python int too large for a float
         ("temperature", 1e308 * 10),  # inf once parsed by json.loads

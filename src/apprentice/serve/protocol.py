@@ -17,6 +17,7 @@ from typing import Any
 
 __all__ = [
     "MAX_JSON_DEPTH",
+    "ClientGone",
     "HTTPError",
     "chat_messages",
     "choice_texts",
@@ -30,7 +31,6 @@ __all__ = [
 MAX_N = 64
 MAX_STOPS = 16
 MAX_JSON_DEPTH = 32  # an OpenAI body nests 5 levels at most (messages, content parts)
-MAX_TOKENS = 2**31 - 1  # the engine caps a request further, by the model's context
 INT64 = (-(2**63), 2**63 - 1)  # seeds, as vLLM takes them
 ROLES = ("system", "user", "assistant")
 
@@ -72,6 +72,10 @@ class HTTPError(Exception):
         self.status = status
         self.message = message
         self.param = param
+
+
+class ClientGone(Exception):
+    """The client closed its connection while its request waited: nobody is left to answer."""
 
 
 def error_body(status: int, message: str, param: str | None = None) -> dict[str, Any]:
@@ -202,7 +206,7 @@ def sampling_options(data: dict[str, Any], *, chat: bool) -> dict[str, Any]:
     return {
         "temperature": _number(data, "temperature", low=0.0),
         "top_p": _number(data, "top_p", low=0.0, high=1.0, open_low=True),
-        "max_tokens": _integer("max_tokens", max_tokens, low=1, high=MAX_TOKENS),
+        "max_tokens": _integer("max_tokens", max_tokens, low=1),  # the engine: <= the context
         "n": _integer("n", n, low=1, high=MAX_N),
         "stop": _stops(data.get("stop")),
         "seed": _integer("seed", data.get("seed"), low=INT64[0], high=INT64[1]),
