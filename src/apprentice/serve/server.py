@@ -30,32 +30,47 @@ sees the prompt it was trained on; any other prompt is taken as one user message
 from __future__ import annotations
 
 import contextlib
+import ipaddress
 import json
 import logging
+import queue
+import re
+import select
 import socket
 import threading
+import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
 from apprentice.serve.app import ServingApp
-from apprentice.serve.protocol import HTTPError, error_body
+from apprentice.serve.protocol import ClientGone, HTTPError, error_body
 
 if TYPE_CHECKING:
     from apprentice.lm.local import LocalLM
 
-__all__ = ["MAX_BODY_BYTES", "Server"]
+__all__ = ["IDLE_TIMEOUT_S", "MAX_BODY_BYTES", "MAX_CONNECTIONS", "Server"]
 
 log = logging.getLogger(__name__)
 
 MAX_BODY_BYTES = 16 << 20
+MAX_CONNECTIONS = 512  # open connections (one thread each); more get a 503 at once
+IDLE_TIMEOUT_S = 30.0  # a connection silent this long (between or inside requests) is closed
+_LENGTH = re.compile(r"[0-9]{1,20}")
+_BUSY = (
+    b"HTTP/1.1 503 Service Unavailable\r\nContent-Type: application/json\r\n"
+    b"Retry-After: 1\r\nConnection: close\r\nContent-Length: %d\r\n\r\n%s"
+)
 
 
 class _Handler(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"  # keep-alive: OpenAILM holds one connection per thread
     server_version = "apprentice"
-    timeout = 300  # seconds an idle keep-alive connection is kept
+
+    def setup(self) -> None:
+        self.timeout = self.server.idle_timeout  # StreamRequestHandler applies it to the socket
+        super().setup()
 
     def do_GET(self) -> None:
         self._dispatch("GET")
@@ -67,13 +82,16 @@ class _Handler(BaseHTTPRequestHandler):
         try:
             body = self._body() if method == "POST" else b""
             status, payload = self.server.app.handle(
-                method, urlsplit(self.path).path, self.headers, body
+                method, urlsplit(self.path).path, self.headers, body, self._client_gone
             )
+        except ClientGone:
+            self.close_connection = True
+            return
         except HTTPError as exc:
             status, payload = exc.status, error_body(exc.status, exc.message, exc.param)
-        except Exception as exc:
+        except Exception as exc:  # the details (paths, values) go to the log, not the client
             log.exception("%s %s failed", method, self.path)
-            message = f"internal error: {type(exc).__name__}: {exc}"
+            message = f"internal error ({type(exc).__name__}); the server's log has the details"
             status, payload = 500, error_body(500, message)
         self._send(status, payload)
 
@@ -81,23 +99,29 @@ class _Handler(BaseHTTPRequestHandler):
         if "chunked" in self.headers.get("Transfer-Encoding", "").lower():
             self.close_connection = True
             raise HTTPError(411, "send the body with a Content-Length, not chunked")
-        try:
-            length = int(self.headers.get("Content-Length") or 0)
-        except ValueError:
-            self.close_connection = True
-            raise HTTPError(400, "Content-Length is not a number") from None
+        values = {v.strip() for v in self.headers.get_all("Content-Length") or []}
+        text = values.pop() if len(values) == 1 else "0" if not values else None
+        if text is None or not _LENGTH.fullmatch(text):
+            self.close_connection = True  # the body's end is unknown: the connection cannot go on
+            shown = sorted(self.headers.get_all("Content-Length"))
+            raise HTTPError(400, f"Content-Length must be one non-negative integer, got {shown}")
+        length = int(text)
         if length > MAX_BODY_BYTES:
             self.close_connection = True  # the body is not read: the connection cannot go on
             raise HTTPError(413, f"request body of {length} bytes is over {MAX_BODY_BYTES}")
         return self.rfile.read(length)
 
+    def _client_gone(self) -> bool:
+        """Whether the client has closed its side (it sends nothing while it waits)."""
+        return client_gone(self.connection)
+
     def _send(self, status: int, payload: Any) -> None:
-        if isinstance(payload, str):
-            data, kind = payload.encode(), "text/plain; charset=utf-8"
-        elif payload is None:
-            data, kind = b"", "text/plain; charset=utf-8"
-        else:
-            data, kind = json.dumps(payload, ensure_ascii=False).encode(), "application/json"
+        try:
+            data, kind = _encode(payload)
+        except Exception:  # never leave a client without an answer
+            log.exception("cannot encode the reply to %s", self.path)
+            status = 500
+            data, kind = _encode(error_body(500, "internal error: the reply could not be encoded"))
         try:
             self.send_response(status)
             self.send_header("Content-Type", kind)
@@ -108,11 +132,32 @@ class _Handler(BaseHTTPRequestHandler):
                 self.send_header("Connection", "close")
             self.end_headers()
             self.wfile.write(data)
-        except (BrokenPipeError, ConnectionResetError):  # the client left: nothing to tell it
+        except OSError:  # the client left (or timed out): nothing to tell it
             self.close_connection = True
 
     def log_message(self, format: str, *args: Any) -> None:
         log.debug("%s %s", self.address_string(), format % args)
+
+
+def _encode(payload: Any) -> tuple[bytes, str]:
+    """(bytes, content type) of a route's payload; JSON is ASCII, so any string goes out."""
+    if isinstance(payload, str):
+        return payload.encode("utf-8", "backslashreplace"), "text/plain; charset=utf-8"
+    if payload is None:
+        return b"", "text/plain; charset=utf-8"
+    return json.dumps(payload).encode("ascii"), "application/json"
+
+
+def client_gone(connection: socket.socket) -> bool:
+    """True when the peer closed the connection: it is readable and a peek reads nothing.
+    A pipelined next request makes it readable too, but a peek then returns data."""
+    try:
+        readable, _, _ = select.select([connection], [], [], 0)
+        return bool(readable) and connection.recv(1, socket.MSG_PEEK | socket.MSG_DONTWAIT) == b""
+    except BlockingIOError:
+        return False
+    except (OSError, ValueError):  # reset, or already closed
+        return True
 
 
 class _HTTPServer(ThreadingHTTPServer):
@@ -121,26 +166,98 @@ class _HTTPServer(ThreadingHTTPServer):
     # program run over many threads) would see connections reset.
     request_queue_size = socket.SOMAXCONN
 
-    def __init__(self, address, app: ServingApp) -> None:
+    def __init__(self, address, app: ServingApp, max_connections: int, idle_timeout: float):
         self.app = app
+        self.max_connections = max_connections
+        self.idle_timeout = idle_timeout
         self.connections: set[socket.socket] = set()
         self.connections_lock = threading.Lock()
+        self.refused: queue.SimpleQueue[socket.socket | None] = queue.SimpleQueue()
         super().__init__(address, _Handler)
+        threading.Thread(target=self._refuse_forever, name="refuse", daemon=True).start()
+
+    def server_close(self) -> None:
+        self.refused.put(None)
+        super().server_close()
+
+    def process_request(self, request, client_address) -> None:
+        """Counted here, in the accepting thread, so the bound is exact: past it, the client
+        is handed to the one refusing thread (a 503), and no thread is started for it."""
+        with self.connections_lock:
+            full = len(self.connections) >= self.max_connections
+            if not full:
+                self.connections.add(request)
+        if not full:
+            super().process_request(request, client_address)
+        elif self.refused.qsize() < self.max_connections:
+            self.refused.put(request)
+        else:  # a flood: drop it without a word
+            self.shutdown_request(request)
+
+    def _refuse_forever(self) -> None:
+        """Answers each refused connection with a 503 and closes it gracefully: reading what
+        the client sent before closing, so its reply is not lost to a reset."""
+        body = json.dumps(
+            error_body(503, f"the server has {self.max_connections} open connections; retry")
+        ).encode()
+        while (request := self.refused.get()) is not None:
+            with contextlib.suppress(OSError):
+                request.settimeout(1.0)
+                request.sendall(_BUSY % (len(body), body))
+                request.shutdown(socket.SHUT_WR)
+                deadline = time.monotonic() + 1.0
+                while request.recv(65536) and time.monotonic() < deadline:
+                    pass
+            request.close()
 
     def process_request_thread(self, request, client_address) -> None:
-        with self.connections_lock:
-            self.connections.add(request)
         try:
             super().process_request_thread(request, client_address)
         finally:
             with self.connections_lock:
                 self.connections.discard(request)
 
+    def open_connections(self) -> int:
+        with self.connections_lock:
+            return len(self.connections)
+
     def close_connections(self) -> None:
         with self.connections_lock:
             for connection in self.connections:
                 with contextlib.suppress(OSError):
                     connection.shutdown(socket.SHUT_RDWR)
+
+
+def check_api_key(api_key: str | None) -> None:
+    """A key must be one that HTTP clients can send: header values are ASCII (httpx and the
+    openai client refuse anything else), so a key with other characters could never match."""
+    if api_key is None:
+        return
+    if not isinstance(api_key, str) or not api_key.strip():
+        raise ValueError("api_key must be a non-empty string, or None for no key")
+    odd = next((i for i, c in enumerate(api_key) if not (c.isascii() and c.isprintable())), None)
+    if odd is not None:
+        raise ValueError(
+            f"api_key must be printable ASCII (clients send it in an HTTP header, which carries "
+            f"ASCII only), but character {odd} is {api_key[odd]!r}: choose another key"
+        )
+
+
+def warn_if_exposed(host: str, api_key: str | None) -> bool:
+    """Logs a warning (and returns True) when ``host`` reaches beyond this machine and no
+    key guards the server."""
+    try:
+        loopback = host == "localhost" or ipaddress.ip_address(host).is_loopback
+    except ValueError:  # a host name: it may resolve to anything
+        loopback = False
+    if loopback or api_key is not None:
+        return False
+    log.warning(
+        "serving on %s without an API key: anyone who can reach this address can use the "
+        "models (and load adapters, with an adapter root); set --api-key or VLLM_API_KEY",
+        host,
+    )
+    return True
 
 
 class _HTTPServer6(_HTTPServer):
@@ -165,13 +282,14 @@ class Server:
         api_key: str | None = None,
         adapter_root: str | Path | None = None,
         model_name: str | None = None,
+        max_connections: int = MAX_CONNECTIONS,
+        idle_timeout: float = IDLE_TIMEOUT_S,
     ) -> None:
         from apprentice.lm.local import LocalLM
 
         if not isinstance(lm, LocalLM):
             raise TypeError(f"Server serves a LocalLM, got {type(lm).__name__}: {lm!r}")
-        if api_key is not None and (not isinstance(api_key, str) or not api_key.strip()):
-            raise ValueError("api_key must be a non-empty string, or None for no key")
+        check_api_key(api_key)
         root = None
         if adapter_root is not None:
             root = Path(adapter_root).expanduser().resolve()
@@ -181,10 +299,11 @@ class Server:
             lm, model_name=model_name or lm.model, api_key=api_key, adapter_root=root
         )
         server_class = _HTTPServer6 if ":" in host else _HTTPServer
-        self._httpd = server_class((host, port), self.app)
+        self._httpd = server_class((host, port), self.app, max_connections, idle_timeout)
         self._thread: threading.Thread | None = None
         self._serving = False
         self._lock = threading.Lock()
+        warn_if_exposed(host, api_key)
 
     @property
     def lm(self) -> LocalLM:
