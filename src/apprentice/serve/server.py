@@ -46,6 +46,7 @@ from urllib.parse import urlsplit
 
 from apprentice.serve.app import ServingApp
 from apprentice.serve.protocol import ClientGone, HTTPError, error_body
+from apprentice.serve.registry import model_id
 
 if TYPE_CHECKING:
     from apprentice.lm.local import LocalLM
@@ -269,8 +270,9 @@ class Server:
 
     The socket is bound at construction (``port=0``: a free port, see ``.port``), ``start()``
     serves from a background thread, ``serve_forever()`` from the calling one, ``close()``
-    stops and drops open connections. ``model_name`` is the base model's id (default: the
-    LM's model string). The LM's engine is shared, not owned: closing the server leaves it.
+    stops and drops open connections. ``model_name`` is the base model's id (default: its
+    hub name or directory name, never a path). The LM's engine is shared, not owned: closing
+    the server leaves it.
     """
 
     def __init__(
@@ -296,7 +298,7 @@ class Server:
             if not root.is_dir():
                 raise FileNotFoundError(f"adapter_root {str(adapter_root)!r} is not a directory")
         self.app = ServingApp(
-            lm, model_name=model_name or lm.model, api_key=api_key, adapter_root=root
+            lm, model_name=model_name or model_id(lm.model), api_key=api_key, adapter_root=root
         )
         server_class = _HTTPServer6 if ":" in host else _HTTPServer
         self._httpd = server_class((host, port), self.app, max_connections, idle_timeout)

@@ -49,7 +49,8 @@ class VLLMServer:
 
     ``command``: the program and leading arguments (default ``vllm serve``); the base model,
     ``--host``, ``--port``, ``--enable-lora``, ``--max-lora-rank``, ``--max-loras`` and
-    ``extra_args`` follow. ``port=None`` picks a free one.
+    ``extra_args`` follow. ``port=None`` picks a free one. The base model's id is
+    ``served_model_name``, else its hub name or directory name (``registry.model_id``).
     """
 
     def __init__(
@@ -68,8 +69,10 @@ class VLLMServer:
         startup_timeout: float = 900.0,
         stop_timeout: float = 30.0,
     ) -> None:
+        from apprentice.serve.registry import model_id
+
         self.base_model = str(base_model)
-        self.model_name = served_model_name or self.base_model
+        self.model_name = served_model_name or model_id(self.base_model)
         self.log_path = Path(log_path)
         self.max_lora_rank = max_lora_rank
         self.max_loras = max_loras
@@ -309,7 +312,7 @@ def run_vllm_backend(args: Any, servable: Any, api_key: str | None) -> int:
         host=args.host,
         port=args.port,
         api_key=api_key,
-        served_model_name=args.served_model_name,
+        served_model_name=args.served_model_name or servable.name,
     )
     previous = signal.signal(signal.SIGTERM, _interrupt)
     try:
