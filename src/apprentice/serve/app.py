@@ -13,7 +13,6 @@ error names the path as the client sent it.
 
 from __future__ import annotations
 
-import hmac
 import logging
 import threading
 import time
@@ -21,6 +20,7 @@ from collections.abc import Callable
 from concurrent.futures import CancelledError, wait
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
+from urllib.parse import urlsplit
 
 from apprentice.lm.adapter_files import OutsideRootError
 from apprentice.lm.base import LMError, Request
@@ -29,6 +29,7 @@ from apprentice.lm.local_engine import AdapterNotLoaded
 from apprentice.serve.protocol import (
     ClientGone,
     HTTPError,
+    authorize,
     chat_messages,
     choice_texts,
     completion_body,
@@ -75,15 +76,16 @@ class ServingApp:
     def handle(
         self,
         method: str,
-        path: str,
+        target: str,
         headers: Any,
         body: bytes,
         client_gone: Callable[[], bool] = lambda: False,
     ) -> tuple[int, Any]:
-        """``client_gone`` tells whether the client has left: a generation then stops and
-        ClientGone is raised (nobody is there to answer)."""
+        """``target`` is the request's path (a query is ignored); ``client_gone`` tells
+        whether the client has left: a generation then stops and ClientGone is raised."""
+        path = urlsplit(target).path
         if path.startswith("/v1/"):
-            self._authorize(headers.get("Authorization"))
+            authorize(headers.get("Authorization"), self.api_key)
         route = self.routes.get((method, path))
         if route is None:
             if any(path == p for _, p in self.routes):
@@ -91,17 +93,6 @@ class ServingApp:
             known = sorted({p for _, p in self.routes})
             raise HTTPError(404, f"no route {method} {path}; this server serves {known}")
         return route(body, client_gone)
-
-    def _authorize(self, header: str | None) -> None:
-        if self.api_key is None:
-            return
-        if not header:
-            raise HTTPError(401, "missing API key: send the header 'Authorization: Bearer <key>'")
-        scheme, _, token = header.partition(" ")
-        if scheme.lower() != "bearer" or not hmac.compare_digest(
-            token.strip().encode(), self.api_key.encode()
-        ):
-            raise HTTPError(401, "invalid API key")
 
     # -- models ------------------------------------------------------------------------
     def health(self, body: bytes, client_gone=None) -> tuple[int, Any]:

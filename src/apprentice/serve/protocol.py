@@ -8,6 +8,7 @@ the rest (``user``, ``metadata``, ...) is ignored as it does not change the answ
 
 from __future__ import annotations
 
+import hmac
 import json
 import math
 import re
@@ -19,6 +20,7 @@ __all__ = [
     "MAX_JSON_DEPTH",
     "ClientGone",
     "HTTPError",
+    "authorize",
     "chat_messages",
     "choice_texts",
     "completion_body",
@@ -76,6 +78,18 @@ class HTTPError(Exception):
 
 class ClientGone(Exception):
     """The client closed its connection while its request waited: nobody is left to answer."""
+
+
+def authorize(header: str | None, api_key: str | None) -> None:
+    """Raises a 401 unless ``header`` is ``Bearer <api_key>`` (anything goes without a key)."""
+    if api_key is None:
+        return
+    if not header:
+        raise HTTPError(401, "missing API key: send the header 'Authorization: Bearer <key>'")
+    scheme, _, token = header.partition(" ")
+    sent = token.strip().encode("latin-1", "replace")  # header values arrive as latin-1
+    if scheme.lower() != "bearer" or not hmac.compare_digest(sent, api_key.encode()):
+        raise HTTPError(401, "invalid API key")
 
 
 def error_body(status: int, message: str, param: str | None = None) -> dict[str, Any]:
