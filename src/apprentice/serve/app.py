@@ -45,7 +45,7 @@ __all__ = ["ServingApp"]
 
 log = logging.getLogger(__name__)
 
-WATCH_S = 0.25  # how often a waiting request checks that its client is still there
+WATCH_S = 0.1  # how often a waiting request checks that its client is still there
 
 
 class ServingApp:

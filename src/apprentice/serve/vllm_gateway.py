@@ -38,7 +38,7 @@ __all__ = ["Gateway"]
 
 log = logging.getLogger(__name__)
 
-WATCH_S = 0.25  # how often a request waiting on vLLM checks that its client is still there
+WATCH_S = 0.1  # how often a request waiting on vLLM checks that its client is still there
 PASSED_HEADERS = ("Content-Type", "Accept", "X-Request-Id")
 
 
