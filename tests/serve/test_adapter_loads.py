@@ -161,3 +161,11 @@ def test_the_reported_hash_is_that_of_the_bytes_loaded(students):
 
     for folder in students["causal"].adapters.values():
         assert read_adapter(folder).hash == adapter_hash(folder)
+
+
+@pytest.mark.parametrize("name", ["\ud800x", "tab\tname", "line\nname", " padded", "", "x" * 257])
+def test_adapter_names_are_short_printable_strings(local_lm, students, name):
+    lm = local_lm()
+    with pytest.raises(ValueError, match="printable"):
+        lm.load_adapter(name, students["causal"].adapters["a"])
+    assert lm.adapter_names() == ["a", "b"]

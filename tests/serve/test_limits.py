@@ -110,3 +110,13 @@ def test_a_client_that_leaves_cancels_its_work(serve, monkeypatch):
     assert stats.cancelled == cancelled + 1
     assert stats.tokens - tokens < room // 2  # stopped long before its max_tokens
     assert chat(server, max_tokens=2)[0] == 200  # and the engine serves the next one
+
+
+def test_the_library_path_holds_requests_to_the_context_too(local_lm):
+    from apprentice.lm.base import Request
+
+    lm = local_lm()
+    too_long = Request(messages=ask(QUESTIONS[0]).messages, max_tokens=10**12)
+    [error] = lm.generate([too_long], return_exceptions=True)
+    assert isinstance(error, ValueError) and "max_model_len" in str(error)
+    assert lm.generate([ask(QUESTIONS[0], max_tokens=2)])[0].usage.completion_tokens == 2
