@@ -112,3 +112,13 @@ def test_connections_are_bounded_and_idle_ones_are_closed(serve):
         time.sleep(0.05)
     assert server._httpd.open_connections() == 0
     assert call(server, "GET", "/health")[0] == 200  # a slot is free again
+
+
+def test_one_completions_request_holds_a_bounded_number_of_prompts(serve):
+    server = serve()
+    status, _, reply = call(server, "POST", "/v1/completions", {"prompt": ["x"] * 65})
+    assert status == 400 and "1-64 strings" in reply["error"]["message"]
+    status, _, reply = call(
+        server, "POST", "/v1/completions", {"prompt": ["x"] * 3, "max_tokens": 1}
+    )
+    assert status == 200 and len(reply["choices"]) == 3

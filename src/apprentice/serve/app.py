@@ -27,6 +27,7 @@ from apprentice.lm.base import LMError, Request
 from apprentice.lm.local_adapters import AdapterLoadError
 from apprentice.lm.local_engine import AdapterNotLoaded
 from apprentice.serve.protocol import (
+    MAX_PROMPTS,
     ClientGone,
     HTTPError,
     authorize,
@@ -163,11 +164,13 @@ class ServingApp:
         prompts = [prompt] if isinstance(prompt, str) else prompt
         if (
             not isinstance(prompts, list)
-            or not prompts
+            or not 0 < len(prompts) <= MAX_PROMPTS
             or not all(isinstance(p, str) for p in prompts)
         ):
             raise HTTPError(
-                400, "'prompt' must be a string or a non-empty list of strings", param="prompt"
+                400,
+                f"'prompt' must be a string or a list of 1-{MAX_PROMPTS} strings",
+                param="prompt",
             )
         messages = [prompt_messages(p) for p in prompts]
         sampling = sampling_options(data, chat=False)

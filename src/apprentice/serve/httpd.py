@@ -213,7 +213,12 @@ class HTTPServer(ThreadingHTTPServer):
             if not full:
                 self.connections.add(request)
         if not full:
-            super().process_request(request, client_address)
+            try:
+                super().process_request(request, client_address)  # starts its thread
+            except BaseException:  # no thread (e.g. the system's limit): not counted
+                with self.connections_lock:
+                    self.connections.discard(request)
+                raise
         elif self.refused.qsize() < self.max_connections:
             self.refused.put(request)
         else:  # a flood: drop it without a word

@@ -18,6 +18,7 @@ from typing import Any
 
 __all__ = [
     "MAX_JSON_DEPTH",
+    "MAX_PROMPTS",
     "ClientGone",
     "HTTPError",
     "authorize",
@@ -31,6 +32,7 @@ __all__ = [
 ]
 
 MAX_N = 64
+MAX_PROMPTS = 64  # prompts in one completions request (each is a request to the engine)
 MAX_STOPS = 16
 MAX_JSON_DEPTH = 32  # an OpenAI body nests 5 levels at most (messages, content parts)
 INT64 = (-(2**63), 2**63 - 1)  # seeds, as vLLM takes them
