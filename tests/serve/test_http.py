@@ -122,3 +122,18 @@ def test_one_completions_request_holds_a_bounded_number_of_prompts(serve):
         server, "POST", "/v1/completions", {"prompt": ["x"] * 3, "max_tokens": 1}
     )
     assert status == 200 and len(reply["choices"]) == 3
+
+
+@pytest.mark.parametrize("method", ["DELETE", "PUT", "PATCH", "OPTIONS", "HEAD", "BREW"])
+def test_any_method_gets_a_4xx_not_a_501(serve, method):
+    server = serve()
+    reply = exchange(
+        server, f"{method} /v1/models HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n".encode()
+    )
+    assert reply.startswith(b"HTTP/1.1 405"), reply[:100]
+    if method == "HEAD":
+        assert reply.endswith(b"\r\n\r\n")  # headers only
+    reply = exchange(
+        server, f"{method} /nowhere HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n".encode()
+    )
+    assert reply.startswith(b"HTTP/1.1 404"), reply[:100]

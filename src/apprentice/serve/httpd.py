@@ -59,11 +59,12 @@ class _Handler(BaseHTTPRequestHandler):
         self.timeout = self.server.idle_timeout  # StreamRequestHandler applies it to the socket
         super().setup()
 
-    def do_GET(self) -> None:
-        self._dispatch("GET")
-
-    def do_POST(self) -> None:
-        self._dispatch("POST")
+    def __getattr__(self, name: str):
+        """``do_<METHOD>`` for every method: the app answers (404, 405) where http.server
+        would send a 501 for a method it has no handler for."""
+        if name.startswith("do_"):
+            return lambda: self._dispatch(name[3:])
+        raise AttributeError(name)
 
     def _dispatch(self, method: str) -> None:
         try:
@@ -114,7 +115,8 @@ class _Handler(BaseHTTPRequestHandler):
             data, kind = _encode(error_body(500, "internal error: the reply could not be encoded"))
         try:
             self._head(status, kind, len(data))
-            self.wfile.write(data)
+            if self.command != "HEAD":
+                self.wfile.write(data)
         except OSError:  # the client left (or timed out): nothing to tell it
             self.close_connection = True
 
@@ -136,6 +138,8 @@ class _Handler(BaseHTTPRequestHandler):
         unknown, as a stream is); a client that leaves ends the upstream request."""
         try:
             self._head(status, relay.content_type, relay.length)
+            if self.command == "HEAD":
+                return
             for chunk in relay.chunks:
                 if relay.length is None:
                     self.wfile.write(b"%x\r\n%s\r\n" % (len(chunk), chunk))
