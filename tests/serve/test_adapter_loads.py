@@ -169,3 +169,21 @@ def test_adapter_names_are_short_printable_strings(local_lm, students, name):
     with pytest.raises(ValueError, match="printable"):
         lm.load_adapter(name, students["causal"].adapters["a"])
     assert lm.adapter_names() == ["a", "b"]
+
+
+def test_a_request_whose_adapter_is_unloaded_while_it_waits_is_a_404(serve, students):
+    server = serve()
+    path = {"lora_name": "brief", "lora_path": "adapters/b/adapter"}
+    assert call(server, "POST", "/v1/load_lora_adapter", path)[0] == 200
+    reply: dict = {}
+    body = {"model": "brief", "messages": list(ask(QUESTIONS[0]).messages)}
+    asking = threading.Thread(
+        target=lambda: reply.update(r=call(server, "POST", "/v1/chat/completions", body))
+    )
+    with server.lm.engine._lock:  # a batch is running: the request waits in the queue
+        asking.start()
+        time.sleep(1.0)  # it is queued by now (any delay will do: it cannot run yet)
+        server.lm.unload_adapter("brief")
+    asking.join(60)
+    status, _, error = reply["r"]
+    assert status == 404 and "`brief` does not exist" in error["error"]["message"]
