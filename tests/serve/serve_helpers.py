@@ -82,3 +82,33 @@ def client(server, model=None, **options):
 
     options = {"cache": False, "max_retries": 0, "api_key": "", "max_tokens": None, **options}
     return OpenAILM(model or server.model_name, base_url=server.base_url, **options)
+
+
+def misfit_adapter(source: Path, folder: Path, how: str) -> Path:
+    """A copy of the adapter at ``source`` that does not fit its base model: ``shape`` (the
+    last tensor's width changed, so the tensors before it load first), ``extra`` (a tensor
+    for a layer the model lacks), ``missing`` (a LoRA weight left out), ``targets`` (a
+    target module the model does not have)."""
+    import json
+    import shutil
+
+    import torch
+    from safetensors.torch import load_file, save_file
+
+    shutil.copytree(source, folder)
+    weights = load_file(folder / "adapter_model.safetensors")
+    last = sorted(weights)[-1]
+    if how == "shape":
+        weights[last] = torch.zeros(weights[last].shape[0], weights[last].shape[1] * 4)
+    elif how == "extra":
+        weights["base_model.model.model.layers.9.self_attn.q_proj.lora_A.weight"] = weights[
+            last
+        ].clone()
+    elif how == "missing":
+        del weights[last]
+    elif how == "targets":
+        config = json.loads((folder / "adapter_config.json").read_text())
+        config["target_modules"] = ["q_proj", "no_such_module"]
+        (folder / "adapter_config.json").write_text(json.dumps(config))
+    save_file(weights, folder / "adapter_model.safetensors")
+    return folder

@@ -12,7 +12,7 @@ from serve_helpers import MAX_NEW
 
 from apprentice.lm.base import Request
 from apprentice.lm.local import LocalLM
-from apprentice.serve.cli import add_serve_arguments, run_serve
+from apprentice.serve.cli import add_serve_arguments, local_server, run_serve
 from apprentice.serve.registry import find_servable
 from apprentice.train.export import AdapterManifest, read_manifest, write_manifest
 
@@ -40,6 +40,8 @@ def test_a_full_finetune_is_served_as_the_base(students, tmp_path):
     write_manifest(folder, AdapterManifest(**manifest))
     servable = find_servable(tmp_path / "run")
     assert servable.base_model == str(folder) and servable.adapters == {}
+    assert servable.name == "run"  # the run's name, not the finetune's path
+    assert find_servable(folder).name == "full"  # served alone: the manifest's name
     request = Request(messages=({"role": "user", "content": "Where is order A12345?"},))
     full = LocalLM(servable.base_model, max_new_tokens=MAX_NEW).generate([request])[0]
     base = LocalLM(student.base, max_new_tokens=MAX_NEW).generate([request])[0]
@@ -79,3 +81,33 @@ def test_the_cli_refuses_what_it_cannot_serve(students, tmp_path, capsys):
     assert "encoder-decoder" in capsys.readouterr().err
     args = _args(str(students["causal"].run_dir), "--port", "1234", "--api-key", "k")
     assert (args.backend, args.host, args.port, args.api_key) == ("local", "127.0.0.1", 1234, "k")
+
+
+def test_model_ids_are_names_and_paths_stay_private(students, tmp_path):
+    """``apprentice serve runs/demo-causal`` on a full finetune: the id is the run's name."""
+    from test_server import call
+
+    student = students["causal"]
+    run = tmp_path / "demo-causal"
+    folder = run / "adapters" / "multitask" / "adapter"
+    shutil.copytree(student.base, folder)
+    manifest = read_manifest(student.adapters["a"]).to_dict()
+    manifest.update(name="multitask", method="full", lora_config=None)
+    write_manifest(folder, AdapterManifest(**manifest))
+    args = _args(str(run), "--port", "0", "--max-new-tokens", "4")
+    servable = find_servable(run)
+    server = local_server(args, servable, None, servable.run_dir).start()
+    try:
+        status, _, models = call(server, "GET", "/v1/models")
+        assert status == 200 and [c["id"] for c in models["data"]] == ["demo-causal"]
+        assert models["data"][0]["root"] == "demo-causal"
+        assert models["data"][0]["max_model_len"] == 2048
+        assert str(tmp_path) not in json.dumps(models)
+        body = {"model": "demo-causal", "messages": [{"role": "user", "content": "hi"}]}
+        status, _, reply = call(server, "POST", "/v1/chat/completions", body)
+        assert status == 200 and reply["model"] == "demo-causal"
+    finally:
+        server.close()
+    lora = find_servable(student.run_dir)
+    assert lora.name == student.base.name  # a local base: its directory's name
+    assert find_servable("org/some-model").name == "org/some-model"  # a hub name as it is

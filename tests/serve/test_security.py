@@ -90,7 +90,9 @@ def test_adapter_paths_are_confined_to_the_root(serve, students, tmp_path):
         assert status == 400 and "not a usable path" in reply["error"]["message"]
         body = {"lora_name": "evil", "lora_path": "adapters/sneaky"}
         status, _, reply = call(server, "POST", "/v1/load_lora_adapter", body)
-        assert status == 400 and "links to" in reply["error"]["message"]
+        message = reply["error"]["message"]
+        assert status == 400 and "sneaky/adapter_config.json" in message
+        assert "outside the adapter root" in message
         assert "evil" not in server.lm.adapter_names()
     finally:
         link.unlink()
@@ -124,3 +126,24 @@ def test_oversized_bodies_are_refused_unread(serve):
     reply = b"".join(chunks).decode()
     assert reply.startswith("HTTP/1.1 413") and "Connection: close" in reply
     assert f"over {MAX_BODY_BYTES}" in reply
+
+
+@pytest.mark.parametrize("key", ["clé", "key\u00a0", "tab\tkey", "\u043a\u043b\u044e\u0447"])
+def test_an_api_key_no_client_could_send_is_refused_at_start(local_lm, key):
+    from apprentice.serve.server import Server
+
+    with pytest.raises(ValueError, match="printable ASCII"):
+        Server(local_lm(), api_key=key)
+
+
+def test_an_exposed_server_without_a_key_says_so(caplog):
+    from apprentice.serve.server import warn_if_exposed
+
+    with caplog.at_level("WARNING", logger="apprentice.serve.server"):
+        assert warn_if_exposed("0.0.0.0", None) and warn_if_exposed("::", None)
+        assert warn_if_exposed("my-host.example", None)
+        assert not warn_if_exposed("0.0.0.0", "k3y")
+        for loopback in ("127.0.0.1", "127.0.0.2", "::1", "localhost"):
+            assert not warn_if_exposed(loopback, None)
+    warnings = [r for r in caplog.records if r.levelname == "WARNING"]
+    assert len(warnings) == 3 and "without an API key" in warnings[0].getMessage()

@@ -17,8 +17,9 @@ import copy
 import inspect
 import logging
 import os
+import threading
 import time
-import warnings
+from collections import deque
 from concurrent.futures import Future
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
@@ -28,12 +29,13 @@ from apprentice.lm.base import Response, Usage
 if TYPE_CHECKING:
     from apprentice.lm.local_engine import LocalEngine
 
-__all__ = ["BASE", "Job", "Sampling", "generate_batch"]
+__all__ = ["BASE", "Job", "Sampling", "generate_batch", "take_batch"]
 
 log = logging.getLogger(__name__)
 
 BASE = "__base__"  # peft's name for rows that use no adapter
 MIN_SHARED_PREFIX = 8  # tokens; below this a separate prefix forward is not worth it
+STATIC_CACHE_BYTES = 1 << 30  # larger KV caches grow as generated (dynamic), not preallocated
 
 
 @dataclass(frozen=True)
@@ -61,45 +63,86 @@ class Job:
     model: str
     future: Future
     submitted: float
+    cancel: threading.Event | None = None  # set: the client is gone, stop this request
+    slot: str = BASE  # the adapter's peft name, set when the batch runs
 
 
 def generate_batch(engine: LocalEngine, jobs: list[Job]) -> list[Response]:
     """Answers ``jobs`` (same sampling settings) with one generate call; a request with
-    ``n`` completions takes ``n`` rows."""
+    ``n`` completions takes ``n`` rows. Nothing of the call stays behind: its KV cache is
+    made for it, and a seed sets the random state only for its duration."""
     import torch
 
     rows = [job for job in jobs for _ in range(job.n)]
     prompts = [job.prompt_ids for job in rows]
-    names = [job.adapter for job in rows]
+    names = [job.slot for job in rows]
     limits = [job.max_new_tokens for job in rows]
     options: dict[str, Any] = {
         "generation_config": _generation_config(engine, jobs[0].sampling, max(limits))
     }
-    with torch.inference_mode(), _adapter_choice(engine, names, options):
+    seed = jobs[0].sampling.seed
+    with torch.inference_mode(), _adapter_choice(engine, names, options), _seeded(engine, seed):
         shared, cache = _shared_prefix(engine, prompts, names, max(limits))
+        if cache is None:
+            cache = _new_cache(engine, len(rows), max(map(len, prompts)) + max(limits))
         if cache is not None:
-            options["past_key_values"] = cache
-            options["generation_config"].cache_implementation = None
+            options[_cache_argument(engine)] = cache
         input_ids, mask = _pad(engine, prompts, shared)
         # T5's output opens with decoder_start; a causal output repeats the prompt.
         start = input_ids.shape[1] if engine.kind == "causal" else 1
-        stops = _RowStops(engine, start, limits, [job.stop for job in rows])
+        stops = _RowStops(engine, start, limits, [job.stop for job in rows], rows)
         if stops.needed:
             options["stopping_criteria"] = [stops]
-        if jobs[0].sampling.seed is not None:
-            torch.manual_seed(jobs[0].sampling.seed)
-        with _quiet_cache_rename():
-            output = engine.model.generate(input_ids=input_ids, attention_mask=mask, **options)
+        output = engine.model.generate(input_ids=input_ids, attention_mask=mask, **options)
     return _responses(engine, jobs, output[:, start:].tolist(), stops.stopped_at)
 
 
-@contextlib.contextmanager
-def _quiet_cache_rename():
-    """transformers 5.2x warns on every call that ``past_key_values`` is being renamed
-    ``cache``; the old name is what every supported version takes, so keep logs clean."""
-    with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", ".*past_key_values. is deprecated", FutureWarning)
-        yield
+def _seeded(engine: LocalEngine, seed: int | None):
+    """Seeds the generator for this call only; the state before it comes back after, so a
+    seeded request leaves nothing for the next ones to inherit."""
+    import torch
+
+    if seed is None:
+        return contextlib.nullcontext()
+    device = torch.device(engine.device)
+    devices = [device.index or 0] if device.type == "cuda" else []
+
+    @contextlib.contextmanager
+    def fork():
+        with torch.random.fork_rng(devices=devices):
+            torch.manual_seed(seed)
+            yield
+
+    return fork()
+
+
+def _new_cache(engine: LocalEngine, rows: int, length: int):
+    """A KV cache for one causal CPU call, sized to that call: static (preallocated) when it
+    fits ``STATIC_CACHE_BYTES``, else None and generate grows a dynamic one. The default
+    dynamic cache concatenates the whole cache at every step, which costs a batched CPU
+    generate ~25% of its time; a static one made by generate itself would be kept on the
+    model at the largest size ever asked for, and every later call would allocate that."""
+    from transformers import StaticCache
+
+    if engine.kind != "causal" or engine.device != "cpu":
+        return None
+    per_position = _kv_bytes_per_position(engine)
+    if per_position is None or rows * length * per_position > STATIC_CACHE_BYTES:
+        return None
+    return StaticCache(config=engine.model.config, max_cache_len=length)
+
+
+def _kv_bytes_per_position(engine: LocalEngine) -> int | None:
+    config = engine.model.config.get_text_config(decoder=True)
+    layers = getattr(config, "num_hidden_layers", None)
+    heads = getattr(config, "num_attention_heads", None)
+    kv_heads = getattr(config, "num_key_value_heads", None) or heads
+    head_dim = getattr(config, "head_dim", None)
+    if head_dim is None and heads:
+        head_dim = getattr(config, "hidden_size", 0) // heads
+    if not (layers and kv_heads and head_dim):
+        return None
+    return 2 * layers * kv_heads * head_dim * engine.model.dtype.itemsize
 
 
 def _pad(engine: LocalEngine, prompts: list[list[int]], shared: int):
@@ -149,17 +192,14 @@ def _generation_config(engine: LocalEngine, sampling: Sampling, max_new_tokens: 
         eos_token_id=sorted(engine.eos_ids),
         disable_compile=True,  # batch shapes vary: compiling each would cost more than it saves
     )
-    if engine.kind == "causal" and engine.device == "cpu":
-        # A preallocated KV cache: the default one concatenates the whole cache at every
-        # step, which costs a batched CPU generate ~25% of its time.
-        config.cache_implementation = "static"
+    config.cache_implementation = None  # the cache is made per call (_new_cache)
     return config
 
 
 def _shared_prefix(engine: LocalEngine, prompts, names, max_new_tokens: int):
     """(length, KV cache) of the prefix every causal row shares, or (0, None)."""
     import torch
-    from transformers import DynamicCache, StaticCache
+    from transformers import DynamicCache
     from transformers.cache_utils import DynamicLayer
 
     if engine.kind != "causal" or len(prompts) < 2 or not engine.share_prefix:
@@ -175,23 +215,26 @@ def _shared_prefix(engine: LocalEngine, prompts, names, max_new_tokens: int):
     config = engine.model.config
     prefix = DynamicCache(config=config)  # sliding-window layers show up as such below
     ids = torch.tensor([prompts[0][:shared]] * len(groups), device=engine.device)
-    with _quiet_cache_rename():
-        engine.model(input_ids=ids, past_key_values=prefix, use_cache=True, **forward)
+    forward[_cache_argument(engine)] = prefix
+    engine.model(input_ids=ids, use_cache=True, **forward)
     if not prefix.layers or any(type(layer) is not DynamicLayer for layer in prefix.layers):
         engine.share_prefix = False  # sliding windows, recurrent state, ...: not a plain KV cache
         log.info(
             "%r: the model's cache is not a plain KV cache; prompt prefixes are not shared", engine
         )
         return 0, None
-    if engine.device == "cpu":
-        cache = StaticCache(config=config, max_cache_len=max(map(len, prompts)) + max_new_tokens)
-    else:
-        cache = DynamicCache(config=config)
+    length = max(map(len, prompts)) + max_new_tokens
+    cache = _new_cache(engine, len(prompts), length) or DynamicCache(config=config)
     rows = torch.tensor([groups.index(name) for name in names], device=engine.device)
     for index, layer in enumerate(prefix.layers):
         cache.update(layer.keys.index_select(0, rows), layer.values.index_select(0, rows), index)
     engine.stats.prefix_tokens_saved += shared * (len(names) - len(groups))
     return shared, cache
+
+
+def _cache_argument(engine: LocalEngine) -> str:
+    """transformers 5 renamed ``past_key_values`` to ``cache`` (the old name warns)."""
+    return "cache" if _accepts(engine.model, "cache") else "past_key_values"
 
 
 def _accepts(model: Any, name: str) -> bool:
@@ -200,20 +243,19 @@ def _accepts(model: Any, name: str) -> bool:
 
 
 class _RowStops:
-    """A stopping criterion with per-row stop strings and token limits, so the rows of
-    different requests end on their own terms inside one generate call."""
+    """A stopping criterion with per-row stop strings, token limits and cancel events, so
+    the rows of different requests end on their own terms inside one generate call."""
 
-    def __init__(
-        self, engine: LocalEngine, start: int, limits: list[int], stops: list[tuple[str, ...]]
-    ):
+    def __init__(self, engine: LocalEngine, start: int, limits, stops, rows: list[Job]):
         self.engine = engine
         self.start = start
         self.limits = limits
         self.stops = stops
+        self.cancels = [job.cancel for job in rows]
         # A stop string of L characters spans at most ~4L byte-level tokens.
         self.windows = [4 * max(map(len, s)) + 4 if s else 0 for s in stops]
         self.stopped_at: list[int | None] = [None] * len(stops)
-        self.needed = any(stops) or len(set(limits)) > 1
+        self.needed = any(stops) or len(set(limits)) > 1 or any(self.cancels)
 
     def __call__(self, input_ids, scores, **kwargs):
         import torch
@@ -222,6 +264,9 @@ class _RowStops:
         tails = input_ids[:, -max(max(self.windows), 1) :].tolist()
         done = []
         for i, tail in enumerate(tails):
+            cancel = self.cancels[i]
+            if self.stopped_at[i] is None and cancel is not None and cancel.is_set():
+                self.stopped_at[i] = step
             if self.stopped_at[i] is None and self.stops[i]:
                 window = tail[-min(self.windows[i], step) :]
                 text = self.engine.decode(window)
@@ -274,3 +319,21 @@ def _finish_row(engine: LocalEngine, job: Job, tokens: list[int], stopped_at: in
     if cut is not None:
         text, reason = text[:cut], "stop"
     return text, reason, count
+
+
+def take_batch(pending: deque[Job]) -> list[Job]:
+    """The oldest job and the pending jobs that can share its generate call (same sampling
+    settings), within the smallest ``max_batch_size`` among them; the rest stay queued."""
+    first = pending.popleft()
+    batch, rows, capacity = [first], first.n, first.max_batch_size
+    kept: deque[Job] = deque()
+    while pending:
+        job = pending.popleft()
+        if job.sampling == first.sampling and rows + job.n <= min(capacity, job.max_batch_size):
+            batch.append(job)
+            rows += job.n
+            capacity = min(capacity, job.max_batch_size)
+        else:
+            kept.append(job)
+    pending.extend(kept)
+    return batch

@@ -4,7 +4,13 @@ There is one engine per (base model, device, dtype) in a process (``local.get_en
 shared by every ``LocalLM`` on that base. ``submit`` queues requests from any thread and returns
 futures; the batching thread gathers what is queued into ``generate`` calls
 (``local_batch.generate_batch``). Loading and unloading adapters takes the same lock as a
-generate call, so adapters can be swapped while requests are being served.
+generate call, so adapters can be swapped while requests are being served; a load reads the
+adapter's files once and fills a fresh peft slot (``local_adapters``), so it is atomic.
+
+A request is held to the model's context (``max_model_len``): its prompt and ``max_tokens``
+must fit, or it fails alone with a ValueError. A request submitted with a ``cancel`` event
+stops when the event is set: dropped if still queued, its rows ended at the next step if
+running.
 """
 
 from __future__ import annotations
@@ -13,19 +19,22 @@ import logging
 import queue
 import threading
 import time
-import warnings
 from collections import deque
-from concurrent.futures import Future
+from concurrent.futures import CancelledError, Future
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from apprentice.lm.adapter_files import read_adapter
 from apprentice.lm.base import LMError, Request
-from apprentice.lm.local_batch import BASE, Job, Sampling, generate_batch
+from apprentice.lm.local_adapters import add_slot, check_adapter_name, merge_adapter, remove_slot
+from apprentice.lm.local_batch import BASE, Job, Sampling, generate_batch, take_batch
 
-__all__ = ["EngineStats", "LocalEngine", "adapter_dir"]
+__all__ = ["AdapterNotLoaded", "EngineStats", "LocalEngine", "adapter_dir", "context_length"]
 
 log = logging.getLogger(__name__)
+
+DEFAULT_CONTEXT = 512
 
 
 @dataclass
@@ -38,12 +47,19 @@ class EngineStats:
     max_rows: int = 0  # the largest batch
     busy_s: float = 0.0  # seconds spent in generate calls
     prefix_tokens_saved: int = 0  # prompt tokens not recomputed thanks to shared prefixes
+    tokens: int = 0  # tokens generated, a cancelled row's up to where it stopped
+    cancelled: int = 0  # requests whose cancel event was set before they were answered
+
+
+class AdapterNotLoaded(LMError):
+    """A request's adapter is not (or no longer) loaded when its batch runs."""
 
 
 @dataclass(frozen=True)
 class _Adapter:
-    path: str
-    hash: str
+    path: str  # where the files were read from (their real location)
+    hash: str  # the content hash of the bytes that were loaded
+    slot: str  # the adapter's name inside peft
 
 
 class LocalEngine:
@@ -66,6 +82,7 @@ class LocalEngine:
             ) from None
         self.kind = "seq2seq" if getattr(config, "is_encoder_decoder", False) else "causal"
         self.tokenizer = AutoTokenizer.from_pretrained(base_model)
+        self.max_model_len = context_length(config, self.tokenizer)
         self.model = self._load_base()
         # merged: one adapter folded into the weights (faster; no base, no other adapters)
         self.merged: tuple[str, _Adapter] | None = None
@@ -80,6 +97,7 @@ class LocalEngine:
         self.share_prefix = True  # turned off if the model's cache is not a plain KV cache
         self.stats = EngineStats()
         self._adapters: dict[str, _Adapter] = {}
+        self._slots = 0  # slots ever filled: each load gets a new peft adapter name
         self._lock = threading.RLock()  # guards the model and the adapter table
         self._tokenizer_lock = threading.Lock()  # a fast tokenizer is not thread-safe
         self._queue: queue.SimpleQueue[list[Job] | None] = queue.SimpleQueue()
@@ -93,16 +111,9 @@ class LocalEngine:
         return model.to(self.device).eval()
 
     def _merge(self, name: str, path: str | Path) -> None:
-        from peft import PeftModel
-
-        from apprentice.train.export import adapter_hash
-
-        folder = adapter_dir(name, path)
-        with warnings.catch_warnings():
-            warnings.filterwarnings("ignore", ".*is_gradient_checkpointing", FutureWarning)
-            model = PeftModel.from_pretrained(self.model, str(folder), is_trainable=False)
-        self.model = model.merge_and_unload().eval()
-        self.merged = (name, _Adapter(str(folder), adapter_hash(folder)))
+        files = read_adapter(adapter_dir(name, path))
+        self.model = merge_adapter(self.model, files)
+        self.merged = (name, _Adapter(str(files.path), files.hash, ""))
 
     def __repr__(self) -> str:
         merged = f", merged={self.merged[0]!r}" if self.merged else ""
@@ -133,50 +144,39 @@ class LocalEngine:
         adapter = self._adapter(name)
         return adapter.path if adapter else None
 
-    def load_adapter(self, name: str, path: str | Path, *, replace: bool = False) -> str:
-        """Loads a PEFT adapter directory under ``name``; returns its content hash. Loading
-        the same content again is a no-op; other content under a loaded name needs ``replace``."""
-        from apprentice.train.export import adapter_hash
-
-        if not isinstance(name, str) or not name or "." in name or name == BASE:
-            raise ValueError(
-                f"an adapter name is a non-empty string without '.', and not {BASE!r}; got {name!r}"
-            )
+    def load_adapter(
+        self, name: str, path: str | Path, *, replace: bool = False, root: Path | None = None
+    ) -> str:
+        """Loads a PEFT adapter directory under ``name``; returns the content hash of what was
+        loaded. Loading the same content again is a no-op; other content under a loaded name
+        needs ``replace``. With ``root``, the directory and its files must really lie inside
+        it (relative paths start there). The load is atomic: if it fails, the engine serves
+        exactly what it served before."""
+        check_adapter_name(name)
         if self.merged:
             raise ValueError(
                 f"{self!r} serves adapter {self.merged[0]!r} merged into its weights and "
                 f"cannot load {name!r}; use a LocalLM without merge=True for several adapters"
             )
-        folder = adapter_dir(name, path)
-        digest = adapter_hash(folder)
+        files = read_adapter(path, root=root)  # checked and read once, outside the lock
         with self._lock:
             current = self._adapters.get(name)
             if current is not None:
-                if current.hash == digest:
-                    return digest
+                if current.hash == files.hash:
+                    return files.hash
                 if not replace:
                     raise ValueError(
-                        f"adapter {name!r} is already loaded from {current.path} (hash {current.hash}); "
-                        f"pass replace=True to swap in {folder} (hash {digest})"
+                        f"adapter {name!r} is already loaded (hash {current.hash}); pass "
+                        f"replace=True to swap in {str(path)!r} (hash {files.hash})"
                     )
-                self.unload_adapter(name)
-            self._peft_load(name, folder)
-            self._adapters[name] = _Adapter(str(folder), digest)
-        log.info("loaded adapter %r from %s into %r", name, folder, self)
-        return digest
-
-    def _peft_load(self, name: str, folder: Path) -> None:
-        from peft import PeftModel
-
-        with warnings.catch_warnings():  # peft calls a transformers method deprecated in v5
-            warnings.filterwarnings("ignore", ".*is_gradient_checkpointing", FutureWarning)
-            if isinstance(self.model, PeftModel):
-                self.model.load_adapter(str(folder), adapter_name=name, is_trainable=False)
-            else:
-                self.model = PeftModel.from_pretrained(
-                    self.model, str(folder), adapter_name=name, is_trainable=False
-                )
-        self.model.to(self.device).eval()
+            self._slots += 1
+            slot = f"slot-{self._slots}"
+            self.model = add_slot(self.model, slot, files, self.device)  # raises: unchanged
+            self._adapters[name] = _Adapter(str(files.path), files.hash, slot)
+            if current is not None:
+                self.model = remove_slot(self.model, current.slot)
+        log.info("loaded adapter %r from %s (hash %s) into %r", name, files.path, files.hash, self)
+        return files.hash
 
     def unload_adapter(self, name: str) -> None:
         if self.merged:
@@ -186,13 +186,7 @@ class LocalEngine:
         with self._lock:
             if name not in self._adapters:
                 raise KeyError(f"adapter {name!r} is not loaded; loaded: {sorted(self._adapters)}")
-            del self._adapters[name]
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore")  # "adapter was active, setting another active"
-                if self._adapters:
-                    self.model.delete_adapter(name)
-                else:  # the last one: back to the plain base model, no LoRA layers left
-                    self.model = self.model.unload().eval()
+            self.model = remove_slot(self.model, self._adapters.pop(name).slot)
         log.info("unloaded adapter %r from %r", name, self)
 
     # -- requests -----------------------------------------------------------------------
@@ -217,26 +211,19 @@ class LocalEngine:
         max_batch_size: int = 64,
         batch_wait_ms: float = 5.0,
         model: str = "",
+        cancel: threading.Event | None = None,
     ) -> list[Future]:
         """Queues requests (request i uses ``adapters[i]``, None for the base); one future
-        each, resolving to a Response or failing with that request's own error."""
+        each, resolving to a Response or failing with that request's own error. Setting
+        ``cancel`` stops them: their futures then fail with CancelledError."""
         jobs: list[Job] = []
         futures: list[Future] = []
+        batching = (max_new_tokens, max_batch_size, batch_wait_ms / 1000, model, cancel)
         for request, adapter in zip(requests, adapters, strict=True):
             future: Future = Future()
             futures.append(future)
             try:
-                jobs.append(
-                    self._job(
-                        request,
-                        adapter,
-                        future,
-                        max_new_tokens,
-                        max_batch_size,
-                        batch_wait_ms,
-                        model,
-                    )
-                )
+                jobs.append(self._job(request, adapter, future, *batching))
             except Exception as exc:  # a bad request fails alone
                 future.set_exception(exc)
         if jobs:
@@ -245,7 +232,7 @@ class LocalEngine:
         return futures
 
     def _job(
-        self, request, adapter, future, max_new_tokens, max_batch_size, batch_wait_ms, model
+        self, request, adapter, future, max_new_tokens, max_batch_size, wait_s, model, cancel
     ) -> Job:
         temperature = request.temperature or 0.0
         do_sample = temperature > 0
@@ -256,22 +243,46 @@ class LocalEngine:
             top_p if do_sample else None,
             request.seed if do_sample else None,
         )
-        limit = request.max_tokens if request.max_tokens is not None else max_new_tokens
-        if type(limit) is not int or limit < 1:
-            raise ValueError(f"max_tokens must be an integer >= 1, got {limit!r}")
+        asked = request.max_tokens
+        if asked is not None and (type(asked) is not int or asked < 1):
+            raise ValueError(f"max_tokens must be an integer >= 1, got {asked!r}")
+        prompt_ids = self.encode(request.messages)
         return Job(
-            prompt_ids=self.encode(request.messages),
+            prompt_ids=prompt_ids,
             adapter=adapter or BASE,
             sampling=sampling,
             n=request.n,
-            max_new_tokens=limit,
+            max_new_tokens=self._token_limit(len(prompt_ids), asked, max_new_tokens),
             stop=tuple(s for s in request.stop or () if s),
             max_batch_size=max_batch_size,
-            wait_s=batch_wait_ms / 1000,
+            wait_s=wait_s,
             model=model,
             future=future,
             submitted=time.perf_counter(),
+            cancel=cancel,
         )
+
+    def _token_limit(self, prompt: int, asked: int | None, default: int) -> int:
+        """The tokens a request may generate: what it asked for (else ``default``), refused
+        when the prompt and that many tokens do not fit the model's context. A causal model
+        holds both in one sequence; T5 reads the prompt and writes the answer separately."""
+        context = self.max_model_len
+        room = context - prompt if self.kind == "causal" else context
+        if prompt > context or room < 1:
+            raise ValueError(
+                f"the prompt has {prompt} tokens; this model's context is {context} tokens "
+                f"(max_model_len){', which leaves none to generate' if prompt <= context else ''}: "
+                "send a shorter prompt"
+            )
+        if asked is None:
+            return min(default, room)
+        if asked > room:
+            split = f", the prompt takes {prompt}" if self.kind == "causal" else ""
+            raise ValueError(
+                f"max_tokens={asked} does not fit: this model's context is {context} tokens "
+                f"(max_model_len){split}, so at most {room} can be generated; ask for fewer"
+            )
+        return asked
 
     # -- the batching thread ---------------------------------------------------------------
     def _ensure_thread(self) -> None:
@@ -315,7 +326,7 @@ class LocalEngine:
                     break
                 pending.extend(item)
                 last_arrival = time.perf_counter()
-            batch = _take_batch(pending)
+            batch = take_batch(pending)
             try:
                 self._run_batch(batch)
             except Exception as exc:  # never let the thread die with requests waiting on it
@@ -330,9 +341,14 @@ class LocalEngine:
             ready = []
             for job in jobs:
                 error = self._unservable(job.adapter)
-                if error:
-                    job.future.set_exception(LMError(error))
+                if job.cancel is not None and job.cancel.is_set():
+                    self.stats.cancelled += 1
+                    job.future.set_exception(CancelledError())
+                elif error:
+                    job.future.set_exception(AdapterNotLoaded(error))
                 else:
+                    served = self._adapters.get(job.adapter)
+                    job.slot = served.slot if served else BASE
                     ready.append(job)
             if not ready:
                 return
@@ -346,9 +362,12 @@ class LocalEngine:
                         LMError(f"local generate failed on {self!r}: {type(exc).__name__}: {exc}")
                     )
                 return
-            self._count(ready, time.perf_counter() - began)
+            self._count(ready, responses, time.perf_counter() - began)
         for job, response in zip(ready, responses, strict=True):
-            job.future.set_result(response)
+            if job.cancel is not None and job.cancel.is_set():
+                job.future.set_exception(CancelledError())
+            else:
+                job.future.set_result(response)
 
     def _unservable(self, adapter: str) -> str | None:
         """Why a request for ``adapter`` cannot be answered now, or None."""
@@ -365,7 +384,7 @@ class LocalEngine:
             )
         return None
 
-    def _count(self, jobs: list[Job], seconds: float) -> None:
+    def _count(self, jobs: list[Job], responses: list, seconds: float) -> None:
         rows = sum(job.n for job in jobs)
         stats = self.stats
         stats.requests += len(jobs)
@@ -373,24 +392,8 @@ class LocalEngine:
         stats.rows += rows
         stats.max_rows = max(stats.max_rows, rows)
         stats.busy_s += seconds
-
-
-def _take_batch(pending: deque[Job]) -> list[Job]:
-    """The oldest job and the pending jobs that can share its generate call (same sampling
-    settings), within the smallest ``max_batch_size`` among them; the rest stay queued."""
-    first = pending.popleft()
-    batch, rows, capacity = [first], first.n, first.max_batch_size
-    kept: deque[Job] = deque()
-    while pending:
-        job = pending.popleft()
-        if job.sampling == first.sampling and rows + job.n <= min(capacity, job.max_batch_size):
-            batch.append(job)
-            rows += job.n
-            capacity = min(capacity, job.max_batch_size)
-        else:
-            kept.append(job)
-    pending.extend(kept)
-    return batch
+        stats.tokens += sum(r.usage.completion_tokens for r in responses)
+        stats.cancelled += sum(1 for j in jobs if j.cancel is not None and j.cancel.is_set())
 
 
 def adapter_dir(name: str, path: str | Path) -> Path:
@@ -402,6 +405,21 @@ def adapter_dir(name: str, path: str | Path) -> Path:
             "(adapter_config.json + adapter_model.safetensors)"
         )
     return folder.resolve()
+
+
+def context_length(config: Any, tokenizer: Any) -> int:
+    """The tokens the model can attend to: the config's position limit, else the tokenizer's
+    ``model_max_length`` when it is a real one, else ``DEFAULT_CONTEXT`` (T5's relative
+    positions have no limit in the config; T5 was trained on 512 tokens)."""
+    text = config.get_text_config(decoder=True) if hasattr(config, "get_text_config") else config
+    for name in ("max_position_embeddings", "n_positions", "max_sequence_length", "n_ctx"):
+        value = getattr(text, name, None)
+        if type(value) is int and value > 0:
+            return value
+    limit = getattr(tokenizer, "model_max_length", None)
+    if type(limit) is int and 0 < limit < 10_000_000:  # transformers' "no limit" is 1e30
+        return limit
+    return DEFAULT_CONTEXT
 
 
 def _as_set(value: Any) -> set[int]:

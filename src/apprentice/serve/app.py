@@ -4,19 +4,33 @@ back a status and a JSON body, a plain-text body or None, or raises ``HTTPError`
 
 Generation hands each request to the shared ``LocalEngine`` (``engine.submit``) and waits
 for it: the engine's batching thread gathers what the server's threads submit together.
+While it waits it watches the client; if the client leaves, the request is cancelled.
+
+Model ids are names: the base model's (``model_name``) and each adapter's. No reply shows a
+server path: ``/v1/models`` gives ids, content hashes and the context length, and a load
+error names the path as the client sent it.
 """
 
 from __future__ import annotations
 
-import hmac
 import logging
+import threading
 import time
+from collections.abc import Callable
+from concurrent.futures import CancelledError, wait
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
+from urllib.parse import urlsplit
 
+from apprentice.lm.adapter_files import OutsideRootError
 from apprentice.lm.base import LMError, Request
+from apprentice.lm.local_adapters import AdapterLoadError
+from apprentice.lm.local_engine import AdapterNotLoaded
 from apprentice.serve.protocol import (
+    MAX_PROMPTS,
+    ClientGone,
     HTTPError,
+    authorize,
     chat_messages,
     choice_texts,
     completion_body,
@@ -31,6 +45,8 @@ if TYPE_CHECKING:
 __all__ = ["ServingApp"]
 
 log = logging.getLogger(__name__)
+
+WATCH_S = 0.1  # how often a waiting request checks that its client is still there
 
 
 class ServingApp:
@@ -58,53 +74,52 @@ class ServingApp:
             ("POST", "/v1/unload_lora_adapter"): self.unload_lora_adapter,
         }
 
-    def handle(self, method: str, path: str, headers: Any, body: bytes) -> tuple[int, Any]:
+    def handle(
+        self,
+        method: str,
+        target: str,
+        headers: Any,
+        body: bytes,
+        client_gone: Callable[[], bool] = lambda: False,
+    ) -> tuple[int, Any]:
+        """``target`` is the request's path (a query is ignored); ``client_gone`` tells
+        whether the client has left: a generation then stops and ClientGone is raised."""
+        path = urlsplit(target).path
         if path.startswith("/v1/"):
-            self._authorize(headers.get("Authorization"))
+            authorize(headers.get("Authorization"), self.api_key)
         route = self.routes.get((method, path))
         if route is None:
             if any(path == p for _, p in self.routes):
                 raise HTTPError(405, f"{path} does not take {method}")
             known = sorted({p for _, p in self.routes})
             raise HTTPError(404, f"no route {method} {path}; this server serves {known}")
-        return route(body)
-
-    def _authorize(self, header: str | None) -> None:
-        if self.api_key is None:
-            return
-        if not header:
-            raise HTTPError(401, "missing API key: send the header 'Authorization: Bearer <key>'")
-        scheme, _, token = header.partition(" ")
-        if scheme.lower() != "bearer" or not hmac.compare_digest(
-            token.strip().encode(), self.api_key.encode()
-        ):
-            raise HTTPError(401, "invalid API key")
+        return route(body, client_gone)
 
     # -- models ------------------------------------------------------------------------
-    def health(self, body: bytes) -> tuple[int, Any]:
+    def health(self, body: bytes, client_gone=None) -> tuple[int, Any]:
         return 200, None
 
-    def models(self, body: bytes) -> tuple[int, Any]:
-        cards = [self._card(self.model_name, self.engine.base_model, None, None)]
+    def models(self, body: bytes, client_gone=None) -> tuple[int, Any]:
+        cards = [self._card(self.model_name, None, None)]
         for name in self.engine.adapter_names():
-            path, digest = self.engine.adapter_path(name), self.engine.adapter_hash(name)
-            cards.append(self._card(name, path, self.model_name, digest))
+            digest = self.engine.adapter_hash(name)
+            if digest is not None:  # else unloaded since the names were listed
+                cards.append(self._card(name, self.model_name, digest))
         return 200, {"object": "list", "data": cards}
 
-    @staticmethod
-    def _card(name: str, root: str | None, parent: str | None, digest: str | None) -> dict:
+    def _card(self, name: str, parent: str | None, digest: str | None) -> dict:
         card = {
             "id": name,
             "object": "model",
             "created": int(time.time()),
             "owned_by": "apprentice",
-            "root": root,
+            "root": name,  # vLLM puts a path here; ids are names, paths stay private
             "parent": parent,
-            "max_model_len": None,
+            "max_model_len": self.engine.max_model_len,
             "permission": [],
         }
         if digest is not None:
-            card["adapter_hash"] = digest
+            card["adapter_hash"] = digest  # of the bytes that were loaded
         return card
 
     def _adapter_for(self, data: dict[str, Any]) -> tuple[str | None, str]:
@@ -113,18 +128,24 @@ class ServingApp:
         if name is None or name == "" or name == self.model_name:
             return None, self.model_name  # as vLLM: no model means the base model
         if not isinstance(name, str):
-            raise HTTPError(400, f"'model' must be a string, got {name!r}", param="model")
+            raise HTTPError(400, f"'model' must be a string, got {name!r:.100}", param="model")
         if name in self.engine.adapter_names():
             return name, name
+        raise self._no_model(name)
+
+    def _no_model(self, name: str) -> HTTPError:
         served = [self.model_name, *self.engine.adapter_names()]
-        raise HTTPError(404, f"The model `{name}` does not exist; served: {served}", param="model")
+        return HTTPError(
+            404, f"The model `{name:.300}` does not exist; served: {served}", param="model"
+        )
 
     # -- generation ----------------------------------------------------------------------
-    def chat_completions(self, body: bytes) -> tuple[int, Any]:
+    def chat_completions(self, body: bytes, client_gone) -> tuple[int, Any]:
         data = json_object(body)
         adapter, name = self._adapter_for(data)
         messages = chat_messages(data.get("messages"))
-        [response] = self._generate([messages], adapter, name, sampling_options(data, chat=True))
+        sampling = sampling_options(data, chat=True)
+        [response] = self._generate([messages], adapter, name, sampling, client_gone)
         choices = [
             {
                 "index": i,
@@ -136,21 +157,24 @@ class ServingApp:
         ]
         return 200, completion_body("chatcmpl", "chat.completion", name, choices, [response])
 
-    def completions(self, body: bytes) -> tuple[int, Any]:
+    def completions(self, body: bytes, client_gone) -> tuple[int, Any]:
         data = json_object(body)
         adapter, name = self._adapter_for(data)
         prompt = data.get("prompt")
         prompts = [prompt] if isinstance(prompt, str) else prompt
         if (
             not isinstance(prompts, list)
-            or not prompts
+            or not 0 < len(prompts) <= MAX_PROMPTS
             or not all(isinstance(p, str) for p in prompts)
         ):
             raise HTTPError(
-                400, "'prompt' must be a string or a non-empty list of strings", param="prompt"
+                400,
+                f"'prompt' must be a string or a list of 1-{MAX_PROMPTS} strings",
+                param="prompt",
             )
         messages = [prompt_messages(p) for p in prompts]
-        responses = self._generate(messages, adapter, name, sampling_options(data, chat=False))
+        sampling = sampling_options(data, chat=False)
+        responses = self._generate(messages, adapter, name, sampling, client_gone)
         choices = []
         for response in responses:
             for text, reason in choice_texts(response):
@@ -159,11 +183,12 @@ class ServingApp:
                 )
         return 200, completion_body("cmpl", "text_completion", name, choices, responses)
 
-    def _generate(self, conversations, adapter: str | None, name: str, sampling: dict) -> list:
+    def _generate(self, conversations, adapter, name: str, sampling: dict, client_gone) -> list:
         try:
             requests = [Request(messages=tuple(m), **sampling) for m in conversations]
         except ValueError as exc:
             raise HTTPError(400, str(exc)) from None
+        cancel = threading.Event()
         futures = self.engine.submit(
             requests,
             [adapter] * len(requests),
@@ -171,19 +196,33 @@ class ServingApp:
             max_batch_size=self.lm.max_batch_size,
             batch_wait_ms=self.lm.batch_wait_ms,
             model=name,
+            cancel=cancel,
         )
+        pending = set(futures)
+        while pending:
+            _, pending = wait(pending, timeout=WATCH_S)
+            if pending and client_gone():
+                cancel.set()  # queued jobs are dropped, running rows end at the next step
+                raise ClientGone
         responses = []
         for future in futures:
             try:
                 responses.append(future.result())
-            except ValueError as exc:  # the request itself (e.g. max_tokens)
+            except ValueError as exc:  # the request itself (e.g. max_tokens past the context)
                 raise HTTPError(400, str(exc)) from None
-            except LMError as exc:  # the model failed, or the adapter went away meanwhile
-                raise HTTPError(500, str(exc)) from None
+            except AdapterNotLoaded:  # unloaded while the request waited
+                raise self._no_model(name) from None
+            except CancelledError:
+                raise ClientGone from None
+            except LMError as exc:  # the model failed: the log has the details
+                log.error("generation for %r failed: %s", name, exc)
+                raise HTTPError(
+                    500, "generation failed; the server's log has the details"
+                ) from None
         return responses
 
     # -- runtime adapters (vLLM's endpoints) --------------------------------------------------
-    def load_lora_adapter(self, body: bytes) -> tuple[int, Any]:
+    def load_lora_adapter(self, body: bytes, client_gone=None) -> tuple[int, Any]:
         self._check_runtime_loading()
         data = json_object(body)
         name, path = data.get("lora_name"), data.get("lora_path")
@@ -191,7 +230,7 @@ class ServingApp:
             raise HTTPError(400, "Both 'lora_name' and 'lora_path' must be provided.")
         inplace = data.get("load_inplace", False)
         if not isinstance(inplace, bool):
-            raise HTTPError(400, f"'load_inplace' must be true or false, got {inplace!r}")
+            raise HTTPError(400, f"'load_inplace' must be true or false, got {inplace!r:.100}")
         if name == self.model_name:
             raise HTTPError(400, f"{name!r} is the base model's name; give the adapter another")
         if name in self.engine.adapter_names() and not inplace:
@@ -200,22 +239,22 @@ class ServingApp:
                 f"The lora adapter '{name}' has already been loaded. If you want to load the "
                 "adapter in place, set 'load_inplace' to True.",
             )
-        folder = self._confine(path)
+        # The engine opens the files under the root, checks where each open file really is,
+        # and loads and hashes the bytes it read: no path is trusted after its check.
         try:
-            digest = self.engine.load_adapter(name, folder, replace=inplace)
+            digest = self.engine.load_adapter(name, path, replace=inplace, root=self.adapter_root)
         except FileNotFoundError as exc:
-            raise HTTPError(404, str(exc)) from None
-        except ValueError as exc:
+            raise HTTPError(404, str(exc), param="lora_path") from None
+        except OutsideRootError as exc:
+            raise HTTPError(400, str(exc), param="lora_path") from None
+        except AdapterLoadError as exc:  # the weights do not fit: nothing was changed
+            raise HTTPError(400, f"cannot load adapter {name!r} from {path!r}: {exc}") from None
+        except ValueError as exc:  # a name or path the engine refuses
             raise HTTPError(400, str(exc)) from None
-        except Exception as exc:  # peft refused the weights (e.g. shapes of another base)
-            log.exception("loading adapter %r from %s failed", name, folder)
-            raise HTTPError(
-                400, f"cannot load adapter {name!r} from {folder}: {type(exc).__name__}: {exc}"
-            ) from None
-        log.info("runtime load: adapter %r from %s (hash %s)", name, folder, digest)
+        log.info("runtime load: adapter %r from %r (hash %s)", name, path, digest)
         return 200, f"Success: LoRA adapter '{name}' added successfully."
 
-    def unload_lora_adapter(self, body: bytes) -> tuple[int, Any]:
+    def unload_lora_adapter(self, body: bytes, client_gone=None) -> tuple[int, Any]:
         self._check_runtime_loading()
         name = json_object(body).get("lora_name")
         if not isinstance(name, str) or not name:
@@ -236,29 +275,3 @@ class ServingApp:
                 "runtime adapter loading is off: start the server with an adapter root "
                 "(--adapter-root DIR); adapters under it can then be loaded and unloaded",
             )
-
-    def _confine(self, path: str) -> Path:
-        """The adapter directory ``path`` names (relative paths start at the root), refused
-        unless it and every file in it resolve inside the adapter root."""
-        root = self.adapter_root
-        try:
-            candidate = Path(path).expanduser()
-            resolved = (candidate if candidate.is_absolute() else root / candidate).resolve()
-        except (OSError, ValueError, RuntimeError) as exc:  # a NUL byte, a symlink loop, ...
-            raise HTTPError(400, f"lora_path {path!r} is not a usable path: {exc}") from None
-        if not resolved.is_relative_to(root):
-            raise HTTPError(
-                400,
-                f"lora_path {path!r} resolves to {resolved}, outside the adapter root {root}: "
-                "only adapters under the root can be loaded",
-                param="lora_path",
-            )
-        if resolved.is_dir():
-            for file in resolved.iterdir():
-                if not file.resolve().is_relative_to(root):
-                    raise HTTPError(
-                        400,
-                        f"{file} links to {file.resolve()}, outside the adapter root {root}",
-                        param="lora_path",
-                    )
-        return resolved

@@ -14,7 +14,7 @@ import signal
 import sys
 import threading
 
-__all__ = ["add_serve_arguments", "main", "run_serve"]
+__all__ = ["add_serve_arguments", "local_server", "main", "run_serve"]
 
 
 def add_serve_arguments(parser: argparse.ArgumentParser) -> None:
@@ -40,7 +40,12 @@ def add_serve_arguments(parser: argparse.ArgumentParser) -> None:
         help="directory that /v1/load_lora_adapter may load from (default: RUN_DIR; with "
         "another target, runtime loading is off)",
     )
-    parser.add_argument("--served-model-name", default=None, help="the base model's id")
+    parser.add_argument(
+        "--served-model-name",
+        default=None,
+        help="the base model's id (default: the run's name for a full finetune, else the "
+        "base model's hub or directory name)",
+    )
     parser.add_argument("--max-new-tokens", type=int, default=256, help="local: default max_tokens")
     parser.add_argument("--device", default=None, help="local: cpu, cuda, ... (default: auto)")
     parser.add_argument("--enable-lora", action="store_true", help="as vllm serve (always on)")
@@ -64,28 +69,13 @@ def run_serve(args: argparse.Namespace) -> int:
         from apprentice.serve.vllm_server import run_vllm_backend
 
         return run_vllm_backend(args, servable, api_key)
-    from apprentice.lm.local import LocalLM
-    from apprentice.serve.server import Server
-
     _exit_on_sigterm()
     try:
-        lm = LocalLM(
-            servable.base_model,
-            adapters=servable.adapters,
-            device=args.device,
-            max_new_tokens=args.max_new_tokens,
-        )
-        server = Server(
-            lm,
-            host=args.host,
-            port=args.port,
-            api_key=api_key,
-            adapter_root=adapter_root,
-            model_name=args.served_model_name,
-        )
+        server = local_server(args, servable, api_key, adapter_root)
     except (OSError, ValueError) as exc:
         print(f"apprentice serve: {exc}", file=sys.stderr)
         return 2
+    lm = server.lm
     print(
         f"apprentice serve: {server.base_url} serves {server.model_name!r} with adapters "
         f"{lm.adapter_names()} ({lm.engine.kind}, {lm.engine.device})",
@@ -97,6 +87,27 @@ def run_serve(args: argparse.Namespace) -> int:
     finally:
         server.close()
     return 0
+
+
+def local_server(args: argparse.Namespace, servable, api_key: str | None, adapter_root):
+    """The local backend's Server for ``args`` (bound, not yet serving)."""
+    from apprentice.lm.local import LocalLM
+    from apprentice.serve.server import Server
+
+    lm = LocalLM(
+        servable.base_model,
+        adapters=servable.adapters,
+        device=args.device,
+        max_new_tokens=args.max_new_tokens,
+    )
+    return Server(
+        lm,
+        host=args.host,
+        port=args.port,
+        api_key=api_key,
+        adapter_root=adapter_root,
+        model_name=args.served_model_name or servable.name,
+    )
 
 
 def _exit_on_sigterm() -> None:

@@ -8,14 +8,20 @@ the rest (``user``, ``metadata``, ...) is ignored as it does not change the answ
 
 from __future__ import annotations
 
+import hmac
 import json
+import math
 import re
 import time
 import uuid
 from typing import Any
 
 __all__ = [
+    "MAX_JSON_DEPTH",
+    "MAX_PROMPTS",
+    "ClientGone",
     "HTTPError",
+    "authorize",
     "chat_messages",
     "choice_texts",
     "completion_body",
@@ -26,7 +32,10 @@ __all__ = [
 ]
 
 MAX_N = 64
+MAX_PROMPTS = 64  # prompts in one completions request (each is a request to the engine)
 MAX_STOPS = 16
+MAX_JSON_DEPTH = 32  # an OpenAI body nests 5 levels at most (messages, content parts)
+INT64 = (-(2**63), 2**63 - 1)  # seeds, as vLLM takes them
 ROLES = ("system", "user", "assistant")
 
 _ERROR_TYPES = {
@@ -38,6 +47,7 @@ _ERROR_TYPES = {
     411: "LengthRequired",
     413: "RequestTooLarge",
     500: "InternalServerError",
+    503: "ServiceUnavailableError",
 }
 
 # option -> the values we can honour (anything else is refused with a 400)
@@ -68,19 +78,65 @@ class HTTPError(Exception):
         self.param = param
 
 
+class ClientGone(Exception):
+    """The client closed its connection while its request waited: nobody is left to answer."""
+
+
+def authorize(header: str | None, api_key: str | None) -> None:
+    """Raises a 401 unless ``header`` is ``Bearer <api_key>`` (anything goes without a key)."""
+    if api_key is None:
+        return
+    if not header:
+        raise HTTPError(401, "missing API key: send the header 'Authorization: Bearer <key>'")
+    scheme, _, token = header.partition(" ")
+    sent = token.strip().encode("latin-1", "replace")  # header values arrive as latin-1
+    if scheme.lower() != "bearer" or not hmac.compare_digest(sent, api_key.encode()):
+        raise HTTPError(401, "invalid API key")
+
+
 def error_body(status: int, message: str, param: str | None = None) -> dict[str, Any]:
     error_type = _ERROR_TYPES.get(status, "Error")
     return {"error": {"message": message, "type": error_type, "param": param, "code": status}}
 
 
 def json_object(body: bytes) -> dict[str, Any]:
+    """The body as a JSON object whose every string is valid Unicode, whose numbers are
+    finite and whose nesting is at most ``MAX_JSON_DEPTH``: anything else is a 400, so the
+    routes never meet a value they cannot encode, print or hand to the tokenizer."""
     try:
-        data = json.loads(body)
+        data = json.loads(body, parse_constant=_refuse_constant)
+    except RecursionError:
+        raise HTTPError(
+            400, f"request body is nested deeper than {MAX_JSON_DEPTH} levels"
+        ) from None
     except (ValueError, UnicodeDecodeError) as exc:
         raise HTTPError(400, f"request body is not valid JSON: {exc}") from None
     if not isinstance(data, dict):
         raise HTTPError(400, f"request body must be a JSON object, got {type(data).__name__}")
+    _check_depth(data)
+    try:
+        json.dumps(data, ensure_ascii=False).encode("utf-8")
+    except UnicodeEncodeError as exc:  # "\ud800" escapes decode to unpaired surrogates
+        bad = exc.object[exc.start : exc.end].encode("unicode_escape").decode()
+        raise HTTPError(
+            400, f"request body holds a lone surrogate ({bad}), which is not valid Unicode"
+        ) from None
     return data
+
+
+def _refuse_constant(name: str):
+    raise ValueError(f"{name} is not a finite number")
+
+
+def _check_depth(data: Any) -> None:
+    """Iterative, so a body nested beyond the stack is refused rather than crashing."""
+    stack = [(data, 1)]
+    while stack:
+        value, depth = stack.pop()
+        if depth > MAX_JSON_DEPTH:
+            raise HTTPError(400, f"request body is nested deeper than {MAX_JSON_DEPTH} levels")
+        children = value.values() if isinstance(value, dict) else value
+        stack.extend((child, depth + 1) for child in children if isinstance(child, (dict, list)))
 
 
 def chat_messages(value: Any) -> list[dict[str, str]]:
@@ -93,7 +149,7 @@ def chat_messages(value: Any) -> list[dict[str, str]]:
             raise HTTPError(
                 400,
                 f"messages[{i}] must be an object with 'role' one of {list(ROLES)}, got "
-                f"{message!r:.200}",
+                f"{_shown(message)}",
                 param="messages",
             )
         messages.append({"role": message["role"], "content": _content(message.get("content"), i)})
@@ -111,9 +167,18 @@ def _content(content: Any, i: int) -> str:
     raise HTTPError(
         400,
         f"messages[{i}].content must be a string or a list of text parts; only text is served, "
-        f"got {content!r:.200}",
+        f"got {_shown(content)}",
         param="messages",
     )
+
+
+def _shown(value: Any, limit: int = 200) -> str:
+    """A value from a request, shortened for a message; safe for a structure nested beyond
+    the stack (built in Python: a parsed body is at most ``MAX_JSON_DEPTH`` deep)."""
+    try:
+        return f"{value!r:.{limit}}"
+    except RecursionError:
+        return f"a {type(value).__name__} nested too deeply to show"
 
 
 _SECTION = re.compile(r"<\|([a-z]+)\|>\n")
@@ -145,7 +210,7 @@ def sampling_options(data: dict[str, Any], *, chat: bool) -> dict[str, Any]:
         if name in data and data[name] not in allowed:
             raise HTTPError(
                 400,
-                f"{name}={data[name]!r:.100} is not supported by apprentice's server",
+                f"{name}={_shown(data[name], 100)} is not supported by apprentice's server",
                 param=name,
             )
     max_tokens = data.get("max_tokens")
@@ -157,10 +222,10 @@ def sampling_options(data: dict[str, Any], *, chat: bool) -> dict[str, Any]:
     return {
         "temperature": _number(data, "temperature", low=0.0),
         "top_p": _number(data, "top_p", low=0.0, high=1.0, open_low=True),
-        "max_tokens": _integer("max_tokens", max_tokens, low=1),
+        "max_tokens": _integer("max_tokens", max_tokens, low=1),  # the engine: <= the context
         "n": _integer("n", n, low=1, high=MAX_N),
         "stop": _stops(data.get("stop")),
-        "seed": _integer("seed", data.get("seed")),
+        "seed": _integer("seed", data.get("seed"), low=INT64[0], high=INT64[1]),
     }
 
 
@@ -168,12 +233,24 @@ def _number(data, name, *, low, high=None, open_low=False) -> float | None:
     value = data.get(name)
     if value is None:
         return None
-    ok = isinstance(value, (int, float)) and not isinstance(value, bool)
-    ok = ok and (value > low if open_low else value >= low) and (high is None or value <= high)
-    if not ok:
-        bounds = f"{'>' if open_low else '>='} {low}" + (f" and <= {high}" if high else "")
-        raise HTTPError(400, f"{name} must be a number {bounds}, got {value!r:.100}", param=name)
-    return float(value)
+    number = _finite(value)
+    ok = number is not None and (number > low if open_low else number >= low)
+    if not ok or (high is not None and number > high):
+        bounds = _bounds(f"> {low}" if open_low else f">= {low}", high)
+        raise HTTPError(
+            400, f"{name} must be a finite number{bounds}, got {_shown(value, 100)}", param=name
+        )
+    return number
+
+
+def _finite(value: Any) -> float | None:
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return None
+    try:
+        number = float(value)  # an int beyond a float's range raises
+    except OverflowError:
+        return None
+    return number if math.isfinite(number) else None
 
 
 def _integer(name, value, *, low=None, high=None) -> int | None:
@@ -181,11 +258,16 @@ def _integer(name, value, *, low=None, high=None) -> int | None:
         return None
     ok = type(value) is int and (low is None or value >= low) and (high is None or value <= high)
     if not ok:
-        bounds = "".join(
-            [f" >= {low}" if low is not None else "", f" and <= {high}" if high else ""]
+        bounds = _bounds(f">= {low}" if low is not None else None, high)
+        raise HTTPError(
+            400, f"{name} must be an integer{bounds}, got {_shown(value, 100)}", param=name
         )
-        raise HTTPError(400, f"{name} must be an integer{bounds}, got {value!r:.100}", param=name)
     return value
+
+
+def _bounds(low: str | None, high: float | None) -> str:
+    parts = ([low] if low else []) + ([f"<= {high}"] if high is not None else [])
+    return " " + " and ".join(parts) if parts else ""
 
 
 def _stops(value) -> tuple[str, ...] | None:
@@ -199,7 +281,7 @@ def _stops(value) -> tuple[str, ...] | None:
     ):
         raise HTTPError(
             400,
-            f"stop must be a string or a list of at most {MAX_STOPS} strings, got {value!r:.100}",
+            f"stop must be a string or a list of at most {MAX_STOPS} strings, got {_shown(value, 100)}",
             param="stop",
         )
     return tuple(s for s in stops if s) or None

@@ -5,6 +5,10 @@ directory plus ``manifest.json``) or ``adapters/<name>/`` being that directory i
 manifest carries the base model, so ``find_servable(run_dir)`` knows what to load. A full
 finetune (``manifest.method == "full"``) is a model directory of its own: it is served as
 the base, with no adapters.
+
+What a server calls a model (``Servable.name``, ``model_id``) is a name, never a path: the
+run's name for a full finetune, the hub name or the directory's name for a base model.
+Clients send it as ``model``; the server's file layout stays private.
 """
 
 from __future__ import annotations
@@ -16,7 +20,7 @@ from pathlib import Path
 
 from apprentice.train.export import AdapterManifest, read_manifest
 
-__all__ = ["Servable", "find_servable"]
+__all__ = ["Servable", "find_servable", "model_id"]
 
 
 @dataclass(frozen=True)
@@ -28,6 +32,11 @@ class Servable:
     adapters: dict[str, Path] = field(default_factory=dict)
     manifests: dict[str, AdapterManifest] = field(default_factory=dict)
     run_dir: Path | None = None  # the run directory, when one was given
+    name: str = ""  # the base model's id on a server (see model_id); a full finetune: its run
+
+    def __post_init__(self) -> None:
+        if not self.name:
+            object.__setattr__(self, "name", model_id(self.base_model))
 
     def vllm_problems(self) -> list[str]:
         """Why vLLM could not serve this (empty when it can), from the manifests."""
@@ -41,6 +50,16 @@ class Servable:
                 reasons = "; ".join(manifest.servable.get("reasons", []))
                 problems.append(f"adapter {name!r} is not servable by vLLM: {reasons}")
         return problems
+
+
+def model_id(model: str | os.PathLike) -> str:
+    """The id a server gives a model: a hub name as it is, a local directory (or a
+    ``.gguf`` file) by its name alone."""
+    text = str(model)
+    path = Path(text).expanduser()
+    if path.exists() or path.is_absolute() or text.startswith((".", "~")):
+        return path.resolve().name or text
+    return text
 
 
 def find_servable(path: str | os.PathLike) -> Servable:
@@ -81,8 +100,14 @@ def _run_dir(folder: Path) -> Servable:
             "manifest.json): train one first (apprentice train)"
         )
     servable = _combine(found, where=str(folder))
+    full = not servable.adapters  # a full finetune is served as the base, named after its run
     return Servable(
-        servable.base_model, servable.kind, servable.adapters, servable.manifests, run_dir=folder
+        servable.base_model,
+        servable.kind,
+        servable.adapters,
+        servable.manifests,
+        run_dir=folder,
+        name=folder.name if full else servable.name,
     )
 
 
@@ -111,7 +136,7 @@ def _combine(found: list[tuple[str, Path, AdapterManifest | None, str]], where: 
                 "models; a full finetune is a model of its own: serve its directory alone"
             )
         name, folder, manifest, _ = full[0]
-        return Servable(base_model=str(folder), kind=manifest.kind)
+        return Servable(base_model=str(folder), kind=manifest.kind, name=name)
     bases = {base for *_, base in found}
     if len(bases) > 1:
         raise ValueError(

@@ -11,16 +11,18 @@ It speaks the part of vLLM's server protocol that apprentice uses, so one client
   ``POST /v1/unload_lora_adapter`` ``{"lora_name"}``: vLLM's runtime LoRA endpoints, with
   its status codes and plain-text success replies.
 
-Each connection gets a thread (stdlib ``ThreadingHTTPServer``) that hands its request to
-the shared ``LocalEngine``, whose batching thread gathers requests that arrive together
-into one ``generate`` call: concurrency on the wire becomes batch size. The stdlib server
-adds no dependency and is enough for a server whose every request costs a model forward;
-there is no streaming.
+Each connection gets a thread (stdlib ``ThreadingHTTPServer``, see ``serve.httpd``) that
+hands its request to the shared ``LocalEngine``, whose batching thread gathers requests
+that arrive together into one ``generate`` call: concurrency on the wire becomes batch
+size. The stdlib server adds no dependency and is enough for a server whose every request
+costs a model forward; there is no streaming. Connections are bounded (``max_connections``,
+``idle_timeout``); a client that leaves cancels its request.
 
-Security: binds 127.0.0.1 unless told otherwise; with ``api_key`` every ``/v1`` route asks
-for ``Authorization: Bearer KEY`` (``/health`` stays open, as in vLLM); runtime adapter
-loading is on only with an ``adapter_root``, and a ``lora_path`` must resolve, symlinks
-followed, inside it.
+Security: binds 127.0.0.1 unless told otherwise (and warns when exposed without a key);
+with ``api_key`` (printable ASCII) every ``/v1`` route asks for ``Authorization: Bearer
+KEY`` (``/health`` stays open, as in vLLM); runtime adapter loading is on only with an
+``adapter_root``: the adapter's directory and files must really lie inside it when they
+are opened, and what is loaded and hashed is what was read then.
 
 A completions ``prompt`` that is a flattened chat (``formats.messages_to_prompt``, what
 ``OpenAILM(model_type="text")`` sends) is turned back into its messages, so the student
@@ -29,122 +31,60 @@ sees the prompt it was trained on; any other prompt is taken as one user message
 
 from __future__ import annotations
 
-import contextlib
-import json
+import ipaddress
 import logging
-import socket
 import threading
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
-from urllib.parse import urlsplit
+from typing import TYPE_CHECKING
 
 from apprentice.serve.app import ServingApp
-from apprentice.serve.protocol import HTTPError, error_body
+from apprentice.serve.httpd import (
+    IDLE_TIMEOUT_S,
+    MAX_BODY_BYTES,
+    MAX_CONNECTIONS,
+    HTTPServer,
+    HTTPServer6,
+)
+from apprentice.serve.registry import model_id
 
 if TYPE_CHECKING:
     from apprentice.lm.local import LocalLM
 
-__all__ = ["MAX_BODY_BYTES", "Server"]
+__all__ = ["MAX_BODY_BYTES", "Server", "check_api_key", "warn_if_exposed"]
 
 log = logging.getLogger(__name__)
 
-MAX_BODY_BYTES = 16 << 20
+
+def check_api_key(api_key: str | None) -> None:
+    """A key must be one that HTTP clients can send: header values are ASCII (httpx and the
+    openai client refuse anything else), so a key with other characters could never match."""
+    if api_key is None:
+        return
+    if not isinstance(api_key, str) or not api_key.strip():
+        raise ValueError("api_key must be a non-empty string, or None for no key")
+    odd = next((i for i, c in enumerate(api_key) if not (c.isascii() and c.isprintable())), None)
+    if odd is not None:
+        raise ValueError(
+            f"api_key must be printable ASCII (clients send it in an HTTP header, which carries "
+            f"ASCII only), but character {odd} is {api_key[odd]!r}: choose another key"
+        )
 
 
-class _Handler(BaseHTTPRequestHandler):
-    protocol_version = "HTTP/1.1"  # keep-alive: OpenAILM holds one connection per thread
-    server_version = "apprentice"
-    timeout = 300  # seconds an idle keep-alive connection is kept
-
-    def do_GET(self) -> None:
-        self._dispatch("GET")
-
-    def do_POST(self) -> None:
-        self._dispatch("POST")
-
-    def _dispatch(self, method: str) -> None:
-        try:
-            body = self._body() if method == "POST" else b""
-            status, payload = self.server.app.handle(
-                method, urlsplit(self.path).path, self.headers, body
-            )
-        except HTTPError as exc:
-            status, payload = exc.status, error_body(exc.status, exc.message, exc.param)
-        except Exception as exc:
-            log.exception("%s %s failed", method, self.path)
-            message = f"internal error: {type(exc).__name__}: {exc}"
-            status, payload = 500, error_body(500, message)
-        self._send(status, payload)
-
-    def _body(self) -> bytes:
-        if "chunked" in self.headers.get("Transfer-Encoding", "").lower():
-            self.close_connection = True
-            raise HTTPError(411, "send the body with a Content-Length, not chunked")
-        try:
-            length = int(self.headers.get("Content-Length") or 0)
-        except ValueError:
-            self.close_connection = True
-            raise HTTPError(400, "Content-Length is not a number") from None
-        if length > MAX_BODY_BYTES:
-            self.close_connection = True  # the body is not read: the connection cannot go on
-            raise HTTPError(413, f"request body of {length} bytes is over {MAX_BODY_BYTES}")
-        return self.rfile.read(length)
-
-    def _send(self, status: int, payload: Any) -> None:
-        if isinstance(payload, str):
-            data, kind = payload.encode(), "text/plain; charset=utf-8"
-        elif payload is None:
-            data, kind = b"", "text/plain; charset=utf-8"
-        else:
-            data, kind = json.dumps(payload, ensure_ascii=False).encode(), "application/json"
-        try:
-            self.send_response(status)
-            self.send_header("Content-Type", kind)
-            self.send_header("Content-Length", str(len(data)))
-            if status == 401:
-                self.send_header("WWW-Authenticate", "Bearer")
-            if self.close_connection:
-                self.send_header("Connection", "close")
-            self.end_headers()
-            self.wfile.write(data)
-        except (BrokenPipeError, ConnectionResetError):  # the client left: nothing to tell it
-            self.close_connection = True
-
-    def log_message(self, format: str, *args: Any) -> None:
-        log.debug("%s %s", self.address_string(), format % args)
-
-
-class _HTTPServer(ThreadingHTTPServer):
-    daemon_threads = True
-    # socketserver's default backlog is 5: a burst of clients connecting at once (a
-    # program run over many threads) would see connections reset.
-    request_queue_size = socket.SOMAXCONN
-
-    def __init__(self, address, app: ServingApp) -> None:
-        self.app = app
-        self.connections: set[socket.socket] = set()
-        self.connections_lock = threading.Lock()
-        super().__init__(address, _Handler)
-
-    def process_request_thread(self, request, client_address) -> None:
-        with self.connections_lock:
-            self.connections.add(request)
-        try:
-            super().process_request_thread(request, client_address)
-        finally:
-            with self.connections_lock:
-                self.connections.discard(request)
-
-    def close_connections(self) -> None:
-        with self.connections_lock:
-            for connection in self.connections:
-                with contextlib.suppress(OSError):
-                    connection.shutdown(socket.SHUT_RDWR)
-
-
-class _HTTPServer6(_HTTPServer):
-    address_family = socket.AF_INET6
+def warn_if_exposed(host: str, api_key: str | None) -> bool:
+    """Logs a warning (and returns True) when ``host`` reaches beyond this machine and no
+    key guards the server."""
+    try:
+        loopback = host == "localhost" or ipaddress.ip_address(host).is_loopback
+    except ValueError:  # a host name: it may resolve to anything
+        loopback = False
+    if loopback or api_key is not None:
+        return False
+    log.warning(
+        "serving on %s without an API key: anyone who can reach this address can use the "
+        "models (and load adapters, with an adapter root); set --api-key or VLLM_API_KEY",
+        host,
+    )
+    return True
 
 
 class Server:
@@ -152,8 +92,9 @@ class Server:
 
     The socket is bound at construction (``port=0``: a free port, see ``.port``), ``start()``
     serves from a background thread, ``serve_forever()`` from the calling one, ``close()``
-    stops and drops open connections. ``model_name`` is the base model's id (default: the
-    LM's model string). The LM's engine is shared, not owned: closing the server leaves it.
+    stops and drops open connections. ``model_name`` is the base model's id (default: its
+    hub name or directory name, never a path). The LM's engine is shared, not owned: closing
+    the server leaves it.
     """
 
     def __init__(
@@ -165,26 +106,28 @@ class Server:
         api_key: str | None = None,
         adapter_root: str | Path | None = None,
         model_name: str | None = None,
+        max_connections: int = MAX_CONNECTIONS,
+        idle_timeout: float = IDLE_TIMEOUT_S,
     ) -> None:
         from apprentice.lm.local import LocalLM
 
         if not isinstance(lm, LocalLM):
             raise TypeError(f"Server serves a LocalLM, got {type(lm).__name__}: {lm!r}")
-        if api_key is not None and (not isinstance(api_key, str) or not api_key.strip()):
-            raise ValueError("api_key must be a non-empty string, or None for no key")
+        check_api_key(api_key)
         root = None
         if adapter_root is not None:
             root = Path(adapter_root).expanduser().resolve()
             if not root.is_dir():
                 raise FileNotFoundError(f"adapter_root {str(adapter_root)!r} is not a directory")
         self.app = ServingApp(
-            lm, model_name=model_name or lm.model, api_key=api_key, adapter_root=root
+            lm, model_name=model_name or model_id(lm.model), api_key=api_key, adapter_root=root
         )
-        server_class = _HTTPServer6 if ":" in host else _HTTPServer
-        self._httpd = server_class((host, port), self.app)
+        server_class = HTTPServer6 if ":" in host else HTTPServer
+        self._httpd = server_class((host, port), self.app, max_connections, idle_timeout)
         self._thread: threading.Thread | None = None
         self._serving = False
         self._lock = threading.Lock()
+        warn_if_exposed(host, api_key)
 
     @property
     def lm(self) -> LocalLM:

@@ -12,6 +12,10 @@ The command is injectable (``command=``): the tests run this supervision against
 apprentice's own server (``python -m apprentice.serve.server``), which speaks the same
 protocol and takes the same flags, on a CPU. The API key travels in ``VLLM_API_KEY``
 (read by both servers), never on the command line where ``ps`` would show it.
+
+``apprentice serve --backend vllm`` (``run_vllm_backend``) does not give vLLM the public
+address: vLLM would load any ``lora_path`` it is sent. It runs vLLM on a private loopback
+port with a random key, behind a ``vllm_gateway.Gateway`` that enforces ``--adapter-root``.
 """
 
 from __future__ import annotations
@@ -49,7 +53,8 @@ class VLLMServer:
 
     ``command``: the program and leading arguments (default ``vllm serve``); the base model,
     ``--host``, ``--port``, ``--enable-lora``, ``--max-lora-rank``, ``--max-loras`` and
-    ``extra_args`` follow. ``port=None`` picks a free one.
+    ``extra_args`` follow. ``port=None`` picks a free one. The base model's id is
+    ``served_model_name``, else its hub name or directory name (``registry.model_id``).
     """
 
     def __init__(
@@ -68,8 +73,10 @@ class VLLMServer:
         startup_timeout: float = 900.0,
         stop_timeout: float = 30.0,
     ) -> None:
+        from apprentice.serve.registry import model_id
+
         self.base_model = str(base_model)
-        self.model_name = served_model_name or self.base_model
+        self.model_name = served_model_name or model_id(self.base_model)
         self.log_path = Path(log_path)
         self.max_lora_rank = max_lora_rank
         self.max_loras = max_loras
@@ -289,45 +296,87 @@ def _interrupt(signum: int, frame: Any) -> None:
 
 
 def run_vllm_backend(args: Any, servable: Any, api_key: str | None) -> int:
-    """``apprentice serve --backend vllm``: launch, load the adapters, serve until interrupted."""
+    """``apprentice serve --backend vllm``: vLLM on a private port behind a ``Gateway`` on
+    the public one (which enforces ``--adapter-root``), the adapters loaded; serves until
+    interrupted."""
     import sys
-
-    from apprentice.train.config import VLLM_LORA_RANKS
 
     problems = servable.vllm_problems()
     if problems:
         print("apprentice serve: " + "; ".join(problems), file=sys.stderr)
         return 2
-    ranks = [m.lora_config.get("r", 0) for m in servable.manifests.values() if m.lora_config]
-    rank = args.max_lora_rank or min(r for r in VLLM_LORA_RANKS if r >= max([16, *ranks]))
-    run_dir = servable.run_dir or Path.cwd()
-    server = VLLMServer(
-        servable.base_model,
-        log_path=args.log_file or run_dir / "logs" / "vllm_server.log",
-        max_lora_rank=rank,
-        max_loras=args.max_loras or max(4, len(servable.adapters)),
-        host=args.host,
-        port=args.port,
-        api_key=api_key,
-        served_model_name=args.served_model_name,
-    )
     previous = signal.signal(signal.SIGTERM, _interrupt)
+    server = gateway = None
     try:
-        server.start()
-        for name, folder in servable.adapters.items():
-            server.load_adapter(name, folder)
+        server, gateway = start_vllm_backend(args, servable, api_key)
         print(
-            f"apprentice serve: {server.base_url} (vLLM, log {server.log_path}) serves "
-            f"{server.model_ids()}",
+            f"apprentice serve: {gateway.url}/v1 (vLLM behind a gateway, log "
+            f"{server.log_path}) serves {server.model_ids()}",
             file=sys.stderr,
             flush=True,
         )
         return server.wait()
     except KeyboardInterrupt:
         return 0
-    except (RuntimeError, TimeoutError, LMRequestError) as exc:
+    except (OSError, ValueError, RuntimeError, TimeoutError, LMRequestError) as exc:
         print(f"apprentice serve: {exc}", file=sys.stderr)
         return 1
     finally:
-        server.stop()
+        if gateway is not None:
+            gateway.close()
+        if server is not None:
+            server.stop()
         signal.signal(signal.SIGTERM, previous)
+
+
+def start_vllm_backend(
+    args: Any,
+    servable: Any,
+    api_key: str | None,
+    *,
+    command: Sequence[str] = ("vllm", "serve"),
+    extra_args: Sequence[str] = (),
+):
+    """(the started VLLMServer, the started Gateway in front of it). vLLM listens on a free
+    loopback port with a random key that only the gateway knows, so a load that skips the
+    gateway's root check cannot reach it; the servable's adapters go through the gateway's
+    staging too, so every adapter's reported hash is that of the bytes vLLM was given."""
+    import secrets
+
+    from apprentice.serve.vllm_gateway import Gateway
+    from apprentice.train.config import VLLM_LORA_RANKS
+
+    ranks = [m.lora_config.get("r", 0) for m in servable.manifests.values() if m.lora_config]
+    rank = args.max_lora_rank or min(r for r in VLLM_LORA_RANKS if r >= max([16, *ranks]))
+    run_dir = servable.run_dir or Path.cwd()
+    private_key = secrets.token_urlsafe(32)
+    server = VLLMServer(
+        servable.base_model,
+        log_path=args.log_file or run_dir / "logs" / "vllm_server.log",
+        max_lora_rank=rank,
+        max_loras=args.max_loras or max(4, len(servable.adapters)),
+        api_key=private_key,
+        served_model_name=args.served_model_name or servable.name,
+        command=command,
+        extra_args=extra_args,
+    ).start()
+    try:
+        gateway = Gateway(
+            server.url,
+            upstream_key=private_key,
+            host=args.host,
+            port=args.port,
+            api_key=api_key,
+            adapter_root=args.adapter_root or servable.run_dir,
+        )
+        for name, folder in servable.adapters.items():
+            status, reply = gateway.load_adapter(
+                {"lora_name": name, "lora_path": str(folder)}, root=None
+            )
+            if status != 200:
+                text = b"".join(reply.chunks).decode(errors="replace")
+                raise RuntimeError(f"vLLM refused adapter {name!r}: HTTP {status}: {text}")
+    except BaseException:
+        server.stop()
+        raise
+    return server, gateway.start()
