@@ -17,7 +17,8 @@ own tickets, through one ``LocalLM``:
 
 Both modes decode greedily with the same ``max_new_tokens`` and so produce the same
 completions (checked). Every mode runs once untimed first (oneDNN sets itself up once per
-tensor shape), then ``--rounds`` timed rounds; the table shows the best round. A random
+tensor shape), then ``--rounds`` timed rounds; the table shows the best round, and every
+round's time is printed under it. A random
 student's completions do not parse, so a run that ends in a ParseError still counts: the
 LM work is what is measured. Exits non-zero when batched / one-by-one < ``--min-speedup``.
 """
@@ -146,7 +147,7 @@ def main() -> int:
             for t in range(args.threads)
         ]
         runs = args.threads * args.runs_per_thread
-        results, outputs = {}, {}
+        results, outputs, rounds = {}, {}, {name: [] for name in modes}
         for lm in modes.values():  # untimed: every batch shape once
             run_programs(lm, tickets)
         for _ in range(args.rounds):
@@ -157,6 +158,7 @@ def main() -> int:
                 batches = engine.stats.batches - before[0]
                 rows = engine.stats.rows - before[1]
                 tokens = (lm.usage.prompt_tokens / runs, lm.usage.completion_tokens / runs)
+                rounds[name].append(seconds)
                 if name not in results or seconds < results[name][0]:
                     results[name] = (seconds, batches, rows, tokens)
 
@@ -173,6 +175,8 @@ def main() -> int:
             f"| {name} | {runs} | {seconds:.2f} | {runs / seconds:.1f} | {batches} "
             f"| {rows / batches:.1f} | {prompt:.0f}+{completion:.1f} |"
         )
+    for name, seconds in rounds.items():
+        print(f"{name} seconds per round: " + ", ".join(f"{s:.2f}" for s in seconds))
     speedup = results["one-by-one"][0] / results["batched"][0]
     print(
         f"speedup batched / one-by-one: {speedup:.1f}x (bar: {args.min_speedup:g}x); "
