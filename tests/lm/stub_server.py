@@ -109,7 +109,8 @@ class StubServer:
 
 
 def completion_body(reply: Reply, seen: Seen) -> bytes:
-    texts = [reply.texts] if isinstance(reply.texts, str) else reply.texts
+    # A lone text answers each of the n completions asked for, as a real server would.
+    texts = [reply.texts] * seen.body.get("n", 1) if isinstance(reply.texts, str) else reply.texts
     chat = seen.path.endswith("/chat/completions")
     choices = [
         {"index": i, "finish_reason": "stop"}

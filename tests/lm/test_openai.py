@@ -31,6 +31,7 @@ from apprentice.lm import (
     Price,
     Request,
     Response,
+    Usage,
     keepalive,
 )
 from apprentice.lm.openai import _retry_after, _Retryable
@@ -423,6 +424,77 @@ def test_malformed_200_bodies_are_retried_then_fail_clearly(stub, make_lm, raw):
         make_lm(max_retries=1).generate([ask("q")])
     assert repr(raw[:20])[2:-1] in str(err.value)
     assert len(stub.seen) == 2
+
+
+def _chat_reply(content="x", usage=None, choices=None) -> bytes:
+    choices = choices if choices is not None else [{"message": {"content": content}}]
+    body = json.dumps({"choices": choices, **({"usage": usage} if usage is not None else {})})
+    return body.encode()
+
+
+@pytest.mark.parametrize(
+    ("raw", "why"),
+    [
+        (_chat_reply(content=5), "choice 0: content must be a string or null, got int 5"),
+        (_chat_reply(content={"a": 1}), "content must be a string or null, got dict"),
+        (_chat_reply(content=["x"]), "content must be a string or null, got list"),
+        (b"[1, 2]", "the body must be a JSON object, got list"),
+        (_chat_reply(choices={"0": {}}), "choices must be a list, got dict"),
+        (_chat_reply(choices=["x"]), "choice 0 must be an object, got str"),
+        (_chat_reply(choices=[{"message": "x"}]), "choice 0: message must be an object"),
+        (_chat_reply(usage=[1, 2]), "usage must be an object or null, got list"),
+        (_chat_reply(usage={"prompt_tokens": -3}), "prompt_tokens must be an integer >= 0, got -3"),
+        (_chat_reply(usage={"completion_tokens": 2.5}), "completion_tokens must be an integer"),
+        (_chat_reply(usage={"prompt_tokens": True}), "prompt_tokens must be an integer"),
+        (
+            _chat_reply().replace(b"}]}", b'}], "usage": {"prompt_tokens": Infinity}}'),
+            "prompt_tokens must be an integer >= 0, got inf",
+        ),
+        (
+            _chat_reply().replace(b"}]}", b'}], "usage": {"completion_tokens": 1e999}}'),
+            "completion_tokens must be an integer >= 0, got inf",
+        ),
+    ],
+)
+def test_a_reply_of_the_wrong_shape_is_a_malformed_reply_naming_what_is_wrong(
+    stub, make_lm, raw, why
+):
+    # Never a raw TypeError/OverflowError, never a non-string text or a negative count.
+    stub.default = Reply(raw=raw)
+    with pytest.raises(LMUnavailableError, match=r"2 attempt\(s\): malformed reply") as err:
+        make_lm(max_retries=1).generate([ask("q")])
+    assert why in str(err.value)
+
+
+def test_the_async_path_applies_the_same_reply_checks(stub, make_lm):
+    stub.default = Reply(raw=_chat_reply(content=5))
+    with pytest.raises(LMUnavailableError, match="content must be a string or null, got int 5"):
+        asyncio.run(make_lm(max_retries=0).agenerate([ask("q")]))
+
+
+def test_a_text_completion_whose_text_is_not_a_string_is_malformed(stub, make_lm):
+    stub.default = Reply(raw=b'{"choices": [{"text": 7}]}')
+    with pytest.raises(
+        LMUnavailableError, match="choice 0: text must be a string or null, got int"
+    ):
+        make_lm(model_type="text", max_retries=0).generate([ask("q")])
+
+
+def test_fewer_choices_than_n_is_malformed_and_more_are_cut_to_n(stub, make_lm):
+    stub.queue(Reply(texts=["a"]), Reply(texts=["a", "b"]))
+    response = make_lm(max_retries=1).generate([ask("q", n=2)])[0]
+    assert response.texts == ["a", "b"] and len(stub.seen) == 2  # the short reply was retried
+    stub.default = Reply(texts=["a"])
+    with pytest.raises(LMUnavailableError, match=r"1 choice\(s\) for n=2"):
+        make_lm(max_retries=0).generate([ask("q", n=2)])
+    stub.default = Reply(texts=["c", "a", "b"])
+    assert make_lm().generate([ask("q", n=2)])[0].texts == ["c", "a"]
+
+
+def test_null_content_and_missing_usage_are_empty_text_and_zero_tokens(stub, make_lm):
+    stub.default = Reply(raw=_chat_reply(content=None, usage={"prompt_tokens": None}))
+    response = make_lm().generate([ask("q")])[0]
+    assert response.texts == [""] and response.usage == Usage(0, 0)
 
 
 def test_a_malformed_reply_then_a_good_one_succeeds(stub, make_lm):

@@ -90,6 +90,55 @@ def _server_message(content: bytes) -> str:
     return text.strip()[:2000] or "(empty body)"
 
 
+def _read_completion(
+    content: bytes, model_type: str, n: int
+) -> tuple[list[str], Usage, str | None, list[str | None]]:
+    """(texts, usage, model, finish reasons) of a 200 reply, the first ``n`` choices by
+    index. Raises ValueError naming what is wrong with the reply's shape: the one check
+    of a reply, for the sync and async calls alike."""
+    data = json.loads(content)
+    if not isinstance(data, dict):
+        raise ValueError(f"the body must be a JSON object, got {type(data).__name__}")
+    choices = data.get("choices")
+    if not isinstance(choices, list):
+        raise ValueError(f"choices must be a list, got {type(choices).__name__}")
+    if len(choices) < n:
+        raise ValueError(f"{len(choices)} choice(s) for n={n}")
+    for i, choice in enumerate(choices):
+        if not isinstance(choice, dict):
+            raise ValueError(f"choice {i} must be an object, got {type(choice).__name__}")
+        if type(choice.get("index", 0)) is not int:
+            raise ValueError(f"choice {i}: index must be an integer, got {choice['index']!r}")
+    choices = sorted(choices, key=lambda c: c.get("index", 0))[:n]
+    texts, finish_reasons = [], []
+    for i, choice in enumerate(choices):
+        if model_type == "chat":
+            message = choice.get("message") or {}
+            if not isinstance(message, dict):
+                raise ValueError(f"choice {i}: message must be an object, got {message!r:.80}")
+            texts.append(_text(message.get("content"), f"choice {i}: content"))
+        else:
+            texts.append(_text(choice.get("text"), f"choice {i}: text"))
+        reason = choice.get("finish_reason")
+        finish_reasons.append(reason if isinstance(reason, str) else None)
+    usage = data.get("usage") or {}
+    if not isinstance(usage, dict):
+        raise ValueError(f"usage must be an object or null, got {type(usage).__name__}")
+    tokens = Usage(usage.get("prompt_tokens") or 0, usage.get("completion_tokens") or 0)
+    model = data.get("model")
+    return texts, tokens, model if isinstance(model, str) else None, finish_reasons
+
+
+def _text(value: Any, what: str) -> str:
+    if value is None:
+        return ""  # a reply that is only tool calls, or an empty generation
+    if not isinstance(value, str):
+        raise ValueError(
+            f"{what} must be a string or null, got {type(value).__name__} {value!r:.80}"
+        )
+    return value
+
+
 def resolve_base_url(base_url: str | None) -> str:
     """The endpoint a ``base_url`` of None means: ``$OPENAI_BASE_URL``, else OpenAI's."""
     return (base_url or os.environ.get("OPENAI_BASE_URL") or "https://api.openai.com/v1").rstrip(
@@ -335,7 +384,7 @@ class OpenAILM(BaseLM):
         body.update(self.extra_body)
         return body
 
-    def _reply(self, status: int, headers, content: bytes, latency: float) -> Response:
+    def _reply(self, status: int, headers, content: bytes, latency: float, n: int) -> Response:
         if status != 200:
             text = _server_message(content)
             if status in _RETRY_STATUSES:
@@ -349,28 +398,16 @@ class OpenAILM(BaseLM):
                 body=content.decode("utf-8", "replace")[:2000],
             )
         try:
-            data = json.loads(content)
-            choices = sorted(data["choices"], key=lambda c: c.get("index", 0))
-            if not choices:
-                raise ValueError("no choices")
-            if self.model_type == "chat":
-                texts = [(c.get("message") or {}).get("content") or "" for c in choices]
-            else:
-                texts = [c.get("text") or "" for c in choices]
-            usage = data.get("usage") or {}
-            tokens = Usage(
-                int(usage.get("prompt_tokens") or 0), int(usage.get("completion_tokens") or 0)
-            )
-        except (ValueError, KeyError, TypeError, AttributeError) as exc:
+            texts, usage, model, finish_reasons = _read_completion(content, self.model_type, n)
+        except ValueError as exc:  # json's errors included
             raise _Retryable(
-                f"malformed reply from {self._url}: {type(exc).__name__}: {exc}; "
-                f"the body began {content[:200]!r}"
+                f"malformed reply from {self._url}: {exc}; the body began {content[:200]!r}"
             ) from None
         return Response(
             texts=texts,
-            usage=tokens,
-            model=data.get("model") or self.model,
-            finish_reasons=[c.get("finish_reason") for c in choices],
+            usage=usage,
+            model=model or self.model,
+            finish_reasons=finish_reasons,
             latency_s=latency,
         )
 
@@ -390,9 +427,9 @@ class OpenAILM(BaseLM):
         )
 
     # -- sync -----------------------------------------------------------------------------
-    def _post(self, data: bytes) -> Response:
+    def _post(self, data: bytes, n: int) -> Response:
         if (self._transport or self.transport) == "httpx":
-            return self._post_httpx(data)
+            return self._post_httpx(data, n)
         import http.client
 
         with self._gate:
@@ -405,9 +442,9 @@ class OpenAILM(BaseLM):
                 ) from None
             except (OSError, http.client.HTTPException) as exc:
                 raise _Retryable(f"connection error: {exc!r}") from None
-            return self._reply(status, headers, content, time.perf_counter() - start)
+            return self._reply(status, headers, content, time.perf_counter() - start, n)
 
-    def _post_httpx(self, data: bytes) -> Response:
+    def _post_httpx(self, data: bytes, n: int) -> Response:
         import httpx
 
         with self._gate:
@@ -421,7 +458,7 @@ class OpenAILM(BaseLM):
             except httpx.TransportError as exc:
                 raise _Retryable(f"connection error: {exc!r}") from None
             return self._reply(
-                reply.status_code, reply.headers, reply.content, time.perf_counter() - start
+                reply.status_code, reply.headers, reply.content, time.perf_counter() - start, n
             )
 
     def _call(self, request: Request) -> Response | BaseException:
@@ -430,7 +467,7 @@ class OpenAILM(BaseLM):
             data = _encode(self.body(request))
             while True:
                 try:
-                    return self._post(data)
+                    return self._post(data, request.n)
                 except _Retryable as exc:
                     if attempt > self.max_retries:
                         return self._unavailable(exc, attempt)
@@ -473,7 +510,7 @@ class OpenAILM(BaseLM):
             await closer.__anext__()
         return state
 
-    async def _apost(self, data: bytes) -> Response:
+    async def _apost(self, data: bytes, n: int) -> Response:
         import httpx
 
         client, gate, _ = self._async.get(asyncio.get_running_loop()) or await self._async_state()
@@ -488,7 +525,7 @@ class OpenAILM(BaseLM):
             except httpx.TransportError as exc:
                 raise _Retryable(f"connection error: {exc!r}") from None
             return self._reply(
-                reply.status_code, reply.headers, reply.content, time.perf_counter() - start
+                reply.status_code, reply.headers, reply.content, time.perf_counter() - start, n
             )
 
     async def _acall(self, request: Request) -> Response | BaseException:
@@ -497,7 +534,7 @@ class OpenAILM(BaseLM):
             data = _encode(self.body(request))
             while True:
                 try:
-                    return await self._apost(data)
+                    return await self._apost(data, request.n)
                 except _Retryable as exc:
                     if attempt > self.max_retries:
                         return self._unavailable(exc, attempt)
