@@ -25,6 +25,7 @@ from stub_server import Reply, StubServer
 import apprentice as ap
 from apprentice.formats import messages_to_prompt
 from apprentice.lm import (
+    LMError,
     LMRequestError,
     LMUnavailableError,
     OpenAILM,
@@ -500,6 +501,78 @@ def test_null_content_and_missing_usage_are_empty_text_and_zero_tokens(stub, mak
 def test_a_malformed_reply_then_a_good_one_succeeds(stub, make_lm):
     stub.queue(Reply(raw=b"{"), Reply(texts="ok"))
     assert make_lm().generate([ask("q")])[0].text == "ok"
+
+
+# -- size cap and total deadline ----------------------------------------------------------------
+def _big_reply(size: int) -> bytes:
+    return _chat_reply(content="x" * size)
+
+
+@pytest.mark.parametrize("unsized", [False, True], ids=["content-length", "no-length"])
+@pytest.mark.parametrize("transport", ["http.client", "httpx", "async"])
+def test_a_reply_over_max_reply_bytes_fails_at_once_naming_the_cap(
+    stub, make_lm, no_proxy_env, transport, unsized
+):
+    stub.default = Reply(raw=_big_reply(5000), unsized=unsized)
+    if transport == "httpx":
+        no_proxy_env.setenv("HTTP_PROXY", stub.url.removesuffix("/v1"))
+        lm = make_lm(base_url="http://127.0.0.1:1/v1", max_reply_bytes=4096)
+    else:
+        lm = make_lm(max_reply_bytes=4096)
+    call = lm.generate if transport != "async" else lambda r: asyncio.run(lm.agenerate(r))
+    with pytest.raises(LMError, match=r"larger than max_reply_bytes=4096 \(0.0 MiB; ") as err:
+        call([ask("q")])
+    assert "OpenAILM(..., max_reply_bytes=" in str(err.value)
+    assert len(stub.seen) == 1  # not retried: the same request would bring the same reply
+    stub.default = Reply(raw=_big_reply(3000), unsized=unsized)
+    assert call([ask("q")])[0].text == "x" * 3000  # under the cap, the LM still works
+
+
+def test_max_reply_bytes_defaults_to_16_mib_and_is_saved(make_lm):
+    lm = make_lm()
+    assert lm.max_reply_bytes == 16 * 2**20 and lm.to_config()["max_reply_bytes"] == 16 * 2**20
+    assert lm.total_timeout_s == 600.0 and lm.to_config()["total_timeout_s"] == 600.0
+
+
+@pytest.mark.parametrize("transport", ["http.client", "httpx", "async"])
+def test_a_trickling_reply_is_cut_off_at_the_total_deadline(stub, make_lm, no_proxy_env, transport):
+    # One byte every 0.1 s never trips the 5 s per-read timeout; only the deadline stops it.
+    stub.default = Reply(trickle=0.1)
+    options = {"timeout": 5.0, "total_timeout_s": 1.0, "max_retries": 3}
+    if transport == "httpx":
+        no_proxy_env.setenv("HTTP_PROXY", stub.url.removesuffix("/v1"))
+        options["base_url"] = "http://127.0.0.1:1/v1"
+    lm = make_lm(**options)
+    call = lm.generate if transport != "async" else lambda r: asyncio.run(lm.agenerate(r))
+    start = time.monotonic()
+    with pytest.raises(LMUnavailableError, match=r"total_timeout_s=1.0"):
+        call([ask("q")])
+    # The body is ~250 bytes: 25 s at that pace. Loose bound, for a loaded machine.
+    assert time.monotonic() - start < 10
+    assert len(stub.seen) == 1  # no retry starts after the deadline
+
+
+def test_the_total_deadline_stops_retries_that_would_outlast_it(stub, make_lm):
+    stub.default = Reply(status=503, headers={"Retry-After": "30"})
+    start = time.monotonic()
+    with pytest.raises(LMUnavailableError, match=r"1 attempt\(s\).*total_timeout_s=2") as err:
+        make_lm(total_timeout_s=2, max_retries=5, retry_max_wait=30).generate([ask("q")])
+    assert time.monotonic() - start < 10 and err.value.status == 503
+    assert len(stub.seen) == 1
+
+
+@pytest.mark.parametrize(
+    ("options", "named"),
+    [
+        ({"max_reply_bytes": 0}, "max_reply_bytes must be an integer >= 1, got 0"),
+        ({"max_reply_bytes": 1.5}, "got 1.5"),
+        ({"total_timeout_s": 0}, "total_timeout_s must be > 0"),
+        ({"total_timeout_s": "long"}, "'long'"),
+    ],
+)
+def test_bad_cap_and_deadline_options_are_named(options, named):
+    with pytest.raises(ValueError, match=named):
+        OpenAILM("m", base_url="http://127.0.0.1:9/v1", **options)
 
 
 # -- batches, concurrency, async --------------------------------------------------------------
