@@ -29,6 +29,8 @@ class Reply:
     raw: bytes | None = None  # a body sent as is (garbage, an error document)
     drop: bool = False  # answer, then close the connection without saying so (an idle timeout)
     hang_up: bool = False  # close the connection without answering
+    trickle: float = 0.0  # seconds between the body's bytes, sent one at a time
+    unsized: bool = False  # no Content-Length: the body ends when the connection closes
 
 
 @dataclass
@@ -109,7 +111,8 @@ class StubServer:
 
 
 def completion_body(reply: Reply, seen: Seen) -> bytes:
-    texts = [reply.texts] if isinstance(reply.texts, str) else reply.texts
+    # A lone text answers each of the n completions asked for, as a real server would.
+    texts = [reply.texts] * seen.body.get("n", 1) if isinstance(reply.texts, str) else reply.texts
     chat = seen.path.endswith("/chat/completions")
     choices = [
         {"index": i, "finish_reason": "stop"}
@@ -150,7 +153,7 @@ class _Handler(BaseHTTPRequestHandler):
             at=time.monotonic(),
         )
         reply = stub._enter(seen)
-        self.close_connection = reply.drop or reply.hang_up
+        self.close_connection = reply.drop or reply.hang_up or reply.unsized
         try:
             if reply.delay:
                 time.sleep(reply.delay)
@@ -164,11 +167,19 @@ class _Handler(BaseHTTPRequestHandler):
                 payload = error_body(f"stub says {reply.status}")
             self.send_response(reply.status)
             self.send_header("Content-Type", "application/json")
-            self.send_header("Content-Length", str(len(payload)))
+            if not reply.unsized:
+                self.send_header("Content-Length", str(len(payload)))
             for name, value in reply.headers.items():
                 self.send_header(name, value)
             self.end_headers()
-            self.wfile.write(payload)
+            if reply.trickle:
+                self.wfile.flush()
+                for i in range(len(payload)):
+                    time.sleep(reply.trickle)
+                    self.wfile.write(payload[i : i + 1])
+                    self.wfile.flush()
+            else:
+                self.wfile.write(payload)
         except (BrokenPipeError, ConnectionResetError):
             pass  # the client gave up (a timeout test): nothing to answer
         finally:

@@ -229,3 +229,45 @@ def test_a_saved_lm_keeps_its_cache_file(tmp_path, monkeypatch):
         default = tmp_path / "default" / "lm_cache.sqlite"
         wanted = custom if isinstance(saved, str) else default if saved else None
         assert (rebuilt.cache.path if rebuilt.cache is not None else None) == wanted
+
+
+def _overwrite_row(cache: Cache, value: str) -> None:
+    (key,) = cache._connect().execute("SELECT key FROM responses").fetchone()
+    cache._connect().execute("UPDATE responses SET value = ? WHERE key = ?", (value, key))
+
+
+@pytest.mark.parametrize(
+    ("row", "why"),
+    [
+        ("{not json", "not JSON"),
+        ("[1, 2]", "must be an object, got list"),
+        ('{"texts": "abc"}', "texts must be a list of strings, got str"),
+        ('{"texts": ["A", 5]}', "texts must be a list of strings"),
+        ('{"usage": [1, 2]}', "texts must be a list of strings, got NoneType"),
+        ('{"texts": ["A"], "usage": [-1, 2]}', "prompt_tokens must be an integer >= 0, got -1"),
+        ('{"texts": ["A"], "usage": [1e999, 2]}', "prompt_tokens must be an integer >= 0, got inf"),
+        ('{"texts": ["A"], "usage": 7}', "usage must be [prompt_tokens, completion_tokens]"),
+        ('{"texts": ["A"], "model": 3}', "model must be a string"),
+        ('{"texts": ["A"], "finish_reasons": "stop"}', "finish_reasons must be a list"),
+        ('{"texts": ["A", "B"]}', "2 text(s) for n=1"),
+    ],
+)
+def test_a_corrupted_cache_row_is_a_logged_miss_then_overwritten(tmp_path, caplog, row, why):
+    lm = EchoLM(cache=tmp_path / "c.sqlite")
+    lm.generate([ask("a")])
+    _overwrite_row(lm.cache, row)
+    with caplog.at_level("WARNING", logger="apprentice.lm.cache"):
+        again = lm.generate([ask("a")])[0]
+    assert again.texts == ["A"] and not again.cached and lm.asked == 2  # asked again
+    assert why in caplog.text and str(lm.cache.path) in caplog.text
+    assert (lm.cache.hits, lm.cache.misses) == (0, 2)
+    third = lm.generate([ask("a")])[0]  # the bad row was overwritten by the fresh answer
+    assert third.texts == ["A"] and third.cached and lm.asked == 2
+
+
+def test_a_well_formed_row_from_an_older_version_still_reads(tmp_path):
+    lm = EchoLM(cache=tmp_path / "c.sqlite")
+    lm.generate([ask("a")])
+    _overwrite_row(lm.cache, '{"texts": ["old"]}')
+    response = lm.generate([ask("a")])[0]
+    assert response.texts == ["old"] and response.cached and response.usage.prompt_tokens == 0

@@ -25,12 +25,14 @@ from stub_server import Reply, StubServer
 import apprentice as ap
 from apprentice.formats import messages_to_prompt
 from apprentice.lm import (
+    LMError,
     LMRequestError,
     LMUnavailableError,
     OpenAILM,
     Price,
     Request,
     Response,
+    Usage,
     keepalive,
 )
 from apprentice.lm.openai import _retry_after, _Retryable
@@ -425,9 +427,152 @@ def test_malformed_200_bodies_are_retried_then_fail_clearly(stub, make_lm, raw):
     assert len(stub.seen) == 2
 
 
+def _chat_reply(content="x", usage=None, choices=None) -> bytes:
+    choices = choices if choices is not None else [{"message": {"content": content}}]
+    body = json.dumps({"choices": choices, **({"usage": usage} if usage is not None else {})})
+    return body.encode()
+
+
+@pytest.mark.parametrize(
+    ("raw", "why"),
+    [
+        (_chat_reply(content=5), "choice 0: content must be a string or null, got int 5"),
+        (_chat_reply(content={"a": 1}), "content must be a string or null, got dict"),
+        (_chat_reply(content=["x"]), "content must be a string or null, got list"),
+        (b"[1, 2]", "the body must be a JSON object, got list"),
+        (_chat_reply(choices={"0": {}}), "choices must be a list, got dict"),
+        (_chat_reply(choices=["x"]), "choice 0 must be an object, got str"),
+        (_chat_reply(choices=[{"message": "x"}]), "choice 0: message must be an object"),
+        (_chat_reply(usage=[1, 2]), "usage must be an object or null, got list"),
+        (_chat_reply(usage={"prompt_tokens": -3}), "prompt_tokens must be an integer >= 0, got -3"),
+        (_chat_reply(usage={"completion_tokens": 2.5}), "completion_tokens must be an integer"),
+        (_chat_reply(usage={"prompt_tokens": True}), "prompt_tokens must be an integer"),
+        (
+            _chat_reply().replace(b"}]}", b'}], "usage": {"prompt_tokens": Infinity}}'),
+            "prompt_tokens must be an integer >= 0, got inf",
+        ),
+        (
+            _chat_reply().replace(b"}]}", b'}], "usage": {"completion_tokens": 1e999}}'),
+            "completion_tokens must be an integer >= 0, got inf",
+        ),
+    ],
+)
+def test_a_reply_of_the_wrong_shape_is_a_malformed_reply_naming_what_is_wrong(
+    stub, make_lm, raw, why
+):
+    # Never a raw TypeError/OverflowError, never a non-string text or a negative count.
+    stub.default = Reply(raw=raw)
+    with pytest.raises(LMUnavailableError, match=r"2 attempt\(s\): malformed reply") as err:
+        make_lm(max_retries=1).generate([ask("q")])
+    assert why in str(err.value)
+
+
+def test_the_async_path_applies_the_same_reply_checks(stub, make_lm):
+    stub.default = Reply(raw=_chat_reply(content=5))
+    with pytest.raises(LMUnavailableError, match="content must be a string or null, got int 5"):
+        asyncio.run(make_lm(max_retries=0).agenerate([ask("q")]))
+
+
+def test_a_text_completion_whose_text_is_not_a_string_is_malformed(stub, make_lm):
+    stub.default = Reply(raw=b'{"choices": [{"text": 7}]}')
+    with pytest.raises(
+        LMUnavailableError, match="choice 0: text must be a string or null, got int"
+    ):
+        make_lm(model_type="text", max_retries=0).generate([ask("q")])
+
+
+def test_fewer_choices_than_n_is_malformed_and_more_are_cut_to_n(stub, make_lm):
+    stub.queue(Reply(texts=["a"]), Reply(texts=["a", "b"]))
+    response = make_lm(max_retries=1).generate([ask("q", n=2)])[0]
+    assert response.texts == ["a", "b"] and len(stub.seen) == 2  # the short reply was retried
+    stub.default = Reply(texts=["a"])
+    with pytest.raises(LMUnavailableError, match=r"1 choice\(s\) for n=2"):
+        make_lm(max_retries=0).generate([ask("q", n=2)])
+    stub.default = Reply(texts=["c", "a", "b"])
+    assert make_lm().generate([ask("q", n=2)])[0].texts == ["c", "a"]
+
+
+def test_null_content_and_missing_usage_are_empty_text_and_zero_tokens(stub, make_lm):
+    stub.default = Reply(raw=_chat_reply(content=None, usage={"prompt_tokens": None}))
+    response = make_lm().generate([ask("q")])[0]
+    assert response.texts == [""] and response.usage == Usage(0, 0)
+
+
 def test_a_malformed_reply_then_a_good_one_succeeds(stub, make_lm):
     stub.queue(Reply(raw=b"{"), Reply(texts="ok"))
     assert make_lm().generate([ask("q")])[0].text == "ok"
+
+
+# -- size cap and total deadline ----------------------------------------------------------------
+def _big_reply(size: int) -> bytes:
+    return _chat_reply(content="x" * size)
+
+
+@pytest.mark.parametrize("unsized", [False, True], ids=["content-length", "no-length"])
+@pytest.mark.parametrize("transport", ["http.client", "httpx", "async"])
+def test_a_reply_over_max_reply_bytes_fails_at_once_naming_the_cap(
+    stub, make_lm, no_proxy_env, transport, unsized
+):
+    stub.default = Reply(raw=_big_reply(5000), unsized=unsized)
+    if transport == "httpx":
+        no_proxy_env.setenv("HTTP_PROXY", stub.url.removesuffix("/v1"))
+        lm = make_lm(base_url="http://127.0.0.1:1/v1", max_reply_bytes=4096)
+    else:
+        lm = make_lm(max_reply_bytes=4096)
+    call = lm.generate if transport != "async" else lambda r: asyncio.run(lm.agenerate(r))
+    with pytest.raises(LMError, match=r"larger than max_reply_bytes=4096 \(0.0 MiB; ") as err:
+        call([ask("q")])
+    assert "OpenAILM(..., max_reply_bytes=" in str(err.value)
+    assert len(stub.seen) == 1  # not retried: the same request would bring the same reply
+    stub.default = Reply(raw=_big_reply(3000), unsized=unsized)
+    assert call([ask("q")])[0].text == "x" * 3000  # under the cap, the LM still works
+
+
+def test_max_reply_bytes_defaults_to_16_mib_and_is_saved(make_lm):
+    lm = make_lm()
+    assert lm.max_reply_bytes == 16 * 2**20 and lm.to_config()["max_reply_bytes"] == 16 * 2**20
+    assert lm.total_timeout_s == 600.0 and lm.to_config()["total_timeout_s"] == 600.0
+
+
+@pytest.mark.parametrize("transport", ["http.client", "httpx", "async"])
+def test_a_trickling_reply_is_cut_off_at_the_total_deadline(stub, make_lm, no_proxy_env, transport):
+    # One byte every 0.1 s never trips the 5 s per-read timeout; only the deadline stops it.
+    stub.default = Reply(trickle=0.1)
+    options = {"timeout": 5.0, "total_timeout_s": 1.0, "max_retries": 3}
+    if transport == "httpx":
+        no_proxy_env.setenv("HTTP_PROXY", stub.url.removesuffix("/v1"))
+        options["base_url"] = "http://127.0.0.1:1/v1"
+    lm = make_lm(**options)
+    call = lm.generate if transport != "async" else lambda r: asyncio.run(lm.agenerate(r))
+    start = time.monotonic()
+    with pytest.raises(LMUnavailableError, match=r"total_timeout_s=1.0"):
+        call([ask("q")])
+    # The body is ~250 bytes: 25 s at that pace. Loose bound, for a loaded machine.
+    assert time.monotonic() - start < 10
+    assert len(stub.seen) == 1  # no retry starts after the deadline
+
+
+def test_the_total_deadline_stops_retries_that_would_outlast_it(stub, make_lm):
+    stub.default = Reply(status=503, headers={"Retry-After": "30"})
+    start = time.monotonic()
+    with pytest.raises(LMUnavailableError, match=r"1 attempt\(s\).*total_timeout_s=2") as err:
+        make_lm(total_timeout_s=2, max_retries=5, retry_max_wait=30).generate([ask("q")])
+    assert time.monotonic() - start < 10 and err.value.status == 503
+    assert len(stub.seen) == 1
+
+
+@pytest.mark.parametrize(
+    ("options", "named"),
+    [
+        ({"max_reply_bytes": 0}, "max_reply_bytes must be an integer >= 1, got 0"),
+        ({"max_reply_bytes": 1.5}, "got 1.5"),
+        ({"total_timeout_s": 0}, "total_timeout_s must be > 0"),
+        ({"total_timeout_s": "long"}, "'long'"),
+    ],
+)
+def test_bad_cap_and_deadline_options_are_named(options, named):
+    with pytest.raises(ValueError, match=named):
+        OpenAILM("m", base_url="http://127.0.0.1:9/v1", **options)
 
 
 # -- batches, concurrency, async --------------------------------------------------------------

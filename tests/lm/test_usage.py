@@ -48,3 +48,11 @@ def test_tracker_counts_exactly_under_threads():
         thread.join()
     assert (tracker.calls, tracker.prompt_tokens, tracker.completion_tokens) == (8000, 24000, 8000)
     assert tracker.cost is None
+
+
+@pytest.mark.parametrize("bad", [-1, 2.5, float("inf"), True, "3", None])
+def test_usage_counts_must_be_integers_of_at_least_zero(bad):
+    with pytest.raises(ValueError, match=f"prompt_tokens must be an integer >= 0, got {bad!r}"):
+        Usage(bad, 0)
+    with pytest.raises(ValueError, match="completion_tokens must be an integer >= 0"):
+        Usage(0, bad)

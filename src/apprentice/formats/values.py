@@ -55,6 +55,8 @@ def format_value(value: Any, annotation: Any = str, *, is_input: bool = True) ->
 
 
 _QUOTES = "\"'`"
+# A number whose commas separate thousands: groups of exactly three digits.
+_THOUSANDS = re.compile(r"-?\d{1,3}(?:,\d{3})+(?:\.\d+)?")
 
 
 def parse_value(text: str, annotation: Any) -> Any:
@@ -69,12 +71,8 @@ def parse_value(text: str, annotation: Any) -> Any:
         return _parse_enum(text, annotation)
     if annotation in (int, float, bool):
         candidate = text.strip(_QUOTES).strip()
-        if annotation is not bool:
-            candidate = (
-                candidate.replace(",", "")
-                if re.fullmatch(r"-?[\d,]+(\.\d+)?", candidate)
-                else candidate
-            )
+        if annotation is not bool and _THOUSANDS.fullmatch(candidate):
+            candidate = candidate.replace(",", "")  # "1,234"; "1,2,3" stays and fails
         return _validate(candidate, annotation, text)
     # Containers, pydantic models, unions: JSON first, then the raw string.
     body = _strip_fences(text)

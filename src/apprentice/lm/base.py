@@ -12,6 +12,7 @@ import asyncio
 import collections
 import hashlib
 import json
+import operator
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -105,6 +106,19 @@ class Usage:
     prompt_tokens: int = 0
     completion_tokens: int = 0
 
+    def __post_init__(self) -> None:
+        # One rule for every source of counts (a server's reply, a cache row): a count
+        # that is negative, fractional or infinite would silently corrupt usage and cost.
+        for name in ("prompt_tokens", "completion_tokens"):
+            value = getattr(self, name)
+            if type(value) is not int:  # a numpy integer is stored as an int
+                if isinstance(value, bool) or not hasattr(type(value), "__index__"):
+                    raise ValueError(f"{name} must be an integer >= 0, got {value!r}")
+                value = operator.index(value)
+                object.__setattr__(self, name, value)
+            if value < 0:
+                raise ValueError(f"{name} must be an integer >= 0, got {value!r}")
+
 
 @dataclass(frozen=True)
 class Response:
@@ -130,14 +144,48 @@ class Response:
         }
 
     @classmethod
-    def from_json(cls, data: dict[str, Any], cached: bool = False) -> Response:
+    def from_json(cls, data: Any, cached: bool = False) -> Response:
+        """The inverse of ``to_json``; raises ValueError naming the first field of the
+        wrong shape (a cache row may be corrupted: it must not come back as a wrong value)."""
+        if not isinstance(data, dict):
+            raise ValueError(f"a response must be an object, got {type(data).__name__}")
+        texts = data.get("texts")
+        if not isinstance(texts, list) or not all(isinstance(t, str) for t in texts):
+            raise ValueError(f"texts must be a list of strings, got {_shown(texts)}")
+        usage = data.get("usage", (0, 0))
+        if not isinstance(usage, (list, tuple)) or len(usage) != 2:
+            raise ValueError(
+                f"usage must be [prompt_tokens, completion_tokens], got {_shown(usage)}"
+            )
+        model = data.get("model", "")
+        if not isinstance(model, str):
+            raise ValueError(f"model must be a string, got {_shown(model)}")
+        reasons = data.get("finish_reasons", [])
+        if not isinstance(reasons, list) or not all(
+            r is None or isinstance(r, str) for r in reasons
+        ):
+            raise ValueError(
+                f"finish_reasons must be a list of strings or nulls, got {_shown(reasons)}"
+            )
         return cls(
-            texts=list(data["texts"]),
-            usage=Usage(*data.get("usage", (0, 0))),
-            model=data.get("model", ""),
-            finish_reasons=list(data.get("finish_reasons", [])),
-            cached=cached,
+            texts=texts, usage=Usage(*usage), model=model, finish_reasons=reasons, cached=cached
         )
+
+
+def _shown(value: Any) -> str:
+    return f"{type(value).__name__} {value!r:.80}"
+
+
+def _cached_response(n: int) -> Any:
+    """Reads a cache row for a request of ``n`` completions (ValueError if it cannot)."""
+
+    def read(row: Any) -> Response:
+        response = Response.from_json(row, cached=True)
+        if len(response.texts) != n:
+            raise ValueError(f"{len(response.texts)} text(s) for n={n}")
+        return response
+
+    return read
 
 
 @dataclass(frozen=True)
@@ -269,11 +317,10 @@ class BaseLM:
         keys = [self.cache_key(r) for r in requests]
         todo = []
         for i, key in enumerate(keys):
-            hit = self.cache.get(key)
-            if hit is None:
+            response = self.cache.get(key, _cached_response(requests[i].n))
+            if response is None:
                 todo.append(i)
             else:
-                response = Response.from_json(hit, cached=True)
                 results[i] = response
                 self.usage.record(response.usage, cached=True)
                 self.history.append(HistoryEntry(requests[i], response, None, time.time()))

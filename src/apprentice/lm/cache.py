@@ -10,14 +10,19 @@ microseconds, which the overhead benchmark (scripts/bench_overhead.py) holds us 
 from __future__ import annotations
 
 import json
+import logging
 import os
 import sqlite3
 import threading
 import weakref
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 __all__ = ["Cache", "cache_config", "default_cache_path", "resolve_cache"]
+
+logger = logging.getLogger(__name__)
+T = TypeVar("T")
 
 
 def default_cache_path() -> Path:
@@ -72,18 +77,37 @@ class Cache:
         self._local = threading.local()
         self._count_lock = threading.Lock()
 
-    def get(self, key: str) -> dict[str, Any] | None:
+    def get(self, key: str, read: Callable[[Any], T] | None = None) -> T | Any | None:
+        """The value stored under ``key``, passed through ``read`` when given, or None.
+        A row that is not JSON, or that ``read`` refuses with a ValueError, is a miss
+        (logged): the caller asks again and its ``put`` overwrites the row."""
         if not self.enabled:
             return None
         row = (
             self._connect().execute("SELECT value FROM responses WHERE key = ?", (key,)).fetchone()
         )
+        value = None
+        if row is not None:
+            try:
+                value = json.loads(row[0])
+                if read is not None:
+                    value = read(value)
+            except ValueError as exc:
+                why = f"not JSON ({exc})" if isinstance(exc, json.JSONDecodeError) else str(exc)
+                logger.warning(
+                    "LM cache %s: ignoring the unreadable entry %s (%s); asking again, "
+                    "and the answer will replace it",
+                    self.path,
+                    key[:16],
+                    why,
+                )
+                value = None
         with self._count_lock:
-            if row is None:
+            if value is None:
                 self.misses += 1
             else:
                 self.hits += 1
-        return None if row is None else json.loads(row[0])
+        return value
 
     def put(self, key: str, value: dict[str, Any]) -> None:
         if not self.enabled:

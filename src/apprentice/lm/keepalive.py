@@ -13,14 +13,18 @@ its slot is freed and a finalizer closes the socket; ``close()`` closes every on
 
 from __future__ import annotations
 
+import functools
 import http.client
+import io
 import os
 import threading
 import weakref
+from collections.abc import Callable
 from email.message import Message
+from typing import Protocol
 from urllib.parse import urlsplit
 
-__all__ = ["KeepAliveConnections", "proxy_for"]
+__all__ = ["Budget", "KeepAliveConnections", "proxy_for"]
 
 _ssl_context = None  # one for every HTTPS connection: loading the CA store costs milliseconds
 _ssl_lock = threading.Lock()
@@ -48,6 +52,51 @@ def proxy_for(url: str) -> str | None:
     if not proxy or urllib.request.proxy_bypass(parts.netloc):
         return None
     return proxy
+
+
+class Budget(Protocol):
+    """What one request may still spend (OpenAILM's ``_Budget``)."""
+
+    def seconds_left(self) -> float: ...  # raises TimeoutError once none are left
+
+    def check_length(self, content_length: str | None) -> None: ...
+
+    def add(self, received: int) -> None: ...
+
+
+class _DeadlineReader(io.RawIOBase):
+    """A socket's bytes, each read waiting at most ``min(timeout, seconds_left())``: a
+    server that sends a byte a second never trips a per-read timeout, but runs out of
+    seconds_left."""
+
+    def __init__(self, sock, file, timeout: float, seconds_left: Callable[[], float]) -> None:
+        self._sock = sock
+        # The socket's own file, unread: while it is open, closing the connection (a reply
+        # that ends it) leaves the socket open until this reply is read, as http.client's
+        # own reader does.
+        self._file = file
+        self._timeout = timeout
+        self._seconds_left = seconds_left
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer) -> int:
+        self._sock.settimeout(min(self._timeout, self._seconds_left()))
+        return self._sock.recv_into(buffer)
+
+    def close(self) -> None:
+        self._file.close()
+        super().close()
+
+
+class _TimedResponse(http.client.HTTPResponse):
+    """An HTTPResponse that reads its status line, headers and body through a
+    ``_DeadlineReader`` instead of the socket's own file."""
+
+    def __init__(self, sock, *args, timeout: float, seconds_left, **kwargs) -> None:
+        super().__init__(sock, *args, **kwargs)
+        self.fp = io.BufferedReader(_DeadlineReader(sock, self.fp, timeout, seconds_left))
 
 
 class _Slot:
@@ -89,18 +138,34 @@ class KeepAliveConnections:
             self._slots.add(slot)
         return conn
 
-    def post(self, path: str, body: bytes) -> tuple[int, Message, bytes]:
+    def post(self, path: str, body: bytes, budget: Budget) -> tuple[int, Message, bytes]:
         """(status, headers, content). A connection the server closed while it sat idle
         (a keep-alive timeout, a restart) fails on first use: that one failure is retried
-        at once on a fresh connection; a fresh connection's failure is raised."""
+        at once on a fresh connection; a fresh connection's failure is raised.
+
+        Every socket read waits at most ``min(timeout, budget.seconds_left())``, and
+        ``budget`` sees the headers and each chunk of the body as it arrives: a reply
+        that trickles in, or grows past the size cap, is cut off."""
         slot = getattr(self._local, "slot", None)
         conn = slot.conn if slot is not None else self._connection()
         fresh = conn.sock is None
         while True:
             try:
+                conn.timeout = min(self.timeout, budget.seconds_left())  # to connect and send
+                if conn.sock is not None:
+                    conn.sock.settimeout(conn.timeout)
+                conn.response_class = functools.partial(
+                    _TimedResponse, timeout=self.timeout, seconds_left=budget.seconds_left
+                )
                 conn.request("POST", path, body, self.headers)
                 reply = conn.getresponse()
-                return reply.status, reply.headers, reply.read()
+                budget.check_length(reply.headers.get("content-length"))
+                chunks = []
+                while chunk := reply.read1(65536):
+                    budget.add(len(chunk))
+                    chunks.append(chunk)
+                reply.close()  # read to the end: marks the connection ready for the next request
+                return reply.status, reply.headers, b"".join(chunks)
             except ConnectionError:  # reset, broken pipe, closed before the reply began
                 conn.close()
                 if fresh:

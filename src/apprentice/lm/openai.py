@@ -25,6 +25,7 @@ from urllib.parse import urlsplit
 
 from apprentice.lm.base import (
     BaseLM,
+    LMError,
     LMRequestError,
     LMUnavailableError,
     Request,
@@ -49,6 +50,54 @@ class _Retryable(Exception):
         super().__init__(message)
         self.status = status
         self.retry_after = retry_after
+
+
+class _Budget:
+    """What one call may spend: ``total_timeout_s`` over all its attempts (counted from
+    the first one's start, not from waiting for a free slot) and ``max_reply_bytes`` per
+    reply. The one place these limits are checked, for every transport."""
+
+    __slots__ = ("url", "max_bytes", "total", "deadline", "received")
+
+    def __init__(self, url: str, max_bytes: int, total: float) -> None:
+        self.url, self.max_bytes, self.total = url, max_bytes, total
+        self.deadline: float | None = None
+        self.received = 0
+
+    def begin_attempt(self) -> None:
+        if self.deadline is None:
+            self.deadline = time.monotonic() + self.total
+        self.received = 0
+
+    def seconds_left(self) -> float:
+        left = self.deadline - time.monotonic()
+        if left <= 0:
+            raise TimeoutError(self.passed())
+        return left
+
+    def passed(self) -> str:
+        return f"the total_timeout_s={self.total}s deadline passed"
+
+    def allows_wait(self, seconds: float) -> bool:
+        return time.monotonic() + seconds < self.deadline
+
+    def check_length(self, content_length: str | None) -> None:
+        if content_length and content_length.isdigit() and int(content_length) > self.max_bytes:
+            raise self._too_large(f"Content-Length {content_length}")
+
+    def add(self, received: int) -> None:
+        self.received += received
+        if self.received > self.max_bytes:
+            raise self._too_large(f"over {self.received} bytes received")
+        self.seconds_left()
+
+    def _too_large(self, seen: str) -> LMError:
+        # Not retried: the same request would most likely bring the same reply.
+        return LMError(
+            f"the reply from {self.url} is larger than max_reply_bytes={self.max_bytes} "
+            f"({self.max_bytes / 2**20:.1f} MiB; {seen}); if such replies are expected, "
+            "raise the cap with OpenAILM(..., max_reply_bytes=...)"
+        )
 
 
 def _retry_after(value: str | None) -> float | None:
@@ -90,6 +139,55 @@ def _server_message(content: bytes) -> str:
     return text.strip()[:2000] or "(empty body)"
 
 
+def _read_completion(
+    content: bytes, model_type: str, n: int
+) -> tuple[list[str], Usage, str | None, list[str | None]]:
+    """(texts, usage, model, finish reasons) of a 200 reply, the first ``n`` choices by
+    index. Raises ValueError naming what is wrong with the reply's shape: the one check
+    of a reply, for the sync and async calls alike."""
+    data = json.loads(content)
+    if not isinstance(data, dict):
+        raise ValueError(f"the body must be a JSON object, got {type(data).__name__}")
+    choices = data.get("choices")
+    if not isinstance(choices, list):
+        raise ValueError(f"choices must be a list, got {type(choices).__name__}")
+    if len(choices) < n:
+        raise ValueError(f"{len(choices)} choice(s) for n={n}")
+    for i, choice in enumerate(choices):
+        if not isinstance(choice, dict):
+            raise ValueError(f"choice {i} must be an object, got {type(choice).__name__}")
+        if type(choice.get("index", 0)) is not int:
+            raise ValueError(f"choice {i}: index must be an integer, got {choice['index']!r}")
+    choices = sorted(choices, key=lambda c: c.get("index", 0))[:n]
+    texts, finish_reasons = [], []
+    for i, choice in enumerate(choices):
+        if model_type == "chat":
+            message = choice.get("message") or {}
+            if not isinstance(message, dict):
+                raise ValueError(f"choice {i}: message must be an object, got {message!r:.80}")
+            texts.append(_text(message.get("content"), f"choice {i}: content"))
+        else:
+            texts.append(_text(choice.get("text"), f"choice {i}: text"))
+        reason = choice.get("finish_reason")
+        finish_reasons.append(reason if isinstance(reason, str) else None)
+    usage = data.get("usage") or {}
+    if not isinstance(usage, dict):
+        raise ValueError(f"usage must be an object or null, got {type(usage).__name__}")
+    tokens = Usage(usage.get("prompt_tokens") or 0, usage.get("completion_tokens") or 0)
+    model = data.get("model")
+    return texts, tokens, model if isinstance(model, str) else None, finish_reasons
+
+
+def _text(value: Any, what: str) -> str:
+    if value is None:
+        return ""  # a reply that is only tool calls, or an empty generation
+    if not isinstance(value, str):
+        raise ValueError(
+            f"{what} must be a string or null, got {type(value).__name__} {value!r:.80}"
+        )
+    return value
+
+
 def resolve_base_url(base_url: str | None) -> str:
     """The endpoint a ``base_url`` of None means: ``$OPENAI_BASE_URL``, else OpenAI's."""
     return (base_url or os.environ.get("OPENAI_BASE_URL") or "https://api.openai.com/v1").rstrip(
@@ -106,6 +204,8 @@ def _check_options(
     max_retries: int,
     retry_backoff: float,
     retry_max_wait: float,
+    max_reply_bytes: int,
+    total_timeout_s: float,
 ) -> None:
     if not base_url.startswith(("http://", "https://")):
         raise ValueError(
@@ -127,6 +227,17 @@ def _check_options(
             raise ValueError(f"{name} must be a number of seconds >= 0, got {value!r}")
     if timeout == 0:
         raise ValueError("timeout must be > 0 seconds, got 0")
+    if type(max_reply_bytes) is not int or max_reply_bytes < 1:
+        raise ValueError(f"max_reply_bytes must be an integer >= 1, got {max_reply_bytes!r}")
+    if (
+        isinstance(total_timeout_s, bool)
+        or not isinstance(total_timeout_s, (int, float))
+        or not 0 < total_timeout_s < float("inf")
+    ):
+        raise ValueError(
+            f"total_timeout_s must be > 0 seconds (the limit on a call, retries included), "
+            f"got {total_timeout_s!r}"
+        )
 
 
 class OpenAILM(BaseLM):
@@ -156,6 +267,8 @@ class OpenAILM(BaseLM):
         max_retries: int = 6,
         retry_backoff: float = 1.0,
         retry_max_wait: float = 60.0,
+        max_reply_bytes: int = 16 * 2**20,
+        total_timeout_s: float = 600.0,
         extra_body: dict[str, Any] | None = None,
         cache: bool | str | Cache | None = True,
         price: Price | None = None,
@@ -170,6 +283,8 @@ class OpenAILM(BaseLM):
             max_retries=max_retries,
             retry_backoff=retry_backoff,
             retry_max_wait=retry_max_wait,
+            max_reply_bytes=max_reply_bytes,
+            total_timeout_s=total_timeout_s,
         )
         super().__init__(
             model,
@@ -189,6 +304,8 @@ class OpenAILM(BaseLM):
         self.max_retries = max_retries
         self.retry_backoff = retry_backoff
         self.retry_max_wait = retry_max_wait
+        self.max_reply_bytes = max_reply_bytes
+        self.total_timeout_s = total_timeout_s
         self.extra_body = dict(extra_body or {})
         self._lock = threading.Lock()
         self._client = None  # httpx.Client, for the sync calls when a proxy applies
@@ -220,6 +337,8 @@ class OpenAILM(BaseLM):
             "max_retries": self.max_retries,
             "retry_backoff": self.retry_backoff,
             "retry_max_wait": self.retry_max_wait,
+            "max_reply_bytes": self.max_reply_bytes,
+            "total_timeout_s": self.total_timeout_s,
             "extra_body": dict(self.extra_body),
             "cache": cache_config(self.cache),
             "price": self.usage.price.to_config() if self.usage.price else None,
@@ -335,7 +454,7 @@ class OpenAILM(BaseLM):
         body.update(self.extra_body)
         return body
 
-    def _reply(self, status: int, headers, content: bytes, latency: float) -> Response:
+    def _reply(self, status: int, headers, content: bytes, latency: float, n: int) -> Response:
         if status != 200:
             text = _server_message(content)
             if status in _RETRY_STATUSES:
@@ -349,28 +468,16 @@ class OpenAILM(BaseLM):
                 body=content.decode("utf-8", "replace")[:2000],
             )
         try:
-            data = json.loads(content)
-            choices = sorted(data["choices"], key=lambda c: c.get("index", 0))
-            if not choices:
-                raise ValueError("no choices")
-            if self.model_type == "chat":
-                texts = [(c.get("message") or {}).get("content") or "" for c in choices]
-            else:
-                texts = [c.get("text") or "" for c in choices]
-            usage = data.get("usage") or {}
-            tokens = Usage(
-                int(usage.get("prompt_tokens") or 0), int(usage.get("completion_tokens") or 0)
-            )
-        except (ValueError, KeyError, TypeError, AttributeError) as exc:
+            texts, usage, model, finish_reasons = _read_completion(content, self.model_type, n)
+        except ValueError as exc:  # json's errors included
             raise _Retryable(
-                f"malformed reply from {self._url}: {type(exc).__name__}: {exc}; "
-                f"the body began {content[:200]!r}"
+                f"malformed reply from {self._url}: {exc}; the body began {content[:200]!r}"
             ) from None
         return Response(
             texts=texts,
-            usage=tokens,
-            model=data.get("model") or self.model,
-            finish_reasons=[c.get("finish_reason") for c in choices],
+            usage=usage,
+            model=model or self.model,
+            finish_reasons=finish_reasons,
             latency_s=latency,
         )
 
@@ -382,59 +489,86 @@ class OpenAILM(BaseLM):
         ceiling = min(self.retry_max_wait, self.retry_backoff * 2 ** (attempt - 1))
         return random.uniform(0, ceiling)  # full jitter: clients that failed together spread out
 
-    def _unavailable(self, exc: _Retryable, attempts: int) -> LMUnavailableError:
+    def _unavailable(self, exc: _Retryable, attempts: int, why: str = "") -> LMUnavailableError:
         return LMUnavailableError(
-            f"{self._url} (model {self.adapter or self.model!r}) failed after {attempts} attempt(s): {exc}",
+            f"{self._url} (model {self.adapter or self.model!r}) failed after {attempts} "
+            f"attempt(s){why}: {exc}",
             status=exc.status,
             attempts=attempts,
         )
 
+    def _wait_before_retry(self, exc: _Retryable, attempt: int, budget: _Budget) -> float:
+        """Seconds to wait before attempt ``attempt + 1``; raises LMUnavailableError when
+        there is none: retries used up, or the wait would outlast the total deadline."""
+        if attempt > self.max_retries:
+            raise self._unavailable(exc, attempt)
+        delay = self._delay(exc, attempt)
+        if not budget.allows_wait(delay):
+            raise self._unavailable(exc, attempt, f" before {budget.passed()}")
+        return delay
+
+    def _budget(self) -> _Budget:
+        return _Budget(self._url, self.max_reply_bytes, self.total_timeout_s)
+
+    def _timed_out(self, exc: BaseException, budget: _Budget) -> _Retryable:
+        if time.monotonic() >= budget.deadline:
+            return _Retryable(f"timed out: {budget.passed()}")
+        return _Retryable(f"timed out after {self.timeout}s ({type(exc).__name__})")
+
+    def _httpx_timeout(self, budget: _Budget) -> float:
+        # httpx's timeouts are per read: the deadline is also checked between chunks.
+        return min(self.timeout, budget.seconds_left())
+
     # -- sync -----------------------------------------------------------------------------
-    def _post(self, data: bytes) -> Response:
+    def _post(self, data: bytes, n: int, budget: _Budget) -> Response:
         if (self._transport or self.transport) == "httpx":
-            return self._post_httpx(data)
+            return self._post_httpx(data, n, budget)
         import http.client
 
         with self._gate:
+            budget.begin_attempt()
             start = time.perf_counter()
             try:
-                status, headers, content = self._connections.post(self._path, data)
+                status, headers, content = self._connections.post(self._path, data, budget)
             except TimeoutError as exc:
-                raise _Retryable(
-                    f"timed out after {self.timeout}s ({type(exc).__name__})"
-                ) from None
+                raise self._timed_out(exc, budget) from None
             except (OSError, http.client.HTTPException) as exc:
                 raise _Retryable(f"connection error: {exc!r}") from None
-            return self._reply(status, headers, content, time.perf_counter() - start)
+            return self._reply(status, headers, content, time.perf_counter() - start, n)
 
-    def _post_httpx(self, data: bytes) -> Response:
+    def _post_httpx(self, data: bytes, n: int, budget: _Budget) -> Response:
         import httpx
 
         with self._gate:
+            budget.begin_attempt()
             start = time.perf_counter()
             try:
-                reply = self.client.post(self._url, content=data)
-            except httpx.TimeoutException as exc:
-                raise _Retryable(
-                    f"timed out after {self.timeout}s ({type(exc).__name__})"
-                ) from None
+                timeout = self._httpx_timeout(budget)
+                with self.client.stream("POST", self._url, content=data, timeout=timeout) as reply:
+                    budget.check_length(reply.headers.get("content-length"))
+                    chunks = []
+                    for chunk in reply.iter_bytes():
+                        budget.add(len(chunk))
+                        chunks.append(chunk)
+            except (httpx.TimeoutException, TimeoutError) as exc:
+                raise self._timed_out(exc, budget) from None
             except httpx.TransportError as exc:
                 raise _Retryable(f"connection error: {exc!r}") from None
+            content = b"".join(chunks)
             return self._reply(
-                reply.status_code, reply.headers, reply.content, time.perf_counter() - start
+                reply.status_code, reply.headers, content, time.perf_counter() - start, n
             )
 
     def _call(self, request: Request) -> Response | BaseException:
         attempt = 1
         try:
             data = _encode(self.body(request))
+            budget = self._budget()
             while True:
                 try:
-                    return self._post(data)
+                    return self._post(data, request.n, budget)
                 except _Retryable as exc:
-                    if attempt > self.max_retries:
-                        return self._unavailable(exc, attempt)
-                    time.sleep(self._delay(exc, attempt))
+                    time.sleep(self._wait_before_retry(exc, attempt, budget))
                     attempt += 1
         except Exception as exc:  # returned, not raised: one failure must not sink a batch
             return exc
@@ -473,35 +607,44 @@ class OpenAILM(BaseLM):
             await closer.__anext__()
         return state
 
-    async def _apost(self, data: bytes) -> Response:
+    async def _apost(self, data: bytes, n: int, budget: _Budget) -> Response:
         import httpx
 
         client, gate, _ = self._async.get(asyncio.get_running_loop()) or await self._async_state()
         async with gate:
+            budget.begin_attempt()
             start = time.perf_counter()
             try:
-                reply = await client.post(self._url, content=data)
-            except httpx.TimeoutException as exc:
-                raise _Retryable(
-                    f"timed out after {self.timeout}s ({type(exc).__name__})"
-                ) from None
+                # The whole attempt, headers included, ends at the deadline.
+                status, headers, content = await asyncio.wait_for(
+                    self._aread(client, data, budget), budget.seconds_left()
+                )
+            except (httpx.TimeoutException, TimeoutError, asyncio.TimeoutError) as exc:
+                raise self._timed_out(exc, budget) from None
             except httpx.TransportError as exc:
                 raise _Retryable(f"connection error: {exc!r}") from None
-            return self._reply(
-                reply.status_code, reply.headers, reply.content, time.perf_counter() - start
-            )
+            return self._reply(status, headers, content, time.perf_counter() - start, n)
+
+    async def _aread(self, client, data: bytes, budget: _Budget):
+        timeout = self._httpx_timeout(budget)
+        async with client.stream("POST", self._url, content=data, timeout=timeout) as reply:
+            budget.check_length(reply.headers.get("content-length"))
+            chunks = []
+            async for chunk in reply.aiter_bytes():
+                budget.add(len(chunk))
+                chunks.append(chunk)
+        return reply.status_code, reply.headers, b"".join(chunks)
 
     async def _acall(self, request: Request) -> Response | BaseException:
         attempt = 1
         try:
             data = _encode(self.body(request))
+            budget = self._budget()
             while True:
                 try:
-                    return await self._apost(data)
+                    return await self._apost(data, request.n, budget)
                 except _Retryable as exc:
-                    if attempt > self.max_retries:
-                        return self._unavailable(exc, attempt)
-                    await asyncio.sleep(self._delay(exc, attempt))
+                    await asyncio.sleep(self._wait_before_retry(exc, attempt, budget))
                     attempt += 1
         except Exception as exc:  # returned, not raised: one failure must not sink a batch
             return exc
