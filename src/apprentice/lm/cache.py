@@ -14,6 +14,7 @@ import logging
 import os
 import sqlite3
 import threading
+import time
 import weakref
 from collections.abc import Callable
 from pathlib import Path
@@ -57,7 +58,7 @@ class Cache:
         conn = getattr(self._local, "conn", None)
         if conn is None:
             conn = sqlite3.connect(self.path, timeout=30.0, isolation_level=None)
-            conn.execute("PRAGMA journal_mode=WAL")
+            _switch_to_wal(conn)
             # NORMAL: a power cut may drop the newest entries, never corrupt the file;
             # losing a cache entry only costs one repeated call.
             conn.execute("PRAGMA synchronous=NORMAL")
@@ -185,3 +186,23 @@ def resolve_cache(cache: bool | str | os.PathLike | Cache | None) -> Cache | Non
         if key not in _shared:
             _shared[key] = Cache(path)
         return _shared[key]
+
+
+def _switch_to_wal(conn: sqlite3.Connection, wait_s: float = 30.0) -> None:
+    """``PRAGMA journal_mode=WAL`` retried while another process holds the new file's lock.
+
+    Two processes opening a fresh cache file at once race here: switching the journal
+    mode takes an exclusive lock, and SQLite answers "database is locked" at once instead
+    of waiting in its busy handler (seen in CI with two writer processes on a loaded box).
+    """
+    deadline = time.monotonic() + wait_s
+    delay = 0.01
+    while True:
+        try:
+            conn.execute("PRAGMA journal_mode=WAL")
+            return
+        except sqlite3.OperationalError as exc:
+            if "locked" not in str(exc) or time.monotonic() > deadline:
+                raise
+            time.sleep(delay)
+            delay = min(delay * 2, 0.5)
