@@ -73,7 +73,7 @@ def serve_stub(delay: float) -> None:
         if "[[ ##" in system:  # DSPy's ChatAdapter
             text = "[[ ## answer ## ]]\nParis\n\n[[ ## completed ## ]]"
         else:
-            text = "### answer\nParis"
+            text = "[[answer]]\nParis"
         return json.dumps(
             {
                 "id": "chatcmpl-stub",

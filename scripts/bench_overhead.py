@@ -58,7 +58,7 @@ def serve_stub() -> None:
     def completion(system: str) -> str:
         if "[[ ##" in system:  # DSPy's ChatAdapter
             return "[[ ## answer ## ]]\nParis\n\n[[ ## completed ## ]]"
-        return "### answer\nParis"
+        return "[[answer]]\nParis"
 
     class Handler(BaseHTTPRequestHandler):
         protocol_version = "HTTP/1.1"
