@@ -28,6 +28,20 @@ TARGETS = {"causal": ["q_proj", "v_proj", "down_proj"], "seq2seq": ["q", "v", "w
 MAX_NEW = 12
 
 
+def _scramble(auto, folder, *, seed: int, scale: float) -> None:
+    """Rewrites the model in ``folder`` with widely spread random matrices (varied greedy
+    outputs; a default random init repeats one token)."""
+    import torch
+
+    model = auto.from_pretrained(folder)
+    generator = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for weight in model.parameters():
+            if weight.dim() == 2:
+                weight.copy_(torch.randn(weight.shape, generator=generator) * scale)
+    model.save_pretrained(folder)
+
+
 def _build(kind: str, root):
     import torch
     from peft import LoraConfig, get_peft_model
@@ -37,13 +51,7 @@ def _build(kind: str, root):
 
     auto = AutoModelForCausalLM if kind == "causal" else AutoModelForSeq2SeqLM
     base = make_tiny_student(kind, TEXTS, root / kind, hidden_size=64, num_layers=2, vocab_size=400)
-    model = auto.from_pretrained(base)
-    generator = torch.Generator().manual_seed(0)
-    with torch.no_grad():
-        for weight in model.parameters():
-            if weight.dim() == 2:
-                weight.copy_(torch.randn(weight.shape, generator=generator) * 0.2)
-    model.save_pretrained(base)
+    _scramble(auto, base, seed=0, scale=0.2)
     adapters = {}
     for seed, name in enumerate(("a", "b"), start=1):
         torch.manual_seed(seed)
@@ -361,13 +369,7 @@ def test_a_model_rewritten_in_place_gets_a_fresh_engine(tmp_path):
     first = LocalLM(base, max_new_tokens=MAX_NEW)
     assert LocalLM(base).engine is first.engine  # unchanged files: one engine
 
-    model = AutoModelForCausalLM.from_pretrained(base)
-    generator = torch.Generator().manual_seed(5)
-    with torch.no_grad():
-        for weight in model.parameters():
-            if weight.dim() == 2:
-                weight.copy_(torch.randn(weight.shape, generator=generator) * 0.3)
-    model.save_pretrained(base)
+    _scramble(AutoModelForCausalLM, base, seed=5, scale=0.3)
 
     second = LocalLM(base, max_new_tokens=MAX_NEW)
     assert second.engine is not first.engine
