@@ -86,7 +86,20 @@ def resolve_model(name_or_path: str | os.PathLike) -> str:
     return str(convert_gguf(name_or_path))
 
 
+_HASHES: dict[tuple[str, int, int], str] = {}  # (path, size, mtime_ns) -> sha256
+
+
 def _file_hash(path: Path) -> str:
+    """sha256 of the file, computed once per process while its size and mtime stay the
+    same: every LocalLM and load_student resolves the name, and a 100 MB file takes ~0.3 s."""
+    st = path.stat()
+    key = (str(path.resolve()), st.st_size, st.st_mtime_ns)
+    if key not in _HASHES:
+        _HASHES[key] = _hash_contents(path)
+    return _HASHES[key]
+
+
+def _hash_contents(path: Path) -> str:
     digest = hashlib.sha256()
     with open(path, "rb") as f:
         for block in iter(lambda: f.read(1 << 22), b""):
