@@ -23,6 +23,7 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, Field, ValidationError, field_validator
 
+from apprentice.config import ConfigSection
 from apprentice.recipe_sections import (
     BootstrapConfig,
     DataConfig,
@@ -33,7 +34,7 @@ from apprentice.recipe_sections import (
     StudentConfig,
     TeacherConfig,
 )
-from apprentice.train.config import ConfigSection, LoraConfig, TrainConfig
+from apprentice.train.config import LoraConfig, TrainConfig
 
 __all__ = [
     "DataSource",
