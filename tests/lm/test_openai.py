@@ -35,7 +35,7 @@ from apprentice.lm import (
     Usage,
     keepalive,
 )
-from apprentice.lm.openai import _retry_after, _Retryable
+from apprentice.lm.openai_retry import Retryable, RetryPolicy, retry_after
 from apprentice.lm.registry import lm_from_config
 
 
@@ -332,22 +332,23 @@ def test_retry_after_is_capped_by_retry_max_wait(stub, make_lm):
 
 
 def test_retry_after_accepts_seconds_and_http_dates():
-    assert _retry_after("2") == 2.0
-    assert _retry_after("-4") == 0.0
-    assert _retry_after(None) is None and _retry_after("soon") is None
+    assert retry_after("2") == 2.0
+    assert retry_after("-4") == 0.0
+    assert retry_after(None) is None and retry_after("soon") is None
     in_ten = email.utils.formatdate(time.time() + 10, usegmt=True)
-    assert 8 < _retry_after(in_ten) <= 10
+    assert 8 < retry_after(in_ten) <= 10
 
 
 def test_backoff_is_exponential_with_full_jitter_and_capped(make_lm):
-    lm = make_lm(retry_backoff=0.5, retry_max_wait=3.0)
-    failure = _Retryable("HTTP 503", 503)
+    policy = make_lm(retry_backoff=0.5, retry_max_wait=3.0)._start(ask("q")).retries
+    assert policy == RetryPolicy(max_retries=6, backoff=0.5, max_wait=3.0)
+    failure = Retryable("HTTP 503", 503)
     for attempt, ceiling in ((1, 0.5), (2, 1.0), (3, 2.0), (4, 3.0), (9, 3.0)):
-        delays = [lm._delay(failure, attempt) for _ in range(300)]
+        delays = [policy.delay(failure, attempt) for _ in range(300)]
         assert min(delays) >= 0 and max(delays) <= ceiling
         assert max(delays) > 0.8 * ceiling and min(delays) < 0.2 * ceiling  # spread, not fixed
-    assert lm._delay(_Retryable("HTTP 429", 429, retry_after=1.5), 1) == 1.5
-    assert lm._delay(_Retryable("HTTP 429", 429, retry_after=100), 1) == 3.0
+    assert policy.delay(Retryable("HTTP 429", 429, retry_after=1.5), 1) == 1.5
+    assert policy.delay(Retryable("HTTP 429", 429, retry_after=100), 1) == 3.0
 
 
 @pytest.mark.parametrize("status", [500, 502, 503, 504, 408, 429])
