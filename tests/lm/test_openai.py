@@ -314,6 +314,24 @@ def test_both_transports_send_the_same_bytes(stub, make_lm, no_proxy_env):
     )
 
 
+def test_sync_and_async_send_the_same_bytes_and_read_the_same_response(stub, make_lm):
+    choices = [
+        {"index": 1, "message": {"content": "b"}, "finish_reason": "length"},
+        {"index": 0, "message": {"content": "a"}, "finish_reason": "stop"},
+    ]
+    reply = {"choices": choices, "usage": {"prompt_tokens": 7, "completion_tokens": 2}}
+    stub.default = Reply(raw=json.dumps(reply).encode())  # names no model
+    lm = make_lm("base-llama", adapter="qa-lora")
+    request = ask("naïve?", temperature=0.5, n=2, stop=("END",))
+    done = lm.generate([request])[0], asyncio.run(lm.agenerate([request]))[0]
+    assert stub.raw_bodies[0] == stub.raw_bodies[1]
+    assert stub.bodies[0]["model"] == "qa-lora"
+    for response in done:
+        assert (response.texts, response.finish_reasons) == (["a", "b"], ["stop", "length"])
+        assert response.usage == Usage(7, 2)
+        assert response.model == "base-llama"  # the reply named none: the LM's base model
+
+
 # -- retries ----------------------------------------------------------------------------------
 def test_429_waits_for_retry_after_then_succeeds(stub, make_lm):
     stub.queue(Reply(status=429, headers={"Retry-After": "0.3"}), Reply(texts="ok"))

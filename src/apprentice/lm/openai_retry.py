@@ -28,12 +28,11 @@ httpx's transport ``retries=`` only re-tries failed connects on the httpx transp
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import functools
 import random
 import time
-from collections.abc import Iterator
 from dataclasses import dataclass
+from typing import Any, NamedTuple
 
 from apprentice.lm.base import LMError, LMUnavailableError
 
@@ -159,9 +158,8 @@ class Budget:
         )
 
 
-@dataclass(frozen=True)
-class RetryPolicy:
-    """How many retries, and how long to wait before each."""
+class RetryPolicy(NamedTuple):
+    """How many retries, and how long to wait before each (a tuple: made once a call)."""
 
     max_retries: int
     backoff: float
@@ -179,7 +177,17 @@ class Call:
     """One request's state over its attempts: the bytes sent, the budget, the attempt
     count. ``where`` names the endpoint and model in the final error."""
 
-    __slots__ = ("data", "n", "budget", "retries", "timeout", "where", "attempts", "started")
+    __slots__ = (
+        "data",
+        "n",
+        "budget",
+        "retries",
+        "timeout",
+        "where",
+        "attempts",
+        "started",
+        "errors",
+    )
 
     def __init__(
         self,
@@ -194,20 +202,29 @@ class Call:
         self.retries, self.timeout, self.where = retries, timeout, where
         self.attempts = 0
         self.started = 0.0
+        self.errors: TransportErrors | None = None
 
-    @contextlib.contextmanager
-    def attempt(self, errors: TransportErrors) -> Iterator[None]:
-        """Around one attempt's I/O: starts its clock (and the deadline, on the first) and
-        turns the transport's timeouts and connection errors into ``Retryable``."""
+    def attempt(self, errors: TransportErrors) -> Call:
+        """``with call.attempt(errors):`` around one attempt's I/O starts its clock (and
+        the deadline, on the first) and turns the transport's timeouts and connection
+        errors into ``Retryable``. (A class, not a contextlib generator: every call pays
+        for it, and this is several times cheaper.)"""
+        self.errors = errors
+        return self
+
+    def __enter__(self) -> None:
         self.attempts += 1
         self.budget.begin_attempt()
         self.started = time.perf_counter()
-        try:
-            yield
-        except errors.timeouts as exc:
+
+    def __exit__(self, kind: Any, exc: BaseException | None, tb: Any) -> bool:
+        if exc is None:
+            return False
+        if isinstance(exc, self.errors.timeouts):
             raise self._timed_out(exc) from None
-        except errors.connection as exc:
+        if isinstance(exc, self.errors.connection):
             raise Retryable(f"connection error: {exc!r}") from None
+        return False
 
     def latency(self) -> float:
         return time.perf_counter() - self.started
