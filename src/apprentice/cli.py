@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
 import time
 from pathlib import Path
@@ -163,6 +164,11 @@ def _run_stage(args) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
+    # Like `python -m`, the command imports from the working directory: recipes name their
+    # program modules relative to the project root it runs from. The command owns its
+    # process, so this is set here, never by library code a user's program calls.
+    if "" not in sys.path and os.getcwd() not in sys.path:
+        sys.path.insert(0, os.getcwd())
     parser = build_parser()
     args = parser.parse_args(argv)
     logging.basicConfig(
