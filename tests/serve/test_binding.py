@@ -21,6 +21,16 @@ from apprentice.train.export import read_manifest
 GROUPS = {"a": ["answer", "check"]}
 
 
+@pytest.fixture(autouse=True)
+def engine_left_as_found(students):
+    """The engine is shared by every test on this base: adapters a test adds go again."""
+    engine = LocalLM(students["causal"].base, max_new_tokens=MAX_NEW).engine
+    before = set(engine.adapter_names())
+    yield
+    for name in set(engine.adapter_names()) - before:
+        engine.unload_adapter(name)
+
+
 def test_openai_backend_loads_the_adapter_into_the_server_under_a_versioned_name(
     serve, students, tmp_path
 ):
