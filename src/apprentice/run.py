@@ -333,7 +333,6 @@ class Run:
     def train(self) -> StageOutcome:
         from apprentice.dataset.build import load_dataset_dir
         from apprentice.optimize.finetune import adapter_groups, bind_student
-        from apprentice.train.export import read_manifest
         from apprentice.train.sft import TrainResult, train_adapter
 
         r = self.recipe
@@ -351,22 +350,15 @@ class Run:
         finished = all((d / "adapter" / "manifest.json").exists() for d in adapters.values())
 
         def run() -> dict[str, Any]:
-            entry = self.state()["stages"].get("train", {})
-            if entry.get("hash") not in (None, key):
-                self._set_aside(adapters.values())
             student = self._ensure_student(manifest.content_hash)
             trained: dict[str, TrainResult] = {}
             for name, group in groups.items():
-                out = adapters[name]
-                done = out / "adapter" / "manifest.json"
-                if done.exists() and entry.get("hash") == key:
-                    m = read_manifest(out / "adapter")
-                    trained[name] = TrainResult(out / "adapter", m, m.metrics)
-                    continue
+                # The trainer reuses a finished adapter or resumes a checkpoint of this same
+                # training run, and sets aside another run's (train/resume.py).
                 trained[name] = train_adapter(
                     self.dataset_dir,
                     student,
-                    out,
+                    adapters[name],
                     lora=r.lora,
                     train=r.train,
                     predictors=group,
