@@ -73,8 +73,17 @@ def train_adapter(
     lora = lora or LoraConfig()
     train = train or TrainConfig()
     if train.launcher.kind == "accelerate" and not in_launched_process():
-        job = {"lora": lora, "train": train, "predictors": predictors, "name": name}
-        return _finished(launch_training(dataset_dir, student, out_dir, progress=progress, **job))
+        adapter_dir = launch_training(
+            dataset_dir,
+            student,
+            out_dir,
+            lora=lora,
+            train=train,
+            predictors=predictors,
+            name=name,
+            progress=progress,
+        )
+        return _finished(adapter_dir)
     rows = load_rows(dataset_dir, predictors)
     trainer = AdapterTrainer(out_dir, lora=lora, train=train, name=name, progress=progress)
     trainer.setup_model(student)
