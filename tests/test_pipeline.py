@@ -58,6 +58,7 @@ def test_a_serving_change_rebinds_the_student_without_retraining_it(tmp_path):
     # A training change does retrain (and rebinds).
     third = Run.open(root, overrides=["train.learning_rate=0.001"], progress=False)
     assert _stages(third, ("train", "bind")) == {"train": "ran", "bind": "ran"}
+    assert [p.stat().st_mtime_ns for p in weights] != stamps
 
 
 @pytest.fixture

@@ -42,12 +42,15 @@ def test_a_second_process_is_refused_while_one_holds_the_run_directory(tmp_path)
 
 
 def test_setting_adapters_aside_twice_keeps_both_older_copies(tmp_path):
-    run = Run.open(RECIPE, overrides=SMALL, run_dir=tmp_path / "run", progress=False)
+    # What the trainer does with another training run's adapter (train/resume.py): two
+    # set-asides within one second must not overwrite each other.
+    from apprentice.files import set_aside
+
     adapter = tmp_path / "run" / "adapters" / "multitask"
     for text in ("first", "second"):
         adapter.mkdir(parents=True)
         (adapter / "weights.txt").write_text(text)
-        run._set_aside([adapter])
+        set_aside(adapter, adapter.parent / ".previous")
     kept = sorted(p.read_text() for p in adapter.parent.glob(".previous/*/weights.txt"))
     assert kept == ["first", "second"] and not adapter.exists()
 

@@ -7,6 +7,7 @@ and skips whatever is already done.
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import os
 import sys
@@ -20,6 +21,7 @@ Distil a language-model program into a small local student.
 
   apprentice distill recipes/demo/causal.yaml      # every stage, into runs/<name>/
   apprentice report runs/demo-causal               # one stage, on an existing run
+  apprentice train RECIPE --num-processes 2        # train under accelerate launch
 
 A recipe (YAML) names the program, the data, the teacher and the student; see
 recipes/ for examples. Re-running a command reuses finished stages and resumes
@@ -58,6 +60,50 @@ def _add_run_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
 
 
+def _add_launcher_arguments(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_argument_group(
+        "launcher", "run the training under `accelerate launch` (docs/training.md)"
+    )
+    group.add_argument(
+        "--launcher",
+        choices=("none", "accelerate"),
+        default=None,
+        help="accelerate: train in processes started by accelerate's launcher (several GPUs "
+        "or machines, FSDP, DeepSpeed); none: in this process (default: the recipe's "
+        "train.launcher.kind)",
+    )
+    group.add_argument(
+        "--accelerate-config",
+        metavar="FILE",
+        default=None,
+        help="accelerate config YAML (from `accelerate config`); implies --launcher accelerate",
+    )
+    group.add_argument(
+        "--num-processes",
+        type=int,
+        metavar="N",
+        default=None,
+        help="training processes to start; implies --launcher accelerate",
+    )
+
+
+def _launcher_overrides(args: argparse.Namespace) -> list[str]:
+    """The launcher flags as recipe overrides (train.launcher.*), so the run records them."""
+    if getattr(args, "launcher", None) is None and (
+        getattr(args, "accelerate_config", None) or getattr(args, "num_processes", None)
+    ):
+        args.launcher = "accelerate"
+    overrides = []
+    if getattr(args, "launcher", None) is not None:
+        overrides.append(f"train.launcher.kind={args.launcher}")
+    if getattr(args, "accelerate_config", None) is not None:
+        config = str(Path(args.accelerate_config).resolve())  # the run may be reopened elsewhere
+        overrides.append(f"train.launcher.config_file={json.dumps(config)}")
+    if getattr(args, "num_processes", None) is not None:
+        overrides.append(f"train.launcher.num_processes={args.num_processes}")
+    return overrides
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="apprentice",
@@ -72,6 +118,8 @@ def build_parser() -> argparse.ArgumentParser:
     for name, text in _STAGE_HELP.items():
         p = sub.add_parser(name, help=text, description=text)
         _add_run_arguments(p)
+        if name in ("train", "distill"):
+            _add_launcher_arguments(p)
     serve = sub.add_parser(
         "serve",
         help="serve a run's student over an OpenAI-compatible HTTP API",
@@ -141,9 +189,8 @@ def _short(stage: str, s: dict) -> str:
 def _run_stage(args) -> int:
     from apprentice.run import STAGES, Run
 
-    run = Run.open(
-        args.target, overrides=args.overrides, run_dir=args.run_dir, progress=not args.quiet
-    )
+    overrides = args.overrides + _launcher_overrides(args)
+    run = Run.open(args.target, overrides=overrides, run_dir=args.run_dir, progress=not args.quiet)
     start = time.perf_counter()
     if args.command == "distill":
         run.distill()

@@ -30,7 +30,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from apprentice.files import atomic_write, exclusive, folder_lock, set_aside
+from apprentice.files import atomic_write, exclusive, folder_lock
 from apprentice.progress import library_bars, show_progress
 
 __all__ = ["Job", "Pipeline", "StageOutcome", "adapter_groups"]
@@ -320,7 +320,6 @@ class Pipeline:
         """One adapter per group of predictors (LoRA or full), each resumable."""
         from apprentice.dataset.build import load_dataset_dir
         from apprentice.train import sft
-        from apprentice.train.export import read_manifest
 
         job = self.job
         self.require(self.dataset_dir / "manifest.json", "dataset")
@@ -331,46 +330,30 @@ class Pipeline:
         finished = all((d / "adapter" / "manifest.json").exists() for d in outs.values())
 
         def run() -> dict[str, Any]:
-            entry = self.state()["stages"].get("train", {})
-            if entry.get("hash") not in (None, key):
-                self._set_aside(outs.values())
             student = self.ensure_student(manifest.content_hash)
             summary = {}
             for name, group in groups.items():
-                out = outs[name]
-                if (out / "adapter" / "manifest.json").exists() and entry.get("hash") == key:
-                    done = read_manifest(out / "adapter")
-                    metrics, method, servable = done.metrics, done.method, done.servable
-                else:
-                    result = sft.train_adapter(
-                        self.dataset_dir,
-                        student,
-                        out,
-                        lora=job.lora,
-                        train=job.train,
-                        predictors=group,
-                        name=name,
-                        progress=self.progress,
-                    )
-                    metrics = result.metrics
-                    method, servable = result.manifest.method, result.manifest.servable
+                # The trainer reuses a finished adapter or resumes a checkpoint of this same
+                # training run, and sets aside another run's (train/resume.py).
+                result = sft.train_adapter(
+                    self.dataset_dir,
+                    student,
+                    outs[name],
+                    lora=job.lora,
+                    train=job.train,
+                    predictors=group,
+                    name=name,
+                    progress=self.progress,
+                )
                 keep = ("steps", "final_train_loss", "final_val_loss", "elapsed_s")
-                summary[name] = {k: metrics.get(k) for k in keep} | {
-                    "method": method,
-                    "servable": servable,
-                    "metrics": metrics,
+                summary[name] = {k: result.metrics.get(k) for k in keep} | {
+                    "method": result.manifest.method,
+                    "servable": result.manifest.servable,
+                    "metrics": result.metrics,
                 }
             return summary
 
         return self._stage("train", key, run, exists=finished)
-
-    def _set_aside(self, dirs) -> None:
-        # A changed recipe makes old checkpoints useless for resuming, but they are never
-        # deleted: each earlier run's adapters move to adapters/.previous/<name>.<time>.
-        for d in dirs:
-            if d.exists():
-                target = set_aside(d, d.parent / ".previous")
-                log.warning("recipe changed: moved %s to %s", d, target)
 
     def bind(self) -> StageOutcome:
         """Writes program.json: the program with each predictor bound to the student and its

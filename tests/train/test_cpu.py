@@ -71,13 +71,13 @@ def test_a_resumed_run_keeps_the_thread_count_it_started_with(
 
 
 def test_bf16_auto_is_on_for_real_students_on_a_bf16_cpu_only(monkeypatch):
-    from apprentice.train import sft
+    from apprentice.train import model
 
-    monkeypatch.setattr(sft, "cpu_has_bf16", lambda: True)
-    assert sft._use_bf16("auto", "cpu", 135_000_000) is True
-    assert sft._use_bf16("auto", "cpu", 800_000) is False  # tiny: element-wise bound
-    assert sft._use_bf16(False, "cpu", 135_000_000) is False
-    monkeypatch.setattr(sft, "cpu_has_bf16", lambda: False)
-    assert sft._use_bf16("auto", "cpu", 135_000_000) is False
-    assert sft._use_bf16(True, "cpu", 800_000) is True
+    monkeypatch.setattr(model, "cpu_has_bf16", lambda: True)
+    assert model.use_bf16("auto", "cpu", 135_000_000) is True
+    assert model.use_bf16("auto", "cpu", 800_000) is False  # tiny: element-wise bound
+    assert model.use_bf16(False, "cpu", 135_000_000) is False
+    monkeypatch.setattr(model, "cpu_has_bf16", lambda: False)
+    assert model.use_bf16("auto", "cpu", 135_000_000) is False
+    assert model.use_bf16(True, "cpu", 800_000) is True
     assert isinstance(threads.cpu_has_bf16(), bool)

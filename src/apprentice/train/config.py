@@ -8,7 +8,7 @@ from pydantic import Field, field_validator
 
 from apprentice.config import ConfigSection
 
-__all__ = ["VLLM_LORA_RANKS", "ConfigSection", "LoraConfig", "TrainConfig"]
+__all__ = ["VLLM_LORA_RANKS", "ConfigSection", "LauncherConfig", "LoraConfig", "TrainConfig"]
 
 # Ranks vLLM accepts for LoRA adapters (max_lora_rank choices).
 VLLM_LORA_RANKS = frozenset({1, 8, 16, 32, 64, 128, 256, 320, 512})
@@ -37,6 +37,27 @@ class LoraConfig(ConfigSection):
     )
     require_servable: bool = Field(
         True, description="refuse, before training, a causal adapter that vLLM could not serve"
+    )
+
+
+class LauncherConfig(ConfigSection):
+    """How the training processes start: in this process, or under ``accelerate launch``
+    (several GPUs or machines, FSDP, DeepSpeed: whatever the accelerate config sets up)."""
+
+    kind: Literal["none", "accelerate"] = Field(
+        "none", description="none = train in this process; accelerate = under accelerate launch"
+    )
+    config_file: str | None = Field(
+        None, description="accelerate config YAML (`accelerate config` writes one)"
+    )
+    num_processes: int | None = Field(
+        None,
+        ge=1,
+        description="processes to start; None = the config file's, else one per CUDA device",
+    )
+    args: list[str] = Field(
+        default_factory=list,
+        description="more `accelerate launch` options, e.g. ['--main_process_port', '29600']",
     )
 
 
@@ -89,6 +110,10 @@ class TrainConfig(ConfigSection):
         "auto",
         description="CPU training threads; auto = the cores idle when training starts (at "
         "least 1), so a busy box does not stall the run; a resumed run reuses its first choice",
+    )
+    launcher: LauncherConfig = Field(
+        default_factory=LauncherConfig,
+        description="start the training under accelerate launch (docs/training.md)",
     )
 
     @field_validator("num_threads")

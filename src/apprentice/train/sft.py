@@ -1,10 +1,15 @@
 """The training run: a LoRA (or full) finetune of a student on an SFT dataset.
 
+``train_adapter`` reads top to bottom: load the rows, set up the model, tokenize, decide
+what to take over from ``out_dir`` (``resume.py``), set up the optimizer, run the loop,
+export. ``AdapterTrainer`` holds the run's state; each of its methods is one step.
+
 Built as an accelerate loop rather than on transformers' Trainer: on the tiny CPU
 students we test with, the loop's lean per-step path and length-grouped batches train
 faster than TRL's SFTTrainer (see docs/benchmarks.md, scripts/bench_train.py), and it
 keeps resume exact. accelerate gives the rest: gradient accumulation, bf16 autocast,
-checkpoint state, and multi-GPU / multi-process runs through ``accelerate launch``.
+checkpoint state, and multi-GPU / multi-process runs through ``accelerate launch``
+(``train.launcher``, see ``launch.py`` and docs/training.md).
 """
 
 from __future__ import annotations
@@ -16,32 +21,26 @@ import math
 import os
 import shutil
 import time
-import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from apprentice.dataset.build import load_dataset_dir
-from apprentice.dataset.tokenize import tokenize_rows
-from apprentice.train.batching import collate_padded, collate_padding_free, length_grouped_batches
 from apprentice.train.config import LoraConfig, TrainConfig
-from apprentice.train.cpu import BF16_MIN_PARAMS, choose_threads, cpu_has_bf16, cpu_threads
+from apprentice.train.cpu import choose_threads, cpu_threads
+from apprentice.train.data import TrainingRows, batch_loader, load_rows, tokenize_splits
 from apprentice.train.export import (
     AdapterManifest,
     check_lora_config,
     check_servable,
+    read_manifest,
     write_manifest,
 )
-from apprentice.train.resume import resumable_checkpoint, run_fingerprint
-from apprentice.train.students import (
-    StudentError,
-    default_target_modules,
-    linear_module_suffixes,
-    load_student,
-    model_hash,
-)
+from apprentice.train.launch import in_launched_process, launch_training
+from apprentice.train.model import resolve_targets, use_bf16, use_packing, wrap_lora
+from apprentice.train.resume import check_out_dir, run_fingerprint, save_checkpoint
+from apprentice.train.students import load_student, model_hash
 
-__all__ = ["TrainResult", "train_adapter"]
+__all__ = ["AdapterTrainer", "TrainResult", "train_adapter"]
 
 log = logging.getLogger(__name__)
 
@@ -51,90 +50,6 @@ class TrainResult:
     adapter_dir: Path
     manifest: AdapterManifest
     metrics: dict[str, Any] = field(default_factory=dict)
-
-
-def _peft_config(lora: LoraConfig, kind: str, targets: list[str]):
-    from peft import LoraConfig as PeftLoraConfig
-    from peft import TaskType
-
-    return PeftLoraConfig(
-        r=lora.r,
-        lora_alpha=lora.alpha,
-        lora_dropout=lora.dropout,
-        # peft mutates the lists it is given: hand it copies.
-        target_modules=list(targets),
-        bias=lora.bias,
-        use_dora=lora.use_dora,
-        use_rslora=lora.use_rslora,
-        modules_to_save=list(lora.modules_to_save) if lora.modules_to_save else None,
-        task_type=TaskType.SEQ_2_SEQ_LM if kind == "seq2seq" else TaskType.CAUSAL_LM,
-    )
-
-
-def _resolve_targets(model: Any, family: str, lora: LoraConfig) -> list[str]:
-    present = linear_module_suffixes(model)
-    if lora.target_modules is None:
-        return default_target_modules(model, family)
-    missing = [m for m in lora.target_modules if m not in present]
-    if missing:
-        raise StudentError(
-            f"target module(s) {missing} do not exist in this {family} model; "
-            f"linear modules it has: {sorted(present)}"
-        )
-    return list(lora.target_modules)
-
-
-def _latest_checkpoint(out_dir: Path) -> Path | None:
-    root = out_dir / "checkpoints"
-    if not root.is_dir():
-        return None
-    done = [p for p in root.glob("step-*") if (p / "trainer_state.json").exists()]
-    return max(done, key=lambda p: int(p.name.split("-")[1]), default=None)
-
-
-def _save_checkpoint(accelerator, out_dir: Path, state: dict[str, Any], keep: int) -> None:
-    root = out_dir / "checkpoints"
-    final = root / f"step-{state['global_step']}"
-    tmp = root / f".tmp-step-{state['global_step']}"
-    if accelerator.is_main_process and tmp.exists():
-        shutil.rmtree(tmp)
-    accelerator.wait_for_everyone()
-    accelerator.save_state(str(tmp))
-    if accelerator.is_main_process:
-        # trainer_state.json is written last: a checkpoint without it is incomplete.
-        (tmp / "trainer_state.json").write_text(json.dumps(state))
-        if final.exists():
-            shutil.rmtree(final)
-        os.replace(tmp, final)
-        finished = sorted(
-            (p for p in root.glob("step-*") if (p / "trainer_state.json").exists()),
-            key=lambda p: int(p.name.split("-")[1]),
-        )
-        for old in finished[:-keep]:
-            shutil.rmtree(old, ignore_errors=True)
-    accelerator.wait_for_everyone()
-
-
-def _use_bf16(setting, device_type: str, params: int) -> bool:
-    """``auto``: CUDA with bf16, or a bf16-capable CPU with a student big enough to gain
-    (see train/cpu.py for the measurements)."""
-    import torch
-
-    if setting != "auto":
-        return bool(setting)
-    if device_type == "cuda":
-        return torch.cuda.is_bf16_supported()
-    return device_type == "cpu" and params >= BF16_MIN_PARAMS and cpu_has_bf16()
-
-
-def _use_packing(setting, kind: str, device_type: str) -> bool:
-    if kind != "causal":
-        if setting is True:
-            raise ValueError(
-                "packing=True is for causal students; T5 batches are length-grouped instead"
-            )
-        return False
-    return device_type == "cuda" if setting == "auto" else bool(setting)
 
 
 def train_adapter(
@@ -150,319 +65,356 @@ def train_adapter(
 ) -> TrainResult:
     """Trains on ``dataset_dir`` (rows of ``predictors``, or all) and exports to ``out_dir/adapter``.
 
-    Resumes from the newest checkpoint in ``out_dir/checkpoints`` when this same run (same
-    dataset, rows, student and settings) made it; another run's checkpoints are set aside
-    (``train/resume.py``).
+    What this same run (same dataset, rows, student and settings) left in ``out_dir`` is
+    taken over: its finished adapter is returned as it is, its newest checkpoint is
+    resumed. Another run's files are set aside, never resumed (``resume.py``). With
+    ``train.launcher.kind: accelerate`` the training runs under ``accelerate launch``.
     """
-    import torch
-    from accelerate import Accelerator
-    from accelerate.utils import set_seed
-    from torch.utils.data import DataLoader
-    from transformers import get_scheduler
-
     lora = lora or LoraConfig()
     train = train or TrainConfig()
-    out_dir = Path(out_dir)
-    data, dataset_manifest = load_dataset_dir(dataset_dir)
-    splits = {s: data[s] for s in ("train", "validation")}
-    if predictors is not None:
-        unknown = sorted(set(predictors) - set(dataset_manifest.predictors))
-        if unknown:
-            raise ValueError(
-                f"predictors {unknown} are not in the dataset; it has {dataset_manifest.predictors}"
-            )
-        splits = {s: d.filter(lambda r: r["predictor"] in predictors) for s, d in splits.items()}
-    if len(splits["train"]) == 0:
-        raise ValueError(
-            f"the training split of {dataset_dir} is empty"
-            + (f" for predictors {predictors}" if predictors else "")
-            + "; bootstrap more traces or lower the threshold"
+    if train.launcher.kind == "accelerate" and not in_launched_process():
+        adapter_dir = launch_training(
+            dataset_dir,
+            student,
+            out_dir,
+            lora=lora,
+            train=train,
+            predictors=predictors,
+            name=name,
+            progress=progress,
         )
+        return _finished(adapter_dir)
+    rows = load_rows(dataset_dir, predictors)
+    trainer = AdapterTrainer(out_dir, lora=lora, train=train, name=name, progress=progress)
+    trainer.setup_model(student)
+    trainer.setup_data(rows)
+    previous = check_out_dir(trainer.accelerator, trainer.out_dir, trainer.fingerprint())
+    if previous.adapter is not None:
+        log.info("%s: the adapter in %s is this run's, finished: reused", name, previous.adapter)
+        return _finished(previous.adapter)
+    trainer.setup_optimizer()
+    trainer.load_checkpoint(previous.checkpoint)
+    trainer.train()
+    return trainer.export()
 
-    # cpu=True on GPU-less machines also lets `accelerate launch --multi_gpu --num_processes N`
-    # run N CPU processes on gloo (accelerate only picks MULTI_CPU when told it is on CPU).
-    accelerator = Accelerator(
-        gradient_accumulation_steps=train.grad_accum,
-        mixed_precision="no",
-        cpu=not torch.cuda.is_available(),
-    )
-    set_seed(train.seed)
-    device_type = accelerator.device.type
-    loaded = load_student(student)
-    bf16 = _use_bf16(train.bf16, device_type, loaded.model.num_parameters())
-    model, tokenizer, kind = loaded.model, loaded.tokenizer, loaded.kind
-    vocab_before = model.get_input_embeddings().weight.shape[0]
 
-    targets: list[str] = []
-    if train.full_finetune:
-        servable = check_servable(kind, r=0, target_modules=[], full_finetune=True)
-    else:
-        targets = _resolve_targets(model, loaded.family, lora)
-        servable = check_lora_config(kind, lora, targets)
-        if kind == "causal" and lora.require_servable and not servable.vllm:
-            raise ValueError(
-                f"LoRA config is {servable}; fix it, or set lora.require_servable=False to train anyway"
-            )
-        from peft import get_peft_model
+class AdapterTrainer:
+    """One training run; ``train_adapter`` calls its steps in order."""
 
-        with warnings.catch_warnings():  # peft reads a property transformers 5 deprecates
-            warnings.filterwarnings("ignore", ".*is_gradient_checkpointing", FutureWarning)
-            model = get_peft_model(model, _peft_config(lora, kind, targets))
-    if train.gradient_checkpointing:
-        model.gradient_checkpointing_enable()
-        if hasattr(model, "enable_input_require_grads"):
-            model.enable_input_require_grads()
+    def __init__(
+        self,
+        out_dir: str | os.PathLike,
+        *,
+        lora: LoraConfig,
+        train: TrainConfig,
+        name: str,
+        progress: bool,
+    ) -> None:
+        import torch
+        from accelerate import Accelerator
+        from accelerate.utils import set_seed
 
-    features = {}
-    reports = {}
-    for split, rows in splits.items():
-        features[split], reports[split] = tokenize_rows(
-            rows,
-            tokenizer,
-            kind=kind,
-            max_length=train.max_length,
-            max_target_length=train.max_target_length,
+        self.out_dir = Path(out_dir)
+        self.lora, self.train_config, self.name, self.progress = lora, train, name, progress
+        # cpu=True on GPU-less machines also lets `accelerate launch --multi_gpu --num_processes N`
+        # run N CPU processes on gloo (accelerate only picks MULTI_CPU when told it is on CPU).
+        self.accelerator = Accelerator(
+            gradient_accumulation_steps=train.grad_accum,
+            mixed_precision="no",
+            cpu=not torch.cuda.is_available(),
         )
-        if reports[split].targets_too_long:
-            log.warning(
-                "%s: %d of %d rows dropped because the target alone exceeds max_target_length=%d "
-                "or max_length=%d (targets are never cut)",
-                split,
-                reports[split].targets_too_long,
-                reports[split].rows,
-                train.max_target_length,
-                train.max_length,
-            )
-    if not features["train"]:
-        raise ValueError(
-            f"every training row was dropped by truncation limits: {reports['train'].to_dict()}"
-        )
+        set_seed(train.seed)
+        self.device_type = self.accelerator.device.type
+        self.log_path = self.out_dir / "train_log.jsonl"
+        self.state: dict[str, Any] = {}
+        self.last_val: float | None = None
 
-    packing = _use_packing(train.packing, kind, device_type)
-    collate = collate_padding_free if packing else collate_padded
-    pad_id = tokenizer.pad_token_id
-
-    def loader(split: str, epoch: int, shuffle: bool = True) -> DataLoader:
-        rows = features[split]
-        lengths = [len(f["input_ids"]) for f in rows]
-        if shuffle:
-            batches = length_grouped_batches(
-                lengths,
-                train.batch_size,
-                seed=train.seed,
-                epoch=epoch,
-                group_by_length=train.group_by_length,
-            )
+    # -- setup ------------------------------------------------------------------------------
+    def setup_model(self, student: str | os.PathLike) -> None:
+        """Loads the student, checks the LoRA config (servable by vLLM unless told otherwise)
+        and wraps the model with peft; a full finetune trains the model itself."""
+        lora, train = self.lora, self.train_config
+        self.student = load_student(student)
+        self.student_hash = model_hash(self.student.name)
+        self.kind, self.tokenizer = self.student.kind, self.student.tokenizer
+        model = self.student.model
+        self.bf16 = use_bf16(train.bf16, self.device_type, model.num_parameters())
+        self.vocab_before = model.get_input_embeddings().weight.shape[0]
+        self.targets: list[str] = []
+        if train.full_finetune:
+            self.servable = check_servable(self.kind, r=0, target_modules=[], full_finetune=True)
         else:
-            order = sorted(range(len(rows)), key=lambda i: lengths[i])
-            batches = [
-                order[i : i + train.batch_size] for i in range(0, len(order), train.batch_size)
-            ]
-        return DataLoader(
-            rows,
-            batch_sampler=batches,
-            collate_fn=lambda fs: collate(fs, pad_id, kind),
-            num_workers=train.num_workers,
+            self.targets = resolve_targets(model, self.student.family, lora)
+            self.servable = check_lora_config(self.kind, lora, self.targets)
+            if self.kind == "causal" and lora.require_servable and not self.servable.vllm:
+                raise ValueError(
+                    f"LoRA config is {self.servable}; fix it, or set lora.require_servable=False "
+                    "to train anyway"
+                )
+            model = wrap_lora(model, lora, self.kind, self.targets)
+        if train.gradient_checkpointing:
+            model.gradient_checkpointing_enable()
+            if hasattr(model, "enable_input_require_grads"):
+                model.enable_input_require_grads()
+        self.model = model
+
+    def setup_data(self, rows: TrainingRows) -> None:
+        """Tokenizes the rows; causal students may pack rows into padding-free batches."""
+        self.rows = rows
+        self.features, self.reports = tokenize_splits(
+            rows, self.tokenizer, self.kind, self.train_config
+        )
+        self.packing = use_packing(self.train_config.packing, self.kind, self.device_type)
+
+    def fingerprint(self) -> dict[str, Any]:
+        """What decides this run's result (``resume.run_fingerprint``)."""
+        return run_fingerprint(
+            dataset_hash=self.rows.dataset_hash,
+            predictors=self.rows.predictors,
+            student_hash=self.student_hash,
+            train=self.train_config,
+            lora=self._lora_record(),
+            bf16=self.bf16,
+            packing=self.packing,
+            processes=self.accelerator.num_processes,
         )
 
-    trainable = [p for p in model.parameters() if p.requires_grad]
-    optimizer = torch.optim.AdamW(
-        trainable, lr=train.learning_rate, weight_decay=train.weight_decay
-    )
-    batches_per_epoch = len(accelerator.prepare(loader("train", 0)))
-    steps_per_epoch = max(1, math.ceil(batches_per_epoch / train.grad_accum))
-    total_steps = train.max_steps or max(1, math.ceil(steps_per_epoch * train.epochs))
-    scheduler = get_scheduler(
-        train.lr_scheduler,
-        optimizer,
-        num_warmup_steps=int(total_steps * train.warmup_ratio),
-        num_training_steps=total_steps,
-    )
-    # The scheduler is stepped by hand once per optimizer step: accelerate's wrapper steps it
-    # once per process, which would end the schedule early in a multi-process run.
-    model, optimizer = accelerator.prepare(model, optimizer)
-    accelerator.register_for_checkpointing(scheduler)
+    def setup_optimizer(self) -> None:
+        """AdamW over the trainable weights and the learning-rate schedule, for the number
+        of optimizer steps the run will take."""
+        import torch
+        from transformers import get_scheduler
 
-    student_hash = model_hash(loaded.name)
-    fingerprint = run_fingerprint(
-        dataset_hash=dataset_manifest.content_hash,
-        predictors=list(predictors or dataset_manifest.predictors),
-        student_hash=student_hash,
-        train=train,
-        lora=None if train.full_finetune else {**lora.model_dump(), "target_modules": targets},
-        bf16=bf16,
-        packing=packing,
-    )
-    state: dict[str, Any] = {
-        "global_step": 0,
-        "epoch": 0,
-        "batch_in_epoch": 0,
-        "tokens": 0,
-        "elapsed_s": 0.0,
-        "fingerprint": fingerprint,  # a checkpoint resumes only the run that made it
-    }
-    checkpoint = resumable_checkpoint(
-        accelerator, out_dir, _latest_checkpoint(out_dir), fingerprint
-    )
-    if checkpoint is not None:
-        accelerator.load_state(str(checkpoint))
-        state = json.loads((checkpoint / "trainer_state.json").read_text())
-        log.info("resuming from %s (step %d)", checkpoint, state["global_step"])
-    out_dir.mkdir(parents=True, exist_ok=True)
-    log_path = out_dir / "train_log.jsonl"
-    eval_every = train.eval_every or steps_per_epoch
-    save_every = train.save_every or steps_per_epoch
+        train = self.train_config
+        self.trainable = [p for p in self.model.parameters() if p.requires_grad]
+        optimizer = torch.optim.AdamW(
+            self.trainable, lr=train.learning_rate, weight_decay=train.weight_decay
+        )
+        batches_per_epoch = len(self.accelerator.prepare(self._loader("train", 0)))
+        self.steps_per_epoch = max(1, math.ceil(batches_per_epoch / train.grad_accum))
+        self.total_steps = train.max_steps or max(1, math.ceil(self.steps_per_epoch * train.epochs))
+        self.scheduler = get_scheduler(
+            train.lr_scheduler,
+            optimizer,
+            num_warmup_steps=int(self.total_steps * train.warmup_ratio),
+            num_training_steps=self.total_steps,
+        )
+        # The scheduler is stepped by hand once per optimizer step: accelerate's wrapper steps
+        # it once per process, which would end the schedule early in a multi-process run.
+        self.model, self.optimizer = self.accelerator.prepare(self.model, optimizer)
+        self.accelerator.register_for_checkpointing(self.scheduler)
 
-    def log_event(event: dict[str, Any]) -> None:
-        if accelerator.is_main_process:
-            with open(log_path, "a") as f:
-                f.write(json.dumps(event) + "\n")
+    def load_checkpoint(self, checkpoint: Path | None) -> None:
+        """Starts the run's state afresh, or from this run's ``checkpoint``."""
+        self.state = {
+            "global_step": 0,
+            "epoch": 0,
+            "batch_in_epoch": 0,
+            "tokens": 0,
+            "elapsed_s": 0.0,
+            "fingerprint": self.fingerprint(),  # a checkpoint resumes only the run that made it
+        }
+        if checkpoint is not None:
+            self.accelerator.load_state(str(checkpoint))
+            self.state = json.loads((checkpoint / "trainer_state.json").read_text())
+            log.info("resuming from %s (step %d)", checkpoint, self.state["global_step"])
+        self.out_dir.mkdir(parents=True, exist_ok=True)
 
-    def validation_loss() -> float | None:
-        if not features["validation"]:
+    # -- the loop ---------------------------------------------------------------------------
+    def train(self) -> None:
+        """Micro-batches until ``total_steps`` optimizer steps; after each step, log, evaluate
+        and checkpoint when they are due."""
+        from tqdm.auto import tqdm
+
+        self.bar = tqdm(
+            total=self.total_steps,
+            initial=self.state["global_step"],
+            desc=f"Train {self.name}",
+            dynamic_ncols=True,
+            disable=not self.progress or not self.accelerator.is_main_process,
+        )
+        self.model.train()
+        self.window = [0.0, 0]  # loss sum and micro-batches since the last logged step
+        self.start = time.perf_counter() - self.state["elapsed_s"]
+        with self._threads():
+            while self.state["global_step"] < self.total_steps:
+                for batch in self._epoch_batches():
+                    self._train_micro_batch(batch)
+                    if not self.accelerator.sync_gradients:
+                        continue
+                    self.state["global_step"] += 1
+                    self.bar.update(1)
+                    self._after_step()
+                    if self.state["global_step"] >= self.total_steps:
+                        break
+                else:  # the epoch ran out before the run did
+                    self.state["epoch"] += 1
+                    self.state["batch_in_epoch"] = 0
+            self.bar.close()
+        self.elapsed = time.perf_counter() - self.start
+
+    def _epoch_batches(self):
+        """This epoch's batches, past those a resumed run already trained on."""
+        loader = self.accelerator.prepare(self._loader("train", self.state["epoch"]))
+        skip = self.state["batch_in_epoch"]
+        return self.accelerator.skip_first_batches(loader, skip) if skip else loader
+
+    def _train_micro_batch(self, batch: dict[str, Any]) -> None:
+        """Forward and backward; the optimizer steps when accelerate's accumulation says so."""
+        import torch
+
+        accelerator, train = self.accelerator, self.train_config
+        with accelerator.accumulate(self.model):
+            with torch.autocast(self.device_type, dtype=torch.bfloat16, enabled=self.bf16):
+                loss = self.model(**batch).loss
+            accelerator.backward(loss)
+            if accelerator.sync_gradients:
+                accelerator.clip_grad_norm_(self.trainable, train.max_grad_norm)
+            self.optimizer.step()
+            if accelerator.sync_gradients:
+                self.scheduler.step()
+            self.optimizer.zero_grad(set_to_none=True)
+        self.state["batch_in_epoch"] += 1
+        mask = batch.get("attention_mask")
+        self.state["tokens"] += int(mask.sum()) if mask is not None else batch["input_ids"].numel()
+        self.window[0] += float(loss.detach())
+        self.window[1] += 1
+
+    def _after_step(self) -> None:
+        train, step, total = self.train_config, self.state["global_step"], self.total_steps
+        if step % train.logging_steps == 0 or step == total:
+            elapsed = time.perf_counter() - self.start
+            event = {
+                "step": step,
+                "epoch": self.state["epoch"],
+                "loss": self.window[0] / self.window[1],
+                "lr": self.scheduler.get_last_lr()[0],
+                "tokens_per_s": self.state["tokens"] / max(elapsed, 1e-9),
+            }
+            self._log_event(event)
+            self.bar.set_postfix(loss=f"{event['loss']:.4f}", refresh=False)
+            self.window = [0.0, 0]
+        if step % (train.eval_every or self.steps_per_epoch) == 0 or step == total:
+            self.last_val = self.evaluate()
+            if self.last_val is not None:
+                self._log_event(
+                    {"step": step, "epoch": self.state["epoch"], "val_loss": self.last_val}
+                )
+        if step % (train.save_every or self.steps_per_epoch) == 0 and step < total:
+            self.state["elapsed_s"] = time.perf_counter() - self.start
+            save_checkpoint(self.accelerator, self.out_dir, self.state, train.save_total_limit)
+
+    def evaluate(self) -> float | None:
+        """Mean loss per target token over the validation rows (None without any)."""
+        import torch
+
+        if not self.features["validation"]:
             return None
-        model.eval()
+        self.model.eval()
         total, count = 0.0, 0
-        with torch.no_grad(), torch.autocast(device_type, dtype=torch.bfloat16, enabled=bf16):
-            for batch in accelerator.prepare(loader("validation", 0, shuffle=False)):
+        autocast = torch.autocast(self.device_type, dtype=torch.bfloat16, enabled=self.bf16)
+        with torch.no_grad(), autocast:
+            for batch in self.accelerator.prepare(self._loader("validation", 0, shuffle=False)):
                 tokens = int((batch["labels"] != -100).sum())
-                total += float(model(**batch).loss) * tokens
+                total += float(self.model(**batch).loss) * tokens
                 count += tokens
-        model.train()
+        self.model.train()
         return total / max(count, 1)
 
-    from tqdm.auto import tqdm
-
-    bar = tqdm(
-        total=total_steps,
-        initial=state["global_step"],
-        desc=f"Train {name}",
-        dynamic_ncols=True,
-        disable=not progress or not accelerator.is_main_process,
-    )
-    model.train()
-    window_loss, window_batches = 0.0, 0
-    start = time.perf_counter() - state["elapsed_s"]
-    last_val: float | None = None
-    micro = 0
-    # CPU threads: chosen once per run (see train/cpu.py), reused on resume.
-    if device_type != "cpu":
-        threads = contextlib.nullcontext()
-    else:
-        if not (train.num_threads == "auto" and state.get("num_threads")):
-            state["num_threads"] = choose_threads(train.num_threads)
-        threads = cpu_threads(state["num_threads"])
-        log.info("training on %d CPU thread(s)", state["num_threads"])
-    with threads:
-        while state["global_step"] < total_steps:
-            epoch = state["epoch"]
-            epoch_loader = accelerator.prepare(loader("train", epoch))
-            skip = state["batch_in_epoch"]
-            if skip:
-                epoch_loader = accelerator.skip_first_batches(epoch_loader, skip)
-            for batch in epoch_loader:
-                with accelerator.accumulate(model):
-                    with torch.autocast(device_type, dtype=torch.bfloat16, enabled=bf16):
-                        loss = model(**batch).loss
-                    accelerator.backward(loss)
-                    if accelerator.sync_gradients:
-                        accelerator.clip_grad_norm_(trainable, train.max_grad_norm)
-                    optimizer.step()
-                    if accelerator.sync_gradients:
-                        scheduler.step()
-                    optimizer.zero_grad(set_to_none=True)
-                micro += 1
-                state["batch_in_epoch"] += 1
-                mask = batch.get("attention_mask")
-                state["tokens"] += (
-                    int(mask.sum()) if mask is not None else batch["input_ids"].numel()
-                )
-                window_loss += float(loss.detach())
-                window_batches += 1
-                if not accelerator.sync_gradients:
-                    continue
-                state["global_step"] += 1
-                step = state["global_step"]
-                bar.update(1)
-                if step % train.logging_steps == 0 or step == total_steps:
-                    elapsed = time.perf_counter() - start
-                    event = {
-                        "step": step,
-                        "epoch": epoch,
-                        "loss": window_loss / window_batches,
-                        "lr": scheduler.get_last_lr()[0],
-                        "tokens_per_s": state["tokens"] / max(elapsed, 1e-9),
-                    }
-                    log_event(event)
-                    bar.set_postfix(loss=f"{event['loss']:.4f}", refresh=False)
-                    window_loss, window_batches = 0.0, 0
-                if step % eval_every == 0 or step == total_steps:
-                    last_val = validation_loss()
-                    if last_val is not None:
-                        log_event({"step": step, "epoch": epoch, "val_loss": last_val})
-                if step % save_every == 0 and step < total_steps:
-                    state["elapsed_s"] = time.perf_counter() - start
-                    _save_checkpoint(accelerator, out_dir, state, train.save_total_limit)
-                if step >= total_steps:
-                    break
-            else:
-                state["epoch"] += 1
-                state["batch_in_epoch"] = 0
-                continue
-            break
-        bar.close()
-    elapsed = time.perf_counter() - start
-    metrics = {
-        "steps": state["global_step"],
-        "final_train_loss": _last(log_path, "loss"),
-        "final_val_loss": last_val,
-        "tokens": state["tokens"],
-        "tokens_per_s": state["tokens"] / max(elapsed, 1e-9),
-        "elapsed_s": elapsed,
-        "rows": {s: r.to_dict() for s, r in reports.items()},
-        "bf16": bf16,
-        "packing": packing,
-        "num_processes": accelerator.num_processes,
-        "num_threads": state.get("num_threads"),
-    }
-    adapter_dir = out_dir / "adapter"
-    accelerator.wait_for_everyone()
-    unwrapped = accelerator.unwrap_model(model)
-    if unwrapped.get_input_embeddings().weight.shape[0] != vocab_before:
-        raise RuntimeError(
-            "the student's vocabulary changed during training; this must never happen"
+    # -- export -----------------------------------------------------------------------------
+    def export(self) -> TrainResult:
+        """The main process writes ``out_dir/adapter`` (PEFT folder, or the whole model for a
+        full finetune, + manifest.json) through a temporary folder, so it appears whole."""
+        accelerator, train = self.accelerator, self.train_config
+        adapter_dir = self.out_dir / "adapter"
+        accelerator.wait_for_everyone()
+        unwrapped = accelerator.unwrap_model(self.model)
+        if unwrapped.get_input_embeddings().weight.shape[0] != self.vocab_before:
+            raise RuntimeError(
+                "the student's vocabulary changed during training; this must never happen"
+            )
+        manifest = AdapterManifest(
+            name=self.name,
+            kind=self.kind,
+            method="full" if train.full_finetune else "lora",
+            base_model=str(self.student.name),
+            base_model_hash=self.student_hash,
+            dataset_hash=self.rows.dataset_hash,
+            predictors=self.rows.predictors,
+            train_config=train.model_dump(),
+            lora_config=self._lora_record(),
+            metrics=self._metrics(),
+            servable={"vllm": self.servable.vllm, "reasons": self.servable.reasons},
         )
-    manifest = AdapterManifest(
-        name=name,
-        kind=kind,
-        method="full" if train.full_finetune else "lora",
-        base_model=str(loaded.name),
-        base_model_hash=student_hash,
-        dataset_hash=dataset_manifest.content_hash,
-        predictors=list(predictors or dataset_manifest.predictors),
-        train_config=train.model_dump(),
-        lora_config=None
-        if train.full_finetune
-        else {**lora.model_dump(), "target_modules": targets},
-        metrics=metrics,
-        servable={"vllm": servable.vllm, "reasons": servable.reasons},
-    )
-    if accelerator.is_main_process:
-        tmp = out_dir / ".adapter-tmp"
-        if tmp.exists():
-            shutil.rmtree(tmp)
-        unwrapped.save_pretrained(tmp)
-        if train.full_finetune:
-            tokenizer.save_pretrained(tmp)
-        write_manifest(tmp, manifest)
-        if adapter_dir.exists():
-            shutil.rmtree(adapter_dir)
-        os.replace(tmp, adapter_dir)
-        if not servable.vllm:
-            log.warning("adapter %s is %s", adapter_dir, servable)
-    accelerator.wait_for_everyone()
-    manifest = AdapterManifest(**json.loads((adapter_dir / "manifest.json").read_text()))
-    return TrainResult(adapter_dir, manifest, metrics)
+        if accelerator.is_main_process:
+            tmp = self.out_dir / ".adapter-tmp"
+            if tmp.exists():
+                shutil.rmtree(tmp)
+            unwrapped.save_pretrained(tmp)
+            if train.full_finetune:
+                self.tokenizer.save_pretrained(tmp)
+            write_manifest(tmp, manifest)
+            if adapter_dir.exists():
+                shutil.rmtree(adapter_dir)
+            os.replace(tmp, adapter_dir)
+            if not self.servable.vllm:
+                log.warning("adapter %s is %s", adapter_dir, self.servable)
+        accelerator.wait_for_everyone()
+        return _finished(adapter_dir)
+
+    def _metrics(self) -> dict[str, Any]:
+        state, elapsed = self.state, self.elapsed
+        return {
+            "steps": state["global_step"],
+            "final_train_loss": _last(self.log_path, "loss"),
+            "final_val_loss": self.last_val,
+            "tokens": state["tokens"],
+            "tokens_per_s": state["tokens"] / max(elapsed, 1e-9),
+            "elapsed_s": elapsed,
+            "rows": {s: r.to_dict() for s, r in self.reports.items()},
+            "bf16": self.bf16,
+            "packing": self.packing,
+            "num_processes": self.accelerator.num_processes,
+            "num_threads": state.get("num_threads"),
+        }
+
+    # -- helpers ----------------------------------------------------------------------------
+    def _lora_record(self) -> dict[str, Any] | None:
+        """The LoRA settings as trained (target modules resolved); None for a full finetune."""
+        if self.train_config.full_finetune:
+            return None
+        return {**self.lora.model_dump(), "target_modules": self.targets}
+
+    def _loader(self, split: str, epoch: int, shuffle: bool = True):
+        return batch_loader(
+            self.features[split],
+            self.train_config,
+            pad_id=self.tokenizer.pad_token_id,
+            kind=self.kind,
+            packing=self.packing,
+            epoch=epoch,
+            shuffle=shuffle,
+        )
+
+    def _log_event(self, event: dict[str, Any]) -> None:
+        if self.accelerator.is_main_process:
+            with open(self.log_path, "a") as f:
+                f.write(json.dumps(event) + "\n")
+
+    def _threads(self):
+        """CPU threads: chosen once per run (see train/cpu.py), reused on resume."""
+        if self.device_type != "cpu":
+            return contextlib.nullcontext()
+        if not (self.train_config.num_threads == "auto" and self.state.get("num_threads")):
+            self.state["num_threads"] = choose_threads(self.train_config.num_threads)
+        log.info("training on %d CPU thread(s)", self.state["num_threads"])
+        return cpu_threads(self.state["num_threads"])
+
+
+def _finished(adapter_dir: Path) -> TrainResult:
+    """The result of a finished run, read back from its adapter's manifest."""
+    manifest = read_manifest(adapter_dir)
+    return TrainResult(adapter_dir, manifest, manifest.metrics)
 
 
 def _last(log_path: Path, key: str) -> float | None:
