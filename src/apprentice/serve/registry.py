@@ -18,7 +18,7 @@ import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from apprentice.train.export import AdapterManifest, read_manifest
+from apprentice.adapter import AdapterManifest, read_manifest
 
 __all__ = ["Servable", "find_servable", "model_id"]
 

@@ -225,7 +225,7 @@ class VLLMServer:
     # -- adapters ------------------------------------------------------------------------
     def load_adapter(self, name: str, path: str | os.PathLike, *, replace: bool = False) -> str:
         """Loads the PEFT adapter at ``path`` under ``name``; returns its content hash."""
-        from apprentice.train.export import adapter_hash
+        from apprentice.adapter import adapter_hash
 
         folder = Path(path).expanduser().resolve()
         body: dict[str, Any] = {"lora_name": name, "lora_path": str(folder)}
@@ -343,11 +343,11 @@ def start_vllm_backend(
     staging too, so every adapter's reported hash is that of the bytes vLLM was given."""
     import secrets
 
+    from apprentice.adapter import smallest_lora_rank
     from apprentice.serve.vllm_gateway import Gateway
-    from apprentice.train.config import VLLM_LORA_RANKS
 
     ranks = [m.lora_config.get("r", 0) for m in servable.manifests.values() if m.lora_config]
-    rank = args.max_lora_rank or min(r for r in VLLM_LORA_RANKS if r >= max([16, *ranks]))
+    rank = args.max_lora_rank or smallest_lora_rank(max([16, *ranks]))
     run_dir = servable.run_dir or Path.cwd()
     private_key = secrets.token_urlsafe(32)
     server = VLLMServer(
