@@ -42,6 +42,7 @@ __all__ = [
     "is_adapter_file",
     "read_manifest",
     "smallest_lora_rank",
+    "versioned_name",
     "vllm_lora_modules",
     "write_manifest",
 ]
@@ -139,6 +140,14 @@ def adapter_hash(adapter_dir: str | os.PathLike) -> str:
             for block in iter(lambda f=f: f.read(1 << 20), b""):
                 digest.update(block)
     return digest.hexdigest()[:16]
+
+
+def versioned_name(name: str, digest: str, first: str) -> str:
+    """The name a server (vLLM) serves adapter ``name`` with content hash ``digest`` under:
+    ``name`` itself for ``first``, the weights first served under it, else
+    ``name-<hash8>``. vLLM keys its prefix cache (and ``LoRARequest`` equality) by name, so
+    other weights under a reused name would be answered from KV of the old ones."""
+    return name if digest == first else f"{name}-{digest[:8]}"
 
 
 # -- the manifest -------------------------------------------------------------------------------

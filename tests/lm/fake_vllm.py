@@ -47,6 +47,8 @@ class SamplingParams:
             raise ValueError("stop cannot contain an empty string.")
         if temperature < SAMPLING_EPS and n > 1:
             raise ValueError(f"n must be 1 when using greedy sampling, got {n}.")
+        if temperature < SAMPLING_EPS:  # greedy: these are set aside
+            top_p, top_k, min_p = 1.0, 0, 0.0
         self.n, self.temperature, self.top_p, self.top_k = n, temperature, top_p, top_k
         self.min_p, self.repetition_penalty = min_p, repetition_penalty
         self.max_tokens, self.stop, self.seed = max_tokens, stop, seed
