@@ -10,7 +10,8 @@ adapter validation, the prefix cache keyed by adapter name) are those of
   Unloading forgets the name only: the engine keeps its cache.
 - vllm/entrypoints/openai/chat_completion/protocol.py ``to_sampling_params``: every
   sampling field the request leaves out comes from the model's generation_config (here
-  Llama-3.2's temperature 0.6, top_p 0.9); a value SamplingParams refuses is 400.
+  Llama-3.2's temperature 0.6, top_p 0.9, and a repetition penalty); a value
+  SamplingParams refuses is 400.
 - ``VLLM_API_KEY``: /v1 requests need ``Authorization: Bearer <key>`` (401).
 
 An answer's text says which weights produced it and with which sampling values.
@@ -29,7 +30,8 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "lm"))
 from fake_vllm import LLM, LoRAAdapterNotFoundError, LoRARequest, SamplingParams  # noqa: E402
 
-GENERATION_CONFIG = {"temperature": 0.6, "top_p": 0.9}  # Llama-3.2-1B-Instruct's
+# Llama-3.2-1B-Instruct's sampling values, and a repetition penalty as Qwen2.5's has
+GENERATION_CONFIG = {"temperature": 0.6, "top_p": 0.9, "repetition_penalty": 1.05}
 DEFAULTS = {"temperature": 1.0, "top_p": 1.0, "top_k": 0, "min_p": 0.0, "repetition_penalty": 1.0}
 
 

@@ -1,7 +1,8 @@
 """EngineView: what LocalLM and VLLMLM share as views of an in-process engine.
 
-The engine holds the base model and the adapter table; a view answers with one adapter
-(or the base). Its adapter hash is read from the engine's table, so loading other weights
+The engine (``lm.engine.Engine``) holds the base model and the adapter table; a view
+answers with one adapter (or the base), and sends its requests through the engine's
+queue (``_submit``). Its adapter hash is read from the engine's table, so loading other weights
 under the same name changes the cache key and a swap never returns a stale answer.
 """
 

@@ -286,8 +286,16 @@ class VLLMServer:
 
     def lm(self, adapter: str | None = None, **options: Any):
         """An ``OpenAILM`` for the base model (``adapter=None``) or a loaded adapter; ``options``
-        go to OpenAILM (temperature, max_tokens, cache, ...)."""
+        go to OpenAILM (temperature, max_tokens, cache, ...). The sampling values a request
+        never carries (top_k, min_p, repetition_penalty) are sent as in process
+        (``lm.vllm.explicit_sampling``), since vLLM would take them from the model's
+        generation_config (Qwen2.5's repetition_penalty 1.05 applies even to greedy)."""
         from apprentice.lm.openai import OpenAILM
+        from apprentice.lm.vllm import explicit_sampling
+
+        fixed = explicit_sampling(0.0, None)
+        del fixed["temperature"], fixed["top_p"]  # the request's own (OpenAILM sends them)
+        options["extra_body"] = {**fixed, **(options.get("extra_body") or {})}
 
         if adapter is not None and adapter not in self.hashes:
             raise ValueError(f"adapter {adapter!r} is not loaded; loaded: {sorted(self.hashes)}")
