@@ -214,3 +214,24 @@ def test_a_circular_yaml_anchor_is_named(tmp_path, capsys):
     path.write_text(text + "program_args: &loop {inner: *loop}\n")
     err = _one_line_error(capsys, ["bootstrap", str(path), "--run-dir", str(tmp_path / "run")])
     assert "program_args.inner" in err and "refers to itself" in err
+
+
+def test_importing_a_recipe_object_leaves_sys_path_alone(tmp_path, monkeypatch):
+    import sys
+
+    from apprentice.recipe import RecipeError, import_object
+
+    (tmp_path / "local_program.py").write_text("def metric(example, prediction):\n    return 1\n")
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(sys, "path", [p for p in sys.path if p not in ("", str(tmp_path))])
+    before = list(sys.path)
+    # Library code does not make the working directory importable behind the caller's back...
+    with pytest.raises(RecipeError, match="cannot import module 'local_program'"):
+        import_object("local_program:metric", "metric")
+    assert sys.path == before
+    # ...the apprentice command does, as `python -m` would.
+    from apprentice.cli import main
+
+    assert main(["report", str(tmp_path / "missing-run")]) == 1  # runs, fails on the target
+    assert sys.path[0] == str(tmp_path)
+    assert import_object("local_program:metric", "metric")(None, None) == 1

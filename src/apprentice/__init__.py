@@ -59,6 +59,10 @@ __all__ = [
     "BootstrapFewShotWithRandomSearch",
     "BootstrapFinetune",
     "LocalLM",
+    "VLLMLM",
+    "ServeConfig",
+    "bind",
+    "swap_adapter",
     "LoraConfig",
     "TrainConfig",
     "BootstrapResult",
@@ -116,8 +120,12 @@ __all__ = [
 # `import apprentice` stays fast.
 _LAZY = {
     "LocalLM": "apprentice.lm.local",
+    "VLLMLM": "apprentice.lm.vllm",
     "LoraConfig": "apprentice.train.config",
     "TrainConfig": "apprentice.train.config",
+    "ServeConfig": "apprentice.serve.config",
+    "bind": "apprentice.serve.bind",
+    "swap_adapter": "apprentice.serve.bind",
 }
 
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
 import time
 from pathlib import Path
@@ -26,10 +27,11 @@ interrupted ones: no teacher call is made twice for the same example.
 """
 
 _STAGE_HELP = {
-    "distill": "run every stage: bootstrap, dataset, train, eval, report",
+    "distill": "run every stage: bootstrap, dataset, train, bind, eval, report",
     "bootstrap": "run the teacher over the training data and record traces",
     "dataset": "turn passing traces into a training dataset",
-    "train": "finetune the student on the dataset (LoRA or full) and bind it to the program",
+    "train": "finetune the student on the dataset (LoRA or full), then bind it",
+    "bind": "bind the trained student to the program on the recipe's serve backend",
     "eval": "score teacher, untrained and trained student on the dev set",
     "report": "write report.md and plots from the evaluation results",
 }
@@ -127,6 +129,8 @@ def _short(stage: str, s: dict) -> str:
             f"{name}: {v.get('method')} val loss {v.get('final_val_loss') or float('nan'):.4f}"
             for name, v in s.items()
         )
+    if stage == "bind":
+        return f"{s.get('backend')}: {s.get('program')}"
     if stage == "eval":
         return ", ".join(f"{k} {v:.3f}" for k, v in s.items())
     if stage == "report":
@@ -145,6 +149,8 @@ def _run_stage(args) -> int:
         run.distill()
     else:
         getattr(run, args.command)()
+        if args.command == "train":  # a trained student is bound, as before bind was a stage
+            run.bind()
     print()
     print(_summary(run.outcomes))
     done = {o.stage for o in run.outcomes}
@@ -158,6 +164,11 @@ def _run_stage(args) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
+    # Like `python -m`, the command imports from the working directory: recipes name their
+    # program modules relative to the project root it runs from. The command owns its
+    # process, so this is set here, never by library code a user's program calls.
+    if "" not in sys.path and os.getcwd() not in sys.path:
+        sys.path.insert(0, os.getcwd())
     parser = build_parser()
     args = parser.parse_args(argv)
     logging.basicConfig(

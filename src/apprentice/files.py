@@ -1,8 +1,11 @@
-"""Writing into folders that other processes may share: atomic writes, set-aside, locks.
+"""Files and folders: what names a local path, and writing into folders that other
+processes may share (atomic writes, set-aside, locks).
 
 Low in the layers (imports nothing from apprentice). The run directory, the trace store
 and saved programs all write through here, so each rule lives in one place:
 
+- ``looks_like_local_path``: whether a model name means a file or folder on this machine
+  rather than a hub id (every loader and server asks it the same way).
 - ``atomic_write``: a reader sees the old file or the new one, never half of one; the
   temporary file has a unique name, so two writers never share (and clobber) it.
 - ``set_aside``: moves a file or folder out of the way under a name that is free, so an
@@ -27,6 +30,7 @@ __all__ = [
     "exclusive",
     "folder_lock",
     "free_path",
+    "looks_like_local_path",
     "set_aside",
 ]
 
@@ -35,6 +39,18 @@ LOCK_NAME = ".apprentice.lock"
 
 class DirectoryBusy(RuntimeError):
     """Another process holds the folder's lock."""
+
+
+def looks_like_local_path(name: str | os.PathLike) -> bool:
+    """Whether ``name`` means a file or folder on this machine rather than a Hugging Face
+    Hub id: it exists, or it can only be a path (absolute, starting with ``.`` or ``~``,
+    or with more than one ``/``, where a hub id is ``name`` or ``org/name``). A path that
+    looks local but does not exist is then an error for the caller, never a download."""
+    text = str(name)
+    if text.startswith((".", "~")) or text.count("/") > 1:
+        return True
+    path = Path(text).expanduser()
+    return path.is_absolute() or path.exists()
 
 
 def atomic_write(path: str | os.PathLike, text: str) -> Path:

@@ -14,9 +14,8 @@ from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from apprentice.lm.base import BaseLM
-    from apprentice.predict.predict import Predict
 
-__all__ = ["Module", "ProgramFileError"]
+__all__ = ["Module", "Predictor", "ProgramFileError"]
 
 log = logging.getLogger(__name__)
 
@@ -55,18 +54,16 @@ class Module:
                 continue
             yield from _walk(name, value)
 
-    def named_predictors(self) -> list[tuple[str, Predict]]:
+    def named_predictors(self) -> list[tuple[str, Predictor]]:
         """Every predictor with its stable dotted path, e.g. ``hops.0.generate_query``."""
-        from apprentice.predict.predict import Predict
-
-        found: list[tuple[str, Predict]] = []
+        found: list[tuple[str, Predictor]] = []
         seen: set[int] = set()
 
         def visit(prefix: str, module: Module) -> None:
             if id(module) in seen:
                 return
             seen.add(id(module))
-            if isinstance(module, Predict):
+            if isinstance(module, Predictor):
                 found.append((prefix or "self", module))
             for name, child in module.named_children():
                 visit(f"{prefix}.{name}" if prefix else name, child)
@@ -74,7 +71,7 @@ class Module:
         visit("", self)
         return found
 
-    def predictors(self) -> list[Predict]:
+    def predictors(self) -> list[Predictor]:
         return [p for _, p in self.named_predictors()]
 
     def set_lm(self, lm: BaseLM | None) -> None:
@@ -193,6 +190,14 @@ class Module:
     def __repr__(self) -> str:
         inner = ", ".join(f"{path}={p!r}" for path, p in self.named_predictors())
         return f"{type(self).__name__}({inner})"
+
+
+class Predictor(Module):
+    """A module that calls an LM: the unit a trace records step by step, that carries demos,
+    and that a trained student is bound to. ``Predict`` is the one every module builds on;
+    it lives in ``apprentice.predict`` (this base keeps ``module`` free of that import)."""
+
+    lm: BaseLM | None
 
 
 def _walk(name: str, value: Any) -> Iterator[tuple[str, Module]]:

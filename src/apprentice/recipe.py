@@ -16,13 +16,13 @@ import importlib
 import json
 import os
 import re
-import sys
 from pathlib import Path
 from typing import Any, Literal
 
 import yaml
 from pydantic import BaseModel, Field, ValidationError, field_validator
 
+from apprentice.config import ConfigSection
 from apprentice.recipe_sections import (
     BootstrapConfig,
     DataConfig,
@@ -33,7 +33,7 @@ from apprentice.recipe_sections import (
     StudentConfig,
     TeacherConfig,
 )
-from apprentice.train.config import ConfigSection, LoraConfig, TrainConfig
+from apprentice.train.config import LoraConfig, TrainConfig
 
 __all__ = [
     "DataSource",
@@ -152,16 +152,13 @@ def import_object(path: str, what: str) -> Any:
         module_name, _, attr = path.rpartition(".")
     if not module_name or not attr:
         raise RecipeError(f"{what}: {path!r} is not an import path like 'package.module:Name'")
-    # Like `python -m`, the working directory is importable: recipes name their program
-    # modules relative to the project root the command runs from.
-    if os.getcwd() not in sys.path and "" not in sys.path:
-        sys.path.append(os.getcwd())
     try:
         module = importlib.import_module(module_name)
     except ImportError as exc:
         raise RecipeError(
             f"{what}: cannot import module {module_name!r} ({exc}); run from the directory that "
-            "holds it or put it on PYTHONPATH"
+            "holds it (the apprentice command and `python -m` import from there) or put it on "
+            "PYTHONPATH"
         ) from None
     try:
         obj = module

@@ -11,7 +11,8 @@ from typing import Any, Literal
 
 from pydantic import Field, ValidationInfo, field_validator, model_validator
 
-from apprentice.train.config import ConfigSection
+from apprentice.config import ConfigSection
+from apprentice.serve.config import ServeConfig
 
 __all__ = [
     "BootstrapConfig",
@@ -134,13 +135,6 @@ class DatasetConfig(_Section):
     multitask: bool = Field(True, description="one adapter for all predictors (else one each)")
     val_fraction: float = Field(0.1, ge=0, lt=1)
     format: Literal["chat", "json"] = "chat"
-
-
-class ServeConfig(_Section):
-    backend: Literal["local", "vllm"] = "local"
-    device: str | None = Field(None, description="cpu, cuda, cuda:1; None picks")
-    max_batch_size: int = Field(64, ge=1)
-    max_new_tokens: int = Field(256, ge=1)
 
 
 class EvalConfig(_Section):

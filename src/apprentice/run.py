@@ -1,4 +1,8 @@
-"""The run directory: one folder per distillation run, and the stages that fill it.
+"""The run directory of a recipe: one folder per distillation run, and the stages that fill it.
+
+The stages up to ``bind`` are the shared pipeline (``apprentice/pipeline.py``, also behind
+``BootstrapFinetune``); this file adds what only a recipe run has: the recipe file, the
+evaluation of every system on the dev set, and the report.
 
     runs/<name>/
       recipe.yaml        the recipe as run (overrides applied)
@@ -8,7 +12,7 @@
       dataset/           dataset: HF datasets on disk + manifest
       student/           a tiny student built from config (offline demos only)
       adapters/<name>/   train: checkpoints, train_log.jsonl, adapter/ (PEFT dir + manifest)
-      program.json       the compiled program, bound to the student
+      program.json       bind: the compiled program, bound to the student's backend
       eval/<system>.json eval: teacher, untrained student, trained student on the dev set
       report/            report.md + PNG plots
 
@@ -27,26 +31,20 @@ import hashlib
 import json
 import logging
 import os
-import shutil
-import time
-from collections.abc import Callable
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import yaml
 
-from apprentice.files import atomic_write, exclusive, folder_lock, set_aside
-from apprentice.progress import library_bars, show_progress
+from apprentice.files import atomic_write
+from apprentice.pipeline import Job, Pipeline, StageError, StageOutcome
 from apprentice.recipe import Recipe, RecipeError, load_recipe
 
-__all__ = ["STAGES", "Run", "StageOutcome"]
+__all__ = ["STAGES", "Run", "StageOutcome", "recipe_job"]
 
 log = logging.getLogger(__name__)
 
-SCHEMA = "apprentice.run"
-VERSION = 1
-STAGES = ("bootstrap", "dataset", "train", "eval", "report")
+STAGES = ("bootstrap", "dataset", "train", "bind", "eval", "report")
 SYSTEMS = {
     "teacher": "teacher",
     "untrained": "student (untrained)",
@@ -55,32 +53,48 @@ SYSTEMS = {
 }
 
 
-@dataclass
-class StageOutcome:
-    stage: str
-    status: str  # "ran" | "reused" | "resumed"
-    seconds: float
-    summary: dict[str, Any] = field(default_factory=dict)
-
-
 def _hash(*parts: Any) -> str:
     blob = json.dumps(parts, sort_keys=True, default=str)
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 
-class Run:
+def recipe_job(recipe: Recipe, root: Path) -> Job:
+    """The pipeline's job as a recipe describes it; messages name recipe keys."""
+    from apprentice.fingerprint import code_fingerprint
+    from apprentice.recipe import import_object
+
+    t = recipe.teacher
+    # The scripted teacher's code, not only its import path: an edit re-runs the stage.
+    code = code_fingerprint(import_object(t.script, "teacher.script")) if t.script else None
+    return Job(
+        make_program=recipe.make_program,
+        trainset=recipe.load_split("train"),
+        metric=recipe.make_metric(),
+        make_teacher=lambda cache: recipe.make_teacher(cache_dir=cache),
+        student=recipe.student.model or str(root / "student"),
+        tiny=recipe.student.tiny,
+        bootstrap=recipe.bootstrap,
+        dataset=recipe.dataset,
+        lora=recipe.lora,
+        train=recipe.train,
+        serve=recipe.serve,
+        teacher_key=_hash(recipe.section_hash("teacher"), code),
+        hints={
+            "mismatch": "Use a new --run-dir, or move that folder away to start over (the "
+            "teacher's replies are cached in the run, so re-running is cheap)",
+            "reused": "set bootstrap.retry_failed: true (or --set bootstrap.retry_failed=true) "
+            "to run the failed ones again",
+            "require": "run 'apprentice {stage} {root}' (or 'apprentice distill') first",
+        },
+    )
+
+
+class Run(Pipeline):
     """``Run.open("recipes/demo/causal.yaml")`` or ``Run.open("runs/demo-causal")``."""
 
     def __init__(self, recipe: Recipe, root: Path, *, progress: bool = True) -> None:
+        super().__init__(root, recipe_job(recipe, Path(root)), progress=progress)
         self.recipe = recipe
-        self.root = root
-        self.progress = show_progress(progress)  # no bars in a log file
-        self.outcomes: list[StageOutcome] = []
-        self._lock = folder_lock(root)
-
-    def _exclusive(self):
-        """Held while this process writes into the run directory."""
-        return exclusive(self._lock, f"run directory {self.root}")
 
     # -- opening ----------------------------------------------------------------------------
     @classmethod
@@ -118,77 +132,6 @@ class Run:
         text += yaml.safe_dump(data, sort_keys=False)
         atomic_write(self.root / "recipe.yaml", text)
 
-    # -- state ------------------------------------------------------------------------------
-    @property
-    def state_file(self) -> Path:
-        return self.root / "run.json"
-
-    def state(self) -> dict[str, Any]:
-        if not self.state_file.exists():
-            return {"schema": SCHEMA, "version": VERSION, "stages": {}}
-        data = json.loads(self.state_file.read_text())
-        if data.get("schema") != SCHEMA:
-            raise RecipeError(f"{self.state_file} is not an apprentice run file")
-        return data
-
-    def _record(self, stage: str, **entry: Any) -> None:
-        data = self.state()
-        data["stages"][stage] = {**data["stages"].get(stage, {}), **entry, "updated": time.time()}
-        atomic_write(self.state_file, json.dumps(data, indent=2, default=str))
-
-    def _done(self, stage: str, key: str) -> dict[str, Any] | None:
-        entry = self.state()["stages"].get(stage)
-        if entry and entry.get("status") == "done" and entry.get("hash") == key:
-            return entry
-        return None
-
-    def _stage(self, stage: str, key: str, fn: Callable[[], dict[str, Any]], *, exists: bool):
-        with self._exclusive():
-            return self._run_stage(stage, key, fn, exists=exists)
-
-    def _run_stage(self, stage: str, key: str, fn: Callable[[], dict[str, Any]], *, exists: bool):
-        reused = self._done(stage, key) if exists else None
-        if reused is not None:
-            outcome = StageOutcome(stage, "reused", 0.0, reused.get("summary", {}))
-        else:
-            started = self.state()["stages"].get(stage, {})
-            resumed = started.get("status") == "running" and started.get("hash") == key
-            self._record(stage, hash=key, status="running")
-            t0 = time.perf_counter()
-            with library_bars(self.progress):
-                summary = fn()
-            seconds = time.perf_counter() - t0
-            self._record(stage, hash=key, status="done", seconds=seconds, summary=summary)
-            outcome = StageOutcome(stage, "resumed" if resumed else "ran", seconds, summary)
-        self.outcomes.append(outcome)
-        return outcome
-
-    # -- paths ------------------------------------------------------------------------------
-    @property
-    def traces_dir(self) -> Path:
-        return self.root / "traces"
-
-    @property
-    def dataset_dir(self) -> Path:
-        return self.root / "dataset"
-
-    @property
-    def program_file(self) -> Path:
-        return self.root / "program.json"
-
-    def student_path(self) -> str:
-        if self.recipe.student.model is not None:
-            return self.recipe.student.model
-        return str(self.root / "student")
-
-    def _require(self, path: Path, stage: str) -> None:
-        if not path.exists():
-            raise RecipeError(
-                f"{path} is missing: run 'apprentice {stage} {self.root}' (or 'apprentice "
-                f"distill') first"
-            )
-
-    # -- stages -----------------------------------------------------------------------------
     def distill(self) -> list[StageOutcome]:
         with self._exclusive():  # held across the stages, so no one slips in between
             for stage in STAGES:
@@ -196,216 +139,22 @@ class Run:
         return self.outcomes
 
     def bootstrap(self) -> StageOutcome:
-        from apprentice.traces.bootstrap import (
-            bootstrap_traces,
-            dataset_hash,
-            passes,
-            program_hash,
-        )
-        from apprentice.traces.store import TraceStore, TraceStoreMismatch
+        from apprentice.traces.store import TraceStoreMismatch
 
-        r = self.recipe
-        program = r.make_program()
-        trainset = r.load_split("train")
-        metric = r.make_metric()
-        key = _hash(
-            program_hash(program), dataset_hash(trainset), r.section_hash("teacher", "bootstrap")
-        )
+        try:
+            return super().bootstrap()
+        except TraceStoreMismatch as exc:  # a recipe's errors are RecipeErrors, one line each
+            raise RecipeError(str(exc)) from None
 
-        def run() -> dict[str, Any]:
-            teacher = r.make_teacher(cache_dir=self.root / "cache")
-            try:
-                result = bootstrap_traces(
-                    program,
-                    trainset,
-                    teacher=teacher,
-                    metric=metric,
-                    store=self.traces_dir,
-                    concurrency=r.bootstrap.concurrency,
-                    attempts=r.bootstrap.attempts,
-                    threshold=r.bootstrap.threshold,
-                    progress=self.progress,
-                    retry_failed=r.bootstrap.retry_failed,
-                )
-            except TraceStoreMismatch as exc:
-                raise RecipeError(
-                    f"{self.traces_dir} holds traces made by another program, teacher, dataset "
-                    f"or metric ({exc}); use a new --run-dir, or move that folder away to start "
-                    "over (the teacher's replies are cached in the run, so re-running is cheap)"
-                ) from None
-            previous = self.state()["stages"].get("bootstrap", {}).get("summary", {})
-            summary = result.summary()
-            cost = teacher.usage.summary().get("cost_usd") or 0.0
-            summary["teacher_cost_usd"] = round(previous.get("teacher_cost_usd_total", 0) + cost, 6)
-            summary["teacher_cost_usd_total"] = summary["teacher_cost_usd"]
-            # What the store holds now, over every run that filled it.
-            threshold = r.bootstrap.threshold
-            stored = list(TraceStore(self.traces_dir))
-            summary["traces"] = len(stored)
-            summary["passing"] = sum(passes(t, threshold) for t in stored)
-            summary["failed_traces"] = sum(not t.ok for t in stored)
-            return summary
-
-        # Always runs: the store skips traced examples, so a finished bootstrap costs nothing.
-        return self._stage("bootstrap", key, run, exists=False)
-
-    def dataset(self) -> StageOutcome:
-        from apprentice.dataset.build import build_dataset
-        from apprentice.formats import ChatFormat, JSONFormat
-        from apprentice.traces.bootstrap import program_hash
-        from apprentice.traces.store import TraceStore
-
-        r = self.recipe
-        self._require(self.traces_dir / "traces.jsonl", "bootstrap")
-        program = r.make_program()
-        store = TraceStore(self.traces_dir)
-        key = _hash(
-            store.content_hash(),
-            program_hash(program),
-            r.section_hash("dataset"),
-            r.bootstrap.threshold,
-        )
-
-        def run() -> dict[str, Any]:
-            fmt = ChatFormat() if r.dataset.format == "chat" else JSONFormat()
-            manifest = build_dataset(
-                store,
-                program,
-                self.dataset_dir,
-                threshold=r.bootstrap.threshold,
-                multitask=r.dataset.multitask,
-                val_fraction=r.dataset.val_fraction,
-                format=fmt,
-            )
-            return {
-                "counts": manifest.counts,
-                "drops": manifest.drops,
-                "hash": manifest.content_hash,
-            }
-
-        return self._stage(
-            "dataset", key, run, exists=(self.dataset_dir / "manifest.json").exists()
-        )
-
-    def _ensure_student(self, dataset_hash: str) -> str:
-        """The student's path; a tiny student is built from the training rows on first use."""
-        tiny = self.recipe.student.tiny
-        if tiny is None:
-            return self.student_path()
-        from apprentice.dataset.build import load_dataset_dir
-        from apprentice.formats import messages_to_prompt
-        from apprentice.train.tiny import make_tiny_student
-
-        path = Path(self.student_path())
-        stamp = path / "apprentice_tiny.json"
-        want = {"tiny": tiny.model_dump(), "dataset": dataset_hash}
-        if stamp.exists() and json.loads(stamp.read_text()) == want:
-            return str(path)
-        data, _ = load_dataset_dir(self.dataset_dir)
-        corpus = [messages_to_prompt(row["messages"]) + row["completion"] for row in data["train"]]
-        if path.exists():
-            shutil.rmtree(path)
-        make_tiny_student(
-            tiny.kind,
-            corpus,
-            path,
-            vocab_size=tiny.vocab_size,
-            hidden_size=tiny.hidden_size,
-            num_layers=tiny.num_layers,
-            num_heads=tiny.num_heads,
-            seed=tiny.seed,
-        )
-        stamp.write_text(json.dumps(want))
-        return str(path)
-
-    def _teacher_code(self) -> str | None:
-        """The scripted teacher's code hash (its import path alone misses an edit)."""
-        from apprentice.fingerprint import code_fingerprint
-        from apprentice.recipe import import_object
-
-        t = self.recipe.teacher
-        return code_fingerprint(import_object(t.script, "teacher.script")) if t.script else None
+    def require(self, path: Path, stage: str) -> None:
+        try:
+            super().require(path, stage)
+        except StageError as exc:
+            raise RecipeError(str(exc)) from None
 
     def _tiny_stamp(self) -> str | None:
         stamp = Path(self.student_path()) / "apprentice_tiny.json"
         return stamp.read_text() if self.recipe.student.tiny and stamp.exists() else None
-
-    def train(self) -> StageOutcome:
-        from apprentice.dataset.build import load_dataset_dir
-        from apprentice.optimize.finetune import adapter_groups, bind_student
-        from apprentice.train.export import read_manifest
-        from apprentice.train.sft import TrainResult, train_adapter
-
-        r = self.recipe
-        self._require(self.dataset_dir / "manifest.json", "dataset")
-        _, manifest = load_dataset_dir(self.dataset_dir)
-        program = r.make_program()
-        groups = adapter_groups(program, r.dataset.multitask)
-        key = _hash(
-            manifest.content_hash,
-            r.section_hash("student", "lora", "train", "serve"),
-            self.student_path(),
-            groups,
-        )
-        adapters = {name: self.root / "adapters" / name for name in groups}
-        finished = all((d / "adapter" / "manifest.json").exists() for d in adapters.values())
-
-        def run() -> dict[str, Any]:
-            entry = self.state()["stages"].get("train", {})
-            if entry.get("hash") not in (None, key):
-                self._set_aside(adapters.values())
-            student = self._ensure_student(manifest.content_hash)
-            trained: dict[str, TrainResult] = {}
-            for name, group in groups.items():
-                out = adapters[name]
-                done = out / "adapter" / "manifest.json"
-                if done.exists() and entry.get("hash") == key:
-                    m = read_manifest(out / "adapter")
-                    trained[name] = TrainResult(out / "adapter", m, m.metrics)
-                    continue
-                trained[name] = train_adapter(
-                    self.dataset_dir,
-                    student,
-                    out,
-                    lora=r.lora,
-                    train=r.train,
-                    predictors=group,
-                    name=name,
-                    progress=self.progress,
-                )
-            compiled = bind_student(program, groups, trained, student, self._lm_options())
-            compiled.save(self.program_file)
-            return {
-                name: {
-                    k: t.metrics.get(k)
-                    for k in ("steps", "final_train_loss", "final_val_loss", "elapsed_s")
-                }
-                | {"method": t.manifest.method, "servable": t.manifest.servable}
-                for name, t in trained.items()
-            }
-
-        return self._stage("train", key, run, exists=finished and self.program_file.exists())
-
-    def _set_aside(self, dirs) -> None:
-        # A changed recipe makes old checkpoints useless for resuming, but they are never
-        # deleted: each earlier run's adapters move to adapters/.previous/<name>.<time>.
-        for d in dirs:
-            if d.exists():
-                target = set_aside(d, d.parent / ".previous")
-                log.warning("recipe changed: moved %s to %s", d, target)
-
-    def _lm_options(self) -> dict[str, Any]:
-        s = self.recipe.serve
-        return {
-            "device": s.device,
-            "max_batch_size": s.max_batch_size,
-            "max_new_tokens": s.max_new_tokens,
-        }
-
-    def compiled_program(self):
-        self._require(self.program_file, "train")
-        # trusted: written by this run, whose recipe already runs code of its choosing
-        return self.recipe.make_program().load(self.program_file, trusted=True)
 
     def _fewshot(self):
         """The program with ``eval.fewshot`` demos per predictor from the teacher's passing
@@ -428,11 +177,11 @@ class Run:
     def eval(self) -> StageOutcome:
         from apprentice.evaluate.report import SystemEval, evaluate_system
         from apprentice.fingerprint import code_fingerprint
-        from apprentice.lm.local import LocalLM
+        from apprentice.serve.binding import student_lm
         from apprentice.traces.bootstrap import dataset_hash, program_hash
 
         r = self.recipe
-        self._require(self.program_file, "train")
+        self.require(self.program_file, "bind")
         devset = r.load_split("dev")
         metric = r.make_metric()
 
@@ -445,7 +194,7 @@ class Run:
             program_hash(r.make_program()),
         )
         keys = {
-            "teacher": _hash(base, r.section_hash("teacher"), self._teacher_code()),
+            "teacher": _hash(base, self.job.teacher_key),
             "untrained": _hash(
                 base, self.student_path(), r.section_hash("student", "serve"), self._tiny_stamp()
             ),
@@ -483,9 +232,8 @@ class Run:
                     program.set_lm(r.make_teacher(cache_dir=self.root / "cache"))
                 elif system in ("untrained", "fewshot"):
                     program = r.make_program() if system == "untrained" else self._fewshot()
-                    options = self._lm_options()
-                    options["max_new_tokens"] = r.eval.untrained_max_new_tokens
-                    program.set_lm(LocalLM(self.student_path(), **options))
+                    cap = r.eval.untrained_max_new_tokens
+                    program.set_lm(student_lm(r.serve, self.student_path(), max_new_tokens=cap))
                 else:
                     program = self.compiled_program()
                 result = evaluate_system(
@@ -517,7 +265,7 @@ class Run:
             if path.exists():
                 systems.append(SystemEval.from_dict(json.loads(path.read_text())["eval"]))
         if not systems:
-            self._require(out / "trained.json", "eval")
+            self.require(out / "trained.json", "eval")
         logs = {
             p.parent.name: p for p in sorted((self.root / "adapters").glob("*/train_log.jsonl"))
         }

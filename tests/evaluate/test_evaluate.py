@@ -354,3 +354,39 @@ def test_many_failures_log_the_first_five_and_one_summary(caplog):
     messages = [r.getMessage() for r in caplog.records]
     assert sum("failed: RuntimeError" in m for m in messages) == 5
     assert any(m.startswith("20 of 20 examples failed") for m in messages)
+
+
+def test_record_steps_files_each_run_on_its_own_result_even_for_equal_inputs():
+    # Before, the report matched runs to results by their JSON-encoded inputs: two
+    # examples with the same question could swap or lose their steps.
+    def answer_by_thread(signature, inputs):
+        return {"answer": "a" if inputs["question"] == "same" else "wrong"}
+
+    examples = [ap.Example(question="same", answer="a").with_inputs("question")] * 6 + [
+        ap.Example(question="boom", answer="a").with_inputs("question")
+    ]
+
+    class Failing(QA):
+        def forward(self, question):
+            prediction = self.answer(question=question)
+            if question == "boom":
+                raise RuntimeError("after the call")
+            return prediction
+
+    ap.configure(lm=ap.ScriptedLM(answer_by_thread))
+    result = ap.Evaluate(
+        devset=examples,
+        metric=ap.answer_exact_match,
+        num_threads=4,
+        display_progress=False,
+        record_steps=True,
+    )(Failing())
+    assert [r.score for r in result.results] == [1.0] * 6 + [0.0]
+    for r in result.results:
+        assert len(r.steps) == 1 and r.steps[0].predictor == "answer"
+        assert r.steps[0].inputs["question"] == r.example.question
+        assert r.latency_s > 0
+    assert result.results[-1].error.startswith("RuntimeError")
+    # Off by default: no steps are kept.
+    plain = ap.Evaluate(devset=examples[:2], metric=ap.answer_exact_match, display_progress=False)
+    assert all(r.steps is None for r in plain(QA()).results)

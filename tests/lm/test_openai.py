@@ -35,7 +35,7 @@ from apprentice.lm import (
     Usage,
     keepalive,
 )
-from apprentice.lm.openai import _retry_after, _Retryable
+from apprentice.lm.openai_retry import Retryable, RetryPolicy, retry_after
 from apprentice.lm.registry import lm_from_config
 
 
@@ -314,6 +314,24 @@ def test_both_transports_send_the_same_bytes(stub, make_lm, no_proxy_env):
     )
 
 
+def test_sync_and_async_send_the_same_bytes_and_read_the_same_response(stub, make_lm):
+    choices = [
+        {"index": 1, "message": {"content": "b"}, "finish_reason": "length"},
+        {"index": 0, "message": {"content": "a"}, "finish_reason": "stop"},
+    ]
+    reply = {"choices": choices, "usage": {"prompt_tokens": 7, "completion_tokens": 2}}
+    stub.default = Reply(raw=json.dumps(reply).encode())  # names no model
+    lm = make_lm("base-llama", adapter="qa-lora")
+    request = ask("naïve?", temperature=0.5, n=2, stop=("END",))
+    done = lm.generate([request])[0], asyncio.run(lm.agenerate([request]))[0]
+    assert stub.raw_bodies[0] == stub.raw_bodies[1]
+    assert stub.bodies[0]["model"] == "qa-lora"
+    for response in done:
+        assert (response.texts, response.finish_reasons) == (["a", "b"], ["stop", "length"])
+        assert response.usage == Usage(7, 2)
+        assert response.model == "base-llama"  # the reply named none: the LM's base model
+
+
 # -- retries ----------------------------------------------------------------------------------
 def test_429_waits_for_retry_after_then_succeeds(stub, make_lm):
     stub.queue(Reply(status=429, headers={"Retry-After": "0.3"}), Reply(texts="ok"))
@@ -332,22 +350,23 @@ def test_retry_after_is_capped_by_retry_max_wait(stub, make_lm):
 
 
 def test_retry_after_accepts_seconds_and_http_dates():
-    assert _retry_after("2") == 2.0
-    assert _retry_after("-4") == 0.0
-    assert _retry_after(None) is None and _retry_after("soon") is None
+    assert retry_after("2") == 2.0
+    assert retry_after("-4") == 0.0
+    assert retry_after(None) is None and retry_after("soon") is None
     in_ten = email.utils.formatdate(time.time() + 10, usegmt=True)
-    assert 8 < _retry_after(in_ten) <= 10
+    assert 8 < retry_after(in_ten) <= 10
 
 
 def test_backoff_is_exponential_with_full_jitter_and_capped(make_lm):
-    lm = make_lm(retry_backoff=0.5, retry_max_wait=3.0)
-    failure = _Retryable("HTTP 503", 503)
+    policy = make_lm(retry_backoff=0.5, retry_max_wait=3.0)._start(ask("q")).retries
+    assert policy == RetryPolicy(max_retries=6, backoff=0.5, max_wait=3.0)
+    failure = Retryable("HTTP 503", 503)
     for attempt, ceiling in ((1, 0.5), (2, 1.0), (3, 2.0), (4, 3.0), (9, 3.0)):
-        delays = [lm._delay(failure, attempt) for _ in range(300)]
+        delays = [policy.delay(failure, attempt) for _ in range(300)]
         assert min(delays) >= 0 and max(delays) <= ceiling
         assert max(delays) > 0.8 * ceiling and min(delays) < 0.2 * ceiling  # spread, not fixed
-    assert lm._delay(_Retryable("HTTP 429", 429, retry_after=1.5), 1) == 1.5
-    assert lm._delay(_Retryable("HTTP 429", 429, retry_after=100), 1) == 3.0
+    assert policy.delay(Retryable("HTTP 429", 429, retry_after=1.5), 1) == 1.5
+    assert policy.delay(Retryable("HTTP 429", 429, retry_after=100), 1) == 3.0
 
 
 @pytest.mark.parametrize("status", [500, 502, 503, 504, 408, 429])

@@ -1,5 +1,5 @@
-"""Tokenizing SFT rows with completion-only labels, and the prompt text both training and
-inference use (so the student is trained on exactly the prompt it will be served).
+"""Tokenizing SFT rows with completion-only labels, on the prompt text that inference uses
+too (``formats.render_prompt``: the student is trained on exactly the prompt it is served).
 
 Truncation never cuts a target: a prompt that is too long loses tokens from its start
 (the instructions and demos, never the inputs closest to the answer) and a row whose
@@ -8,28 +8,15 @@ target alone does not fit is dropped and counted.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Any
+
+from apprentice.formats.prompt import Kind, render_prompt
 
 __all__ = ["IGNORE_INDEX", "TokenizeReport", "render_prompt", "tokenize_rows"]
 
 IGNORE_INDEX = -100
-Kind = Literal["causal", "seq2seq"]
-
-
-def render_prompt(
-    messages: Sequence[Mapping[str, str]], tokenizer: Any, kind: Kind = "causal"
-) -> str:
-    """The prompt text for a student: the tokenizer's chat template for causal students that
-    have one, otherwise the plain flattening of ``formats.messages_to_prompt``."""
-    if kind == "causal" and getattr(tokenizer, "chat_template", None):
-        return tokenizer.apply_chat_template(
-            [dict(m) for m in messages], tokenize=False, add_generation_prompt=True
-        )
-    from apprentice.formats import messages_to_prompt
-
-    return messages_to_prompt(messages)
 
 
 @dataclass

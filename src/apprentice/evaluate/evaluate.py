@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import contextlib
 import contextvars
 import csv
 import itertools
 import json
 import logging
 import threading
+import time
 from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
@@ -43,6 +45,9 @@ class ExampleResult:
     prediction: Any
     score: float
     error: str | None = None
+    # With Evaluate(record_steps=True): the predictor calls of this run and its wall time.
+    steps: list[Any] | None = None
+    latency_s: float | None = None
 
     def to_dict(self) -> dict[str, Any]:
         pred = self.prediction
@@ -133,6 +138,9 @@ class Evaluate:
     ``failure_score`` and is recorded with its error; once more than ``max_errors`` have
     failed the run stops with EvaluationError. Worker threads run in a copy of the
     caller's context, so ``with ap.context(lm=...)`` around the call applies to them.
+
+    ``record_steps=True`` keeps each run's predictor calls (``traces.Step``: prompt, reply,
+    tokens, cache hit) and wall time on its ExampleResult, for reports of cost and latency.
     """
 
     def __init__(
@@ -144,6 +152,7 @@ class Evaluate:
         max_errors: int | None = None,
         failure_score: float = 0.0,
         display_progress: bool = True,
+        record_steps: bool = False,
     ) -> None:
         if isinstance(num_threads, bool) or not isinstance(num_threads, int) or num_threads < 1:
             raise ValueError(f"num_threads must be an integer >= 1, got {num_threads!r}")
@@ -160,6 +169,7 @@ class Evaluate:
         self.max_errors = max_errors
         self.failure_score = float(failure_score)
         self.display_progress = display_progress
+        self.record_steps = record_steps
 
     def __call__(
         self, program: Callable[..., Any], *, metric: Metric | None = None
@@ -177,15 +187,16 @@ class Evaluate:
 
         def run_one(index: int) -> ExampleResult:
             example = self.devset[index]
-            try:
-                prediction = program(**example.inputs())
-            except Exception as exc:  # one bad example never stops the run
-                return failed(index, example, None, exc)
+            with self._recording(program) as record:
+                try:
+                    prediction = program(**example.inputs())
+                except Exception as exc:  # one bad example never stops the run
+                    return record(failed(index, example, None, exc))
             try:
                 score = as_score(score_of(example, prediction, None), index)
             except Exception as exc:
-                return failed(index, example, prediction, exc, stage="metric ")
-            return ExampleResult(index, example, prediction, score)
+                return record(failed(index, example, prediction, exc, stage="metric "))
+            return record(ExampleResult(index, example, prediction, score))
 
         results = self._run(run_one)
         score = sum(r.score for r in results) / len(results) if results else 0.0
@@ -200,6 +211,29 @@ class Evaluate:
                 _FAILURES_SHOWN,
             )
         return EvaluationResult(score=score, results=results)
+
+    @contextlib.contextmanager
+    def _recording(self, program: Callable[..., Any]):
+        """Yields ``record(result)``, which files the run's steps and the program's wall time
+        (measured to the end of the ``with``, so the metric's time is not in it)."""
+        if not self.record_steps:
+            yield lambda result: result
+            return
+        from apprentice.module import Module
+        from apprentice.traces.capture import capture
+
+        clock = {"start": time.perf_counter(), "end": None}
+
+        def record(result: ExampleResult) -> ExampleResult:
+            end = clock["end"] or time.perf_counter()
+            result.steps, result.latency_s = list(steps), end - clock["start"]
+            return result
+
+        with capture(program if isinstance(program, Module) else None) as steps:
+            try:
+                yield record
+            finally:
+                clock["end"] = time.perf_counter()
 
     def _failed(
         self,

@@ -11,14 +11,12 @@ from __future__ import annotations
 import json
 import logging
 import math
-import threading
-import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
-from apprentice.evaluate.evaluate import Evaluate, EvaluationResult, ExampleResult
+from apprentice.evaluate.evaluate import Evaluate, EvaluationResult
 from apprentice.evaluate.metrics import exact_match
 from apprentice.evaluate.plots import plot_loss, plot_quality_cost, read_train_log
 from apprentice.example import Example
@@ -26,7 +24,7 @@ from apprentice.formats.values import to_jsonable
 from apprentice.lm.usage import Price
 from apprentice.module import Module
 from apprentice.settings import settings
-from apprentice.traces.capture import Step, capture
+from apprentice.traces.capture import Step
 
 __all__ = ["PredictorStats", "SystemEval", "evaluate_system", "headline", "write_report"]
 
@@ -129,47 +127,9 @@ class SystemEval:
 # -- evaluating one system ------------------------------------------------------------
 
 
-@dataclass
-class _Run:
-    prediction: Any
-    steps: list[Step]
-    latency_s: float
-
-
-class _TracedProgram:
-    """Calls the program inside ``capture``, keeping each run's steps and wall time.
-
-    Runs are filed under their inputs; a result finds its run by the prediction object
-    it holds (or, for a failed run, by its inputs alone).
-    """
-
-    def __init__(self, program: Callable[..., Any]) -> None:
-        self.program = program
-        self._runs: dict[str, list[_Run]] = {}
-        self._lock = threading.Lock()
-
-    def __call__(self, **inputs: Any) -> Any:
-        start = time.perf_counter()
-        prediction = None
-        with capture(self.program if isinstance(self.program, Module) else None) as steps:
-            try:
-                prediction = self.program(**inputs)
-            finally:
-                run = _Run(prediction, steps, time.perf_counter() - start)
-                with self._lock:
-                    self._runs.setdefault(_key(inputs), []).append(run)
-        return prediction
-
-    def run_of(self, result: ExampleResult) -> _Run | None:
-        runs = self._runs.get(_key(result.example.inputs()), [])
-        for i, run in enumerate(runs):
-            if run.prediction is result.prediction:
-                return runs.pop(i)
-        return runs.pop(0) if runs else None
-
-
-def _key(value: Any) -> str:
-    return json.dumps(to_jsonable(dict(value)), sort_keys=True, default=str)
+def _key(identity: Any) -> str:
+    """An LM identity (a dict) as a hashable key of the price table."""
+    return json.dumps(to_jsonable(dict(identity)), sort_keys=True, default=str)
 
 
 def _lm_name(identity: dict[str, Any]) -> str:
@@ -236,11 +196,14 @@ def evaluate_system(
     answered (a predictor's own LM, or the configured default); an LM without one (a
     local student) costs nothing. Latency percentiles are over the runs that returned.
     """
-    traced = _TracedProgram(program)
     prices = _price_table(program)
     result = Evaluate(
-        devset=devset, metric=metric, num_threads=num_threads, display_progress=display_progress
-    )(traced)
+        devset=devset,
+        metric=metric,
+        num_threads=num_threads,
+        display_progress=display_progress,
+        record_steps=True,
+    )(program)
 
     predictors: dict[str, PredictorStats] = {}
     if isinstance(program, Module):
@@ -249,13 +212,12 @@ def evaluate_system(
     calls = cached = prompt_tokens = completion_tokens = 0
     cost, priced, models = 0.0, price is not None, set()
     for example_result in result.results:
-        run = traced.run_of(example_result)
-        if run is None:
+        if example_result.steps is None:  # stopped before it ran (max_errors)
             continue
-        if run.prediction is not None:
-            latencies.append(run.latency_s)
+        if example_result.prediction is not None:
+            latencies.append(example_result.latency_s)
         labels = example_result.example.labels().to_dict()
-        for step in run.steps:
+        for step in example_result.steps:
             stats = predictors.setdefault(step.predictor, PredictorStats())
             stats.calls += 1
             correct = _step_correct(step, labels)

@@ -12,14 +12,13 @@ import asyncio
 import collections
 import hashlib
 import json
-import operator
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 from apprentice.lm.cache import Cache, resolve_cache
-from apprentice.lm.usage import Price, UsageTracker
+from apprentice.lm.usage import Price, Usage, UsageTracker
 
 __all__ = [
     "BaseLM",
@@ -99,25 +98,6 @@ class Request:
             "seed": self.seed,
             "rollout": self.rollout,
         }
-
-
-@dataclass(frozen=True)
-class Usage:
-    prompt_tokens: int = 0
-    completion_tokens: int = 0
-
-    def __post_init__(self) -> None:
-        # One rule for every source of counts (a server's reply, a cache row): a count
-        # that is negative, fractional or infinite would silently corrupt usage and cost.
-        for name in ("prompt_tokens", "completion_tokens"):
-            value = getattr(self, name)
-            if type(value) is not int:  # a numpy integer is stored as an int
-                if isinstance(value, bool) or not hasattr(type(value), "__index__"):
-                    raise ValueError(f"{name} must be an integer >= 0, got {value!r}")
-                value = operator.index(value)
-                object.__setattr__(self, name, value)
-            if value < 0:
-                raise ValueError(f"{name} must be an integer >= 0, got {value!r}")
 
 
 @dataclass(frozen=True)

@@ -175,6 +175,7 @@ def _model_key(base_model: str | Path) -> str:
     """A local directory by its resolved path (so two spellings share an engine), else the
     hub name; a ``.gguf`` file by the checkpoint it converts into (once, cached). A value
     that can only be a local path but does not exist fails here."""
+    from apprentice.files import looks_like_local_path
     from apprentice.gguf import is_gguf, resolve_model
 
     text = str(base_model)
@@ -185,7 +186,7 @@ def _model_key(base_model: str | Path) -> str:
         if not path.is_dir():
             raise FileNotFoundError(f"base model {text!r} is a file; pass the model's directory")
         return str(path.resolve())
-    if path.is_absolute() or text.startswith((".", "~")) or text.count("/") > 1:
+    if looks_like_local_path(text):
         raise FileNotFoundError(
             f"base model directory {text!r} does not exist; pass a saved model directory "
             "(save_pretrained) or a hub model name"

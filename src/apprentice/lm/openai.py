@@ -3,117 +3,39 @@
 Sync calls go over one keep-alive ``http.client`` connection per thread
 (``apprentice.lm.keepalive``: several times cheaper per call than httpx, see there); when
 a proxy from the environment applies to the endpoint they go through httpx instead,
-which honours it. Async calls use one ``httpx.AsyncClient`` per event loop. Retries:
-exponential backoff with full jitter on 408/409/429/5xx, timeouts, connection errors
-and malformed replies, honouring ``Retry-After``. Other 4xx fail at once with the
-server's message. The retry loop is a plain loop rather than tenacity: a call that
-succeeds at once (nearly all of them) pays nothing for it.
+which honours it. Async calls use one ``httpx.AsyncClient`` per event loop.
+
+The sync and async paths share every rule and differ only in their I/O: ``_start``
+builds a request's body and budget, ``openai_retry.Call`` runs the attempts (the total
+deadline, retry classification and waits), ``_response`` checks and reads a reply
+(``openai_wire``). The cache, usage and history are BaseLM's, around both.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextvars
-import json
 import os
-import random
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 from urllib.parse import urlsplit
 
-from apprentice.lm.base import (
-    BaseLM,
-    LMError,
-    LMRequestError,
-    LMUnavailableError,
-    Request,
-    Response,
-    Usage,
-)
+from apprentice.lm.base import BaseLM, Request, Response
 from apprentice.lm.cache import Cache, cache_config
+from apprentice.lm.openai_retry import (
+    Budget,
+    Call,
+    Retryable,
+    RetryPolicy,
+    httpx_errors,
+    stdlib_errors,
+)
+from apprentice.lm.openai_wire import encode, read_reply, request_body, resolve_base_url
 from apprentice.lm.usage import Price
 
-__all__ = ["OpenAILM"]
-
-_RETRY_STATUSES = frozenset({408, 409, 429, 500, 502, 503, 504})
-
-
-def _encode(body: dict[str, Any]) -> bytes:
-    # Byte for byte what httpx's ``json=`` sends, whichever transport carries it.
-    return json.dumps(body, ensure_ascii=False, separators=(",", ":"), allow_nan=False).encode()
-
-
-class _Retryable(Exception):
-    def __init__(self, message: str, status: int | None = None, retry_after: float | None = None):
-        super().__init__(message)
-        self.status = status
-        self.retry_after = retry_after
-
-
-class _Budget:
-    """What one call may spend: ``total_timeout_s`` over all its attempts (counted from
-    the first one's start, not from waiting for a free slot) and ``max_reply_bytes`` per
-    reply. The one place these limits are checked, for every transport."""
-
-    __slots__ = ("url", "max_bytes", "total", "deadline", "received")
-
-    def __init__(self, url: str, max_bytes: int, total: float) -> None:
-        self.url, self.max_bytes, self.total = url, max_bytes, total
-        self.deadline: float | None = None
-        self.received = 0
-
-    def begin_attempt(self) -> None:
-        if self.deadline is None:
-            self.deadline = time.monotonic() + self.total
-        self.received = 0
-
-    def seconds_left(self) -> float:
-        left = self.deadline - time.monotonic()
-        if left <= 0:
-            raise TimeoutError(self.passed())
-        return left
-
-    def passed(self) -> str:
-        return f"the total_timeout_s={self.total}s deadline passed"
-
-    def allows_wait(self, seconds: float) -> bool:
-        return time.monotonic() + seconds < self.deadline
-
-    def check_length(self, content_length: str | None) -> None:
-        if content_length and content_length.isdigit() and int(content_length) > self.max_bytes:
-            raise self._too_large(f"Content-Length {content_length}")
-
-    def add(self, received: int) -> None:
-        self.received += received
-        if self.received > self.max_bytes:
-            raise self._too_large(f"over {self.received} bytes received")
-        self.seconds_left()
-
-    def _too_large(self, seen: str) -> LMError:
-        # Not retried: the same request would most likely bring the same reply.
-        return LMError(
-            f"the reply from {self.url} is larger than max_reply_bytes={self.max_bytes} "
-            f"({self.max_bytes / 2**20:.1f} MiB; {seen}); if such replies are expected, "
-            "raise the cap with OpenAILM(..., max_reply_bytes=...)"
-        )
-
-
-def _retry_after(value: str | None) -> float | None:
-    if not value:
-        return None
-    try:
-        return max(0.0, float(value))
-    except ValueError:
-        pass
-    import email.utils
-
-    try:
-        when = email.utils.parsedate_to_datetime(value)
-    except (TypeError, ValueError):
-        return None
-    return max(0.0, when.timestamp() - time.time())
+__all__ = ["OpenAILM", "resolve_base_url"]
 
 
 async def _close_with_loop(client):
@@ -124,75 +46,6 @@ async def _close_with_loop(client):
         yield
     finally:
         await client.aclose()
-
-
-def _server_message(content: bytes) -> str:
-    """The error message in an OpenAI-style error body, else the body's text."""
-    text = content.decode("utf-8", "replace")
-    try:
-        error = json.loads(text).get("error")
-        message = error.get("message") if isinstance(error, dict) else error
-        if isinstance(message, str) and message:
-            return message
-    except (ValueError, AttributeError):
-        pass
-    return text.strip()[:2000] or "(empty body)"
-
-
-def _read_completion(
-    content: bytes, model_type: str, n: int
-) -> tuple[list[str], Usage, str | None, list[str | None]]:
-    """(texts, usage, model, finish reasons) of a 200 reply, the first ``n`` choices by
-    index. Raises ValueError naming what is wrong with the reply's shape: the one check
-    of a reply, for the sync and async calls alike."""
-    data = json.loads(content)
-    if not isinstance(data, dict):
-        raise ValueError(f"the body must be a JSON object, got {type(data).__name__}")
-    choices = data.get("choices")
-    if not isinstance(choices, list):
-        raise ValueError(f"choices must be a list, got {type(choices).__name__}")
-    if len(choices) < n:
-        raise ValueError(f"{len(choices)} choice(s) for n={n}")
-    for i, choice in enumerate(choices):
-        if not isinstance(choice, dict):
-            raise ValueError(f"choice {i} must be an object, got {type(choice).__name__}")
-        if type(choice.get("index", 0)) is not int:
-            raise ValueError(f"choice {i}: index must be an integer, got {choice['index']!r}")
-    choices = sorted(choices, key=lambda c: c.get("index", 0))[:n]
-    texts, finish_reasons = [], []
-    for i, choice in enumerate(choices):
-        if model_type == "chat":
-            message = choice.get("message") or {}
-            if not isinstance(message, dict):
-                raise ValueError(f"choice {i}: message must be an object, got {message!r:.80}")
-            texts.append(_text(message.get("content"), f"choice {i}: content"))
-        else:
-            texts.append(_text(choice.get("text"), f"choice {i}: text"))
-        reason = choice.get("finish_reason")
-        finish_reasons.append(reason if isinstance(reason, str) else None)
-    usage = data.get("usage") or {}
-    if not isinstance(usage, dict):
-        raise ValueError(f"usage must be an object or null, got {type(usage).__name__}")
-    tokens = Usage(usage.get("prompt_tokens") or 0, usage.get("completion_tokens") or 0)
-    model = data.get("model")
-    return texts, tokens, model if isinstance(model, str) else None, finish_reasons
-
-
-def _text(value: Any, what: str) -> str:
-    if value is None:
-        return ""  # a reply that is only tool calls, or an empty generation
-    if not isinstance(value, str):
-        raise ValueError(
-            f"{what} must be a string or null, got {type(value).__name__} {value!r:.80}"
-        )
-    return value
-
-
-def resolve_base_url(base_url: str | None) -> str:
-    """The endpoint a ``base_url`` of None means: ``$OPENAI_BASE_URL``, else OpenAI's."""
-    return (base_url or os.environ.get("OPENAI_BASE_URL") or "https://api.openai.com/v1").rstrip(
-        "/"
-    )
 
 
 def _check_options(
@@ -425,153 +278,72 @@ class OpenAILM(BaseLM):
                 self._pool = None
             self._async.clear()
 
-    # -- request body and reply ----------------------------------------------------------
+    # -- what the sync and async calls share -------------------------------------------
     def body(self, request: Request) -> dict[str, Any]:
-        body: dict[str, Any] = {"model": self.adapter or self.model}
-        if self.model_type == "chat":
-            body["messages"] = list(request.messages)
-        else:
-            from apprentice.formats import messages_to_prompt
-
-            body["prompt"] = messages_to_prompt(request.messages)
-        temperature = (
-            request.temperature if request.temperature is not None else self.defaults["temperature"]
-        )
-        max_tokens = (
-            request.max_tokens if request.max_tokens is not None else self.defaults["max_tokens"]
-        )
-        if temperature is not None:
-            body["temperature"] = temperature
-        if max_tokens is not None:
-            body["max_tokens"] = max_tokens
-        if request.n != 1:
-            body["n"] = request.n
-        for name in ("top_p", "seed"):
-            if getattr(request, name) is not None:
-                body[name] = getattr(request, name)
-        if request.stop:
-            body["stop"] = list(request.stop)
-        body.update(self.extra_body)
-        return body
-
-    def _reply(self, status: int, headers, content: bytes, latency: float, n: int) -> Response:
-        if status != 200:
-            text = _server_message(content)
-            if status in _RETRY_STATUSES:
-                raise _Retryable(
-                    f"HTTP {status}: {text[:300]}", status, _retry_after(headers.get("retry-after"))
-                )
-            raise LMRequestError(
-                f"{self._url} refused the request for model {self.adapter or self.model!r} "
-                f"with HTTP {status}: {text[:500]}",
-                status=status,
-                body=content.decode("utf-8", "replace")[:2000],
-            )
-        try:
-            texts, usage, model, finish_reasons = _read_completion(content, self.model_type, n)
-        except ValueError as exc:  # json's errors included
-            raise _Retryable(
-                f"malformed reply from {self._url}: {exc}; the body began {content[:200]!r}"
-            ) from None
-        return Response(
-            texts=texts,
-            usage=usage,
-            model=model or self.model,
-            finish_reasons=finish_reasons,
-            latency_s=latency,
+        """The JSON body sent for ``request``."""
+        return request_body(
+            request,
+            model=self.adapter or self.model,
+            model_type=self.model_type,
+            defaults=self.defaults,
+            extra_body=self.extra_body,
         )
 
-    # -- retries -----------------------------------------------------------------------
-    def _delay(self, exc: _Retryable, attempt: int) -> float:
-        """Seconds to wait after failed attempt number ``attempt`` (1-based)."""
-        if exc.retry_after is not None:
-            return min(exc.retry_after, self.retry_max_wait)
-        ceiling = min(self.retry_max_wait, self.retry_backoff * 2 ** (attempt - 1))
-        return random.uniform(0, ceiling)  # full jitter: clients that failed together spread out
-
-    def _unavailable(self, exc: _Retryable, attempts: int, why: str = "") -> LMUnavailableError:
-        return LMUnavailableError(
-            f"{self._url} (model {self.adapter or self.model!r}) failed after {attempts} "
-            f"attempt(s){why}: {exc}",
-            status=exc.status,
-            attempts=attempts,
+    def _start(self, request: Request) -> Call:
+        """Before the first attempt: the bytes to send and what the call may spend."""
+        return Call(
+            encode(self.body(request)),
+            request.n,
+            Budget(self._url, self.max_reply_bytes, self.total_timeout_s),
+            RetryPolicy(self.max_retries, self.retry_backoff, self.retry_max_wait),
+            self.timeout,
+            where=f"{self._url} (model {self.adapter or self.model!r})",
         )
 
-    def _wait_before_retry(self, exc: _Retryable, attempt: int, budget: _Budget) -> float:
-        """Seconds to wait before attempt ``attempt + 1``; raises LMUnavailableError when
-        there is none: retries used up, or the wait would outlast the total deadline."""
-        if attempt > self.max_retries:
-            raise self._unavailable(exc, attempt)
-        delay = self._delay(exc, attempt)
-        if not budget.allows_wait(delay):
-            raise self._unavailable(exc, attempt, f" before {budget.passed()}")
-        return delay
-
-    def _budget(self) -> _Budget:
-        return _Budget(self._url, self.max_reply_bytes, self.total_timeout_s)
-
-    def _timed_out(self, exc: BaseException, budget: _Budget) -> _Retryable:
-        if time.monotonic() >= budget.deadline:
-            return _Retryable(f"timed out: {budget.passed()}")
-        return _Retryable(f"timed out after {self.timeout}s ({type(exc).__name__})")
-
-    def _httpx_timeout(self, budget: _Budget) -> float:
-        # httpx's timeouts are per read: the deadline is also checked between chunks.
-        return min(self.timeout, budget.seconds_left())
+    def _response(self, call: Call, status: int, headers: Any, content: bytes) -> Response:
+        """After an attempt: its reply as a Response, or Retryable / LMRequestError."""
+        return read_reply(
+            status,
+            headers,
+            content,
+            url=self._url,
+            asked=self.adapter or self.model,
+            model=self.model,
+            model_type=self.model_type,
+            n=call.n,
+            latency=call.latency(),
+        )
 
     # -- sync -----------------------------------------------------------------------------
-    def _post(self, data: bytes, n: int, budget: _Budget) -> Response:
-        if (self._transport or self.transport) == "httpx":
-            return self._post_httpx(data, n, budget)
-        import http.client
-
-        with self._gate:
-            budget.begin_attempt()
-            start = time.perf_counter()
-            try:
-                status, headers, content = self._connections.post(self._path, data, budget)
-            except TimeoutError as exc:
-                raise self._timed_out(exc, budget) from None
-            except (OSError, http.client.HTTPException) as exc:
-                raise _Retryable(f"connection error: {exc!r}") from None
-            return self._reply(status, headers, content, time.perf_counter() - start, n)
-
-    def _post_httpx(self, data: bytes, n: int, budget: _Budget) -> Response:
-        import httpx
-
-        with self._gate:
-            budget.begin_attempt()
-            start = time.perf_counter()
-            try:
-                timeout = self._httpx_timeout(budget)
-                with self.client.stream("POST", self._url, content=data, timeout=timeout) as reply:
-                    budget.check_length(reply.headers.get("content-length"))
-                    chunks = []
-                    for chunk in reply.iter_bytes():
-                        budget.add(len(chunk))
-                        chunks.append(chunk)
-            except (httpx.TimeoutException, TimeoutError) as exc:
-                raise self._timed_out(exc, budget) from None
-            except httpx.TransportError as exc:
-                raise _Retryable(f"connection error: {exc!r}") from None
-            content = b"".join(chunks)
-            return self._reply(
-                reply.status_code, reply.headers, content, time.perf_counter() - start, n
-            )
-
     def _call(self, request: Request) -> Response | BaseException:
-        attempt = 1
         try:
-            data = _encode(self.body(request))
-            budget = self._budget()
+            call = self._start(request)
             while True:
                 try:
-                    return self._post(data, request.n, budget)
-                except _Retryable as exc:
-                    time.sleep(self._wait_before_retry(exc, attempt, budget))
-                    attempt += 1
+                    return self._attempt(call)
+                except Retryable as exc:
+                    time.sleep(call.wait_after(exc))
         except Exception as exc:  # returned, not raised: one failure must not sink a batch
             return exc
+
+    def _attempt(self, call: Call) -> Response:
+        if (self._transport or self.transport) == "httpx":
+            send, errors = self._send_httpx, httpx_errors()
+        else:
+            send, errors = self._send_stdlib, stdlib_errors()
+        with self._gate, call.attempt(errors):
+            status, headers, content = send(call)
+        return self._response(call, status, headers, content)
+
+    def _send_stdlib(self, call: Call):
+        return self._connections.post(self._path, call.data, call.budget)
+
+    def _send_httpx(self, call: Call):
+        timeout = call.read_timeout()
+        with self.client.stream("POST", self._url, content=call.data, timeout=timeout) as reply:
+            call.budget.check_length(reply.headers.get("content-length"))
+            content = b"".join([call.budget.counted(chunk) for chunk in reply.iter_bytes()])
+        return reply.status_code, reply.headers, content
 
     def _generate(self, requests: list[Request]) -> list[Response | BaseException]:
         if len(requests) == 1:
@@ -587,6 +359,34 @@ class OpenAILM(BaseLM):
         return [f.result() for f in futures]
 
     # -- async ----------------------------------------------------------------------------
+    async def _acall(self, request: Request) -> Response | BaseException:
+        try:
+            call = self._start(request)
+            while True:
+                try:
+                    return await self._aattempt(call)
+                except Retryable as exc:
+                    await asyncio.sleep(call.wait_after(exc))
+        except Exception as exc:  # returned, not raised: one failure must not sink a batch
+            return exc
+
+    async def _aattempt(self, call: Call) -> Response:
+        client, gate, _ = self._async.get(asyncio.get_running_loop()) or await self._async_state()
+        async with gate:
+            with call.attempt(httpx_errors()):
+                # The whole attempt, headers included, ends at the deadline.
+                status, headers, content = await asyncio.wait_for(
+                    self._asend(client, call), call.budget.seconds_left()
+                )
+        return self._response(call, status, headers, content)
+
+    async def _asend(self, client, call: Call):
+        timeout = call.read_timeout()
+        async with client.stream("POST", self._url, content=call.data, timeout=timeout) as reply:
+            call.budget.check_length(reply.headers.get("content-length"))
+            content = b"".join([call.budget.counted(chunk) async for chunk in reply.aiter_bytes()])
+        return reply.status_code, reply.headers, content
+
     async def _async_state(self):
         loop = asyncio.get_running_loop()
         state = self._async.get(loop)
@@ -606,48 +406,6 @@ class OpenAILM(BaseLM):
                 self._async[loop] = state
             await closer.__anext__()
         return state
-
-    async def _apost(self, data: bytes, n: int, budget: _Budget) -> Response:
-        import httpx
-
-        client, gate, _ = self._async.get(asyncio.get_running_loop()) or await self._async_state()
-        async with gate:
-            budget.begin_attempt()
-            start = time.perf_counter()
-            try:
-                # The whole attempt, headers included, ends at the deadline.
-                status, headers, content = await asyncio.wait_for(
-                    self._aread(client, data, budget), budget.seconds_left()
-                )
-            except (httpx.TimeoutException, TimeoutError, asyncio.TimeoutError) as exc:
-                raise self._timed_out(exc, budget) from None
-            except httpx.TransportError as exc:
-                raise _Retryable(f"connection error: {exc!r}") from None
-            return self._reply(status, headers, content, time.perf_counter() - start, n)
-
-    async def _aread(self, client, data: bytes, budget: _Budget):
-        timeout = self._httpx_timeout(budget)
-        async with client.stream("POST", self._url, content=data, timeout=timeout) as reply:
-            budget.check_length(reply.headers.get("content-length"))
-            chunks = []
-            async for chunk in reply.aiter_bytes():
-                budget.add(len(chunk))
-                chunks.append(chunk)
-        return reply.status_code, reply.headers, b"".join(chunks)
-
-    async def _acall(self, request: Request) -> Response | BaseException:
-        attempt = 1
-        try:
-            data = _encode(self.body(request))
-            budget = self._budget()
-            while True:
-                try:
-                    return await self._apost(data, request.n, budget)
-                except _Retryable as exc:
-                    await asyncio.sleep(self._wait_before_retry(exc, attempt, budget))
-                    attempt += 1
-        except Exception as exc:  # returned, not raised: one failure must not sink a batch
-            return exc
 
     async def _agenerate(self, requests: list[Request]) -> list[Response | BaseException]:
         return list(await asyncio.gather(*(self._acall(r) for r in requests)))

@@ -1,15 +1,37 @@
-"""Token usage and cost accounting, per LM."""
+"""Token usage and cost accounting, per LM.
+
+Low in the LM layer: imports nothing from apprentice, so ``lm.base`` (which re-exports
+``Usage``) builds on it without an import cycle.
+"""
 
 from __future__ import annotations
 
+import operator
 import threading
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
 
-if TYPE_CHECKING:
-    from apprentice.lm.base import Usage
+__all__ = ["Price", "Usage", "UsageTracker"]
 
-__all__ = ["Price", "UsageTracker"]
+
+@dataclass(frozen=True)
+class Usage:
+    """The tokens one call used, as its backend counted them."""
+
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+
+    def __post_init__(self) -> None:
+        # One rule for every source of counts (a server's reply, a cache row): a count
+        # that is negative, fractional or infinite would silently corrupt usage and cost.
+        for name in ("prompt_tokens", "completion_tokens"):
+            value = getattr(self, name)
+            if type(value) is not int:  # a numpy integer is stored as an int
+                if isinstance(value, bool) or not hasattr(type(value), "__index__"):
+                    raise ValueError(f"{name} must be an integer >= 0, got {value!r}")
+                value = operator.index(value)
+                object.__setattr__(self, name, value)
+            if value < 0:
+                raise ValueError(f"{name} must be an integer >= 0, got {value!r}")
 
 
 @dataclass(frozen=True)

@@ -1,8 +1,10 @@
-"""BootstrapFinetune: bootstrap -> dataset -> train -> export -> bind the student.
+"""BootstrapFinetune: bootstrap -> dataset -> train -> bind the student, from Python.
 
-The returned program is a copy of the input whose predictors are each bound to the
-student (base model + its adapter) through the local backend; ``program.save()``
-records that binding and ``load()`` restores a runnable student.
+It runs the same stages as ``apprentice distill`` (``apprentice/pipeline.py``), with the
+same stage hashes, resume and guards, in ``run_dir``. The returned program is a copy of the
+input whose predictors are each bound to the student (base model + its adapter) on the
+backend ``serve`` names (default: the local engine); ``program.save()`` records that
+binding and ``load()`` restores a runnable student.
 """
 
 from __future__ import annotations
@@ -14,11 +16,11 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from apprentice.files import exclusive, folder_lock
 from apprentice.module import Module
 from apprentice.optimize.labeled import Optimizer, _check_trainset
+from apprentice.pipeline import adapter_groups
 
-__all__ = ["BootstrapFinetune", "adapter_groups", "bind_student"]
+__all__ = ["BootstrapFinetune", "adapter_groups"]
 
 log = logging.getLogger(__name__)
 
@@ -35,6 +37,11 @@ class BootstrapFinetune(Optimizer):
     the old traces aside and runs the teacher again (its cached replies cost nothing);
     ``retry_failed=True`` runs again only the examples whose trace failed. One process at a
     time works in a run_dir.
+
+    ``serve``: a ``ServeConfig`` (or its fields as a dict) naming the backend the student is
+    bound to: ``local``, ``vllm`` or ``openai`` (a running server the adapters are loaded
+    into). ``lm_options`` go to that LM's constructor as they are. ``format``: ``chat``
+    (markers, the model's chat template) or ``json`` prompts for the student.
     """
 
     def __init__(
@@ -54,7 +61,10 @@ class BootstrapFinetune(Optimizer):
         lm_options: dict[str, Any] | None = None,
         retry_failed: bool = False,
         reset_traces: bool = False,
+        serve: Any = None,
+        format: str = "chat",
     ) -> None:
+        from apprentice.serve.config import ServeConfig
         from apprentice.train.config import LoraConfig, TrainConfig
 
         self.metric = metric
@@ -71,121 +81,56 @@ class BootstrapFinetune(Optimizer):
         self.lm_options = dict(lm_options or {})
         self.retry_failed = retry_failed
         self.reset_traces = reset_traces
+        self.serve = serve if isinstance(serve, ServeConfig) else ServeConfig(**(serve or {}))
+        self.format = format
         self.results: dict[str, Any] = {}
 
     def compile(self, student, *, trainset, teacher=None, valset=None) -> Module:
-        from apprentice.progress import library_bars, show_progress
+        from apprentice.pipeline import Pipeline
 
-        with library_bars(show_progress(self.progress)):
-            return self._compile(student, trainset=trainset, teacher=teacher)
-
-    def _compile(self, student, *, trainset, teacher) -> Module:
         examples = _check_trainset(trainset)
         run_dir = self.run_dir or Path(tempfile.mkdtemp(prefix="apprentice-finetune-"))
-        with exclusive(folder_lock(run_dir), f"run directory {run_dir}"):
-            return self._compile_in(run_dir, student, examples, teacher)
-
-    def _compile_in(self, run_dir: Path, student, examples, teacher) -> Module:
-        from apprentice.dataset.build import build_dataset
-        from apprentice.traces.bootstrap import bootstrap_traces
-        from apprentice.traces.store import TraceStoreMismatch
-        from apprentice.train.sft import train_adapter
-
-        try:
-            boot = bootstrap_traces(
-                student,
-                examples,
-                teacher=teacher,
-                metric=self.metric,
-                store=run_dir / "traces",
-                concurrency=self.concurrency,
-                attempts=self.attempts,
-                threshold=self.threshold,
-                progress=self.progress,
-                reset=self.reset_traces,
-                retry_failed=self.retry_failed,
-            )
-        except TraceStoreMismatch as exc:
-            raise TraceStoreMismatch(
-                f"{exc}. With BootstrapFinetune: pass reset_traces=True (the old traces are "
-                "moved aside, never deleted), or use another run_dir"
-            ) from None
-        self.results["bootstrap"] = boot.summary()
-        try:
-            dataset = build_dataset(
-                run_dir / "traces",
-                student,
-                run_dir / "dataset",
-                threshold=self.threshold,
-                multitask=self.multitask,
-                val_fraction=self.val_fraction,
-            )
-        except ValueError as exc:
-            if not boot.skipped:
-                raise
-            raise ValueError(
-                f"{exc} ({boot.skipped} of them were reused from an earlier run in "
-                f"{run_dir / 'traces'}: pass retry_failed=True to run the failed ones again, "
-                "or reset_traces=True to start over)"
-            ) from None
-        self.results["dataset"] = {"counts": dataset.counts, "drops": dataset.drops}
-        groups = adapter_groups(student, self.multitask)
-        trained: dict[str, Any] = {}
-        for name, group in groups.items():
-            trained[name] = train_adapter(
-                run_dir / "dataset",
-                self.student,
-                run_dir / "adapters" / name,
-                lora=self.lora,
-                train=self.train,
-                predictors=group,
-                name=name,
-                progress=self.progress,
-            )
-        self.results["train"] = {n: r.metrics for n, r in trained.items()}
-
-        program = bind_student(student, groups, trained, self.student, self.lm_options)
+        pipeline = Pipeline(run_dir, self._job(student, examples, teacher), progress=self.progress)
+        with pipeline._exclusive():  # held across the stages, so no one slips in between
+            # results fill as stages finish, so a failure later still shows what ran
+            self.results["bootstrap"] = pipeline.bootstrap().summary
+            dataset = pipeline.dataset().summary
+            self.results["dataset"] = {k: dataset[k] for k in ("counts", "drops")}
+            trained = pipeline.train().summary
+            self.results["train"] = {name: t["metrics"] for name, t in trained.items()}
+            pipeline.bind()
         log.info("BootstrapFinetune: %s", self.results)
-        return program
+        return pipeline.compiled_program()
 
+    def _job(self, student: Module, examples, teacher):
+        from apprentice.pipeline import Job
+        from apprentice.recipe_sections import BootstrapConfig, DatasetConfig
 
-def adapter_groups(program: Module, multitask: bool) -> dict[str, list[str]]:
-    """Adapter name -> the predictor paths it is trained on: one ``multitask`` adapter, or one
-    per predictor (named by its path with dots as underscores)."""
-    paths = [path for path, _ in program.named_predictors()]
-    if multitask:
-        return {"multitask": paths}
-    return {path.replace(".", "_"): [path] for path in paths}
-
-
-def bind_student(
-    program: Module,
-    groups: dict[str, list[str]],
-    trained: dict[str, Any],
-    student: str,
-    lm_options: dict[str, Any] | None = None,
-) -> Module:
-    """A copy of ``program`` with each predictor bound to the student and its adapter
-    (``trained``: adapter name -> TrainResult); a full finetune is served as its own base."""
-    from apprentice.lm.local import LocalLM
-    from apprentice.train.export import adapter_hash
-
-    lm_options = dict(lm_options or {})
-    program = program.deepcopy()
-    by_path = {path: name for name, group in groups.items() for path in group}
-    for path, predictor in program.named_predictors():
-        result = trained[by_path[path]]
-        if result.manifest.method == "full":
-            lm = LocalLM(result.adapter_dir, **lm_options)
-        else:
-            name = result.manifest.name
-            engine = LocalLM(student, **lm_options).engine
-            if name in engine.adapter_names() and engine.adapter_hash(name) != adapter_hash(
-                result.adapter_dir
-            ):
-                # Another run's adapter of the same name is loaded on this base: both stay
-                # served, this one under a name that carries its content hash.
-                name = f"{name}-{adapter_hash(result.adapter_dir)[:8]}"
-            lm = LocalLM(student, adapters={name: result.adapter_dir}, adapter=name, **lm_options)
-        predictor.lm = lm
-    return program
+        return Job(
+            make_program=student.deepcopy,
+            trainset=examples,
+            metric=self.metric,
+            make_teacher=lambda cache: teacher,
+            student=self.student,
+            bootstrap=BootstrapConfig(
+                threshold=self.threshold,
+                attempts=self.attempts,
+                concurrency=self.concurrency,
+                retry_failed=self.retry_failed,
+            ),
+            dataset=DatasetConfig(
+                multitask=self.multitask, val_fraction=self.val_fraction, format=self.format
+            ),
+            lora=self.lora,
+            train=self.train,
+            serve=self.serve,
+            teacher_key=repr(getattr(teacher, "identity", None) or type(teacher).__name__),
+            reset_traces=self.reset_traces,
+            lm_options=self.lm_options,
+            hints={
+                "mismatch": "With BootstrapFinetune: pass reset_traces=True (the old traces "
+                "are moved aside, never deleted), or use another run_dir",
+                "reused": "pass retry_failed=True to run the failed ones again, or "
+                "reset_traces=True to start over",
+            },
+        )

@@ -11,7 +11,7 @@ from typing import Any
 from apprentice.example import Example, Prediction
 from apprentice.formats.base import Format, ParseError
 from apprentice.formats.values import to_jsonable
-from apprentice.module import Module, ProgramFileError
+from apprentice.module import Predictor, ProgramFileError
 from apprentice.settings import settings
 from apprentice.signature import Signature, ensure_signature
 
@@ -66,7 +66,7 @@ class StepRecord:
     extra: dict[str, Any] = field(default_factory=dict)
 
 
-class Predict(Module):
+class Predict(Predictor):
     """Calls an LM with a signature: renders the prompt, sends it, parses the reply."""
 
     def __init__(

@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from apprentice.adapter import AdapterManifest, read_manifest
+from apprentice.files import looks_like_local_path
 
 __all__ = ["Servable", "find_servable", "model_id"]
 
@@ -56,9 +57,8 @@ def model_id(model: str | os.PathLike) -> str:
     """The id a server gives a model: a hub name as it is, a local directory (or a
     ``.gguf`` file) by its name alone."""
     text = str(model)
-    path = Path(text).expanduser()
-    if path.exists() or path.is_absolute() or text.startswith((".", "~")):
-        return path.resolve().name or text
+    if looks_like_local_path(text):
+        return Path(text).expanduser().resolve().name or text
     return text
 
 
@@ -69,7 +69,7 @@ def find_servable(path: str | os.PathLike) -> Servable:
     text = str(path)
     folder = Path(text).expanduser()
     if not folder.exists():
-        if folder.is_absolute() or text.startswith((".", "~")) or text.count("/") > 1:
+        if looks_like_local_path(text):
             raise FileNotFoundError(f"{text!r} does not exist")
         return Servable(base_model=text, kind=None)  # a hub name
     if not folder.is_dir():

@@ -275,7 +275,7 @@ class VLLMServer:
             raise RuntimeError(f"{self!r} is not started; call start() first")
         reply = self._client.post(path, json=body)
         if reply.status_code != 200:
-            from apprentice.lm.openai import _server_message
+            from apprentice.lm.openai_wire import server_message as _server_message
 
             raise LMRequestError(
                 f"{self.url} refused to {what}: HTTP {reply.status_code}: "

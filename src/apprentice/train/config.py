@@ -2,34 +2,15 @@
 
 from __future__ import annotations
 
-import typing
-from typing import Any, Literal
+from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator
+from pydantic import Field, field_validator
+
+from apprentice.config import ConfigSection
 
 from apprentice.adapter import VLLM_LORA_RANKS
 
 __all__ = ["VLLM_LORA_RANKS", "ConfigSection", "LoraConfig", "TrainConfig"]
-
-
-class ConfigSection(BaseModel):
-    """Base of every config section (here and in recipes): unknown keys, ``inf``/``nan``
-    and booleans where a number belongs (``batch_size: true`` would be 1) are refused."""
-
-    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
-
-    @field_validator("*", mode="before")
-    @classmethod
-    def _no_bool_for_a_number(cls, value: Any, info: ValidationInfo) -> Any:
-        if isinstance(value, bool) and _wants_number(cls.model_fields[info.field_name].annotation):
-            raise ValueError("must be a number, not a boolean")
-        return value
-
-
-def _wants_number(annotation: Any) -> bool:
-    """An int or float field that does not also take a bool."""
-    options = set(typing.get_args(annotation)) or {annotation}
-    return bool(options & {int, float}) and bool not in options
 
 
 class LoraConfig(ConfigSection):

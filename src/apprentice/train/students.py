@@ -10,6 +10,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
+from apprentice.files import looks_like_local_path
+
 __all__ = [
     "Student",
     "StudentError",
@@ -54,7 +56,7 @@ class Student:
 def _check_exists(name_or_path: str | os.PathLike) -> str:
     name = str(name_or_path)
     path = Path(name).expanduser()
-    looks_local = path.exists() or name.startswith((".", "/", "~")) or name.count("/") > 1
+    looks_local = looks_like_local_path(name)
     if looks_local and not (path / "config.json").exists():
         raise StudentError(
             f"student {name!r} is not a model directory (no config.json at {path}); give a local "

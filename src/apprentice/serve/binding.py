@@ -1,0 +1,197 @@
+"""Binding a trained student back into the program, on the backend its serve config names.
+
+``bind_student(program, groups, adapter_dirs, base, serve)`` returns a copy of the program
+whose predictors each answer with the base model plus their adapter, served by:
+
+- ``local``: ``LocalLM`` (transformers + peft in this process);
+- ``vllm``: ``VLLMLM`` (vLLM in this process);
+- ``openai``: an ``OpenAILM`` asking a running server (``apprentice serve``, ``vllm serve
+  --enable-lora``) for the adapter by name; the adapter is loaded there through
+  ``POST /v1/load_lora_adapter`` when the server does not serve it yet.
+
+On vLLM (in process or behind a server) an adapter is served under a name that carries its
+content hash (``triage-1a2b3c4d``): vLLM keys its prefix cache by adapter name, so new
+weights under an old name could reuse key/value blocks computed with the old weights. A new
+name per content makes that impossible, at the cost of one adapter slot per version.
+
+A full finetune ("adapter" folder holding whole weights) is served as its own base model.
+``program.save()`` records each predictor's backend, so ``load()`` restores the binding.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from apprentice.serve.config import ServeConfig
+
+if TYPE_CHECKING:
+    from apprentice.lm.base import BaseLM
+    from apprentice.module import Module
+
+__all__ = ["bind_student", "student_lm", "vllm_rank"]
+
+log = logging.getLogger(__name__)
+
+# vLLM's allowed max_lora_rank values (vllm/config/lora.py); an adapter's r may lie between.
+_VLLM_MAX_RANKS = (1, 8, 16, 32, 64, 128, 256, 320, 512)
+
+
+def vllm_rank(ranks: list[int]) -> int:
+    """The smallest ``max_lora_rank`` vLLM accepts that holds every adapter rank."""
+    wanted = max(ranks, default=1)
+    for rank in _VLLM_MAX_RANKS:
+        if rank >= wanted:
+            return rank
+    raise ValueError(f"LoRA rank {wanted} is above vLLM's largest max_lora_rank (512)")
+
+
+def student_lm(
+    serve: ServeConfig,
+    base: str,
+    *,
+    adapters: dict[str, str | Path] | None = None,
+    adapter: str | None = None,
+    max_new_tokens: int | None = None,
+    max_lora_rank: int = 16,
+    **options: Any,
+) -> BaseLM:
+    """The LM serving ``base`` (with ``adapters`` loaded, answering with ``adapter``) on the
+    backend ``serve`` names. ``options`` go to the LM's constructor as they are."""
+    new_tokens = max_new_tokens or serve.max_new_tokens
+    if serve.backend == "local":
+        from apprentice.lm.local import LocalLM
+
+        options.setdefault("device", serve.device)
+        options.setdefault("max_batch_size", serve.max_batch_size)
+        return LocalLM(
+            base, adapters=adapters, adapter=adapter, max_new_tokens=new_tokens, **options
+        )
+    if serve.backend == "vllm":
+        from apprentice.lm.vllm import VLLMLM
+
+        options.setdefault("max_batch_size", serve.max_batch_size)
+        options.setdefault("gpu_memory_utilization", serve.gpu_memory_utilization)
+        options.setdefault("max_model_len", serve.max_model_len)
+        options.setdefault("tensor_parallel_size", serve.tensor_parallel_size)
+        options.setdefault("pipeline_parallel_size", serve.pipeline_parallel_size)
+        return VLLMLM(
+            base,
+            adapters=adapters,
+            adapter=adapter,
+            max_new_tokens=new_tokens,
+            max_lora_rank=max_lora_rank,
+            max_loras=max(1, len(adapters or {})),
+            **options,
+        )
+    return _server_lm(serve, base, adapters or {}, adapter, new_tokens, options)
+
+
+def _server_lm(
+    serve: ServeConfig,
+    base: str,
+    adapters: dict[str, str | Path],
+    adapter: str | None,
+    max_new_tokens: int,
+    options: dict[str, Any],
+) -> BaseLM:
+    from apprentice.lm.openai import OpenAILM
+    from apprentice.serve.bind import served_adapters, with_adapter
+
+    key = os.environ.get(serve.api_key_env) if serve.api_key_env else None
+    if serve.api_key_env and not key:
+        raise ValueError(
+            f"serve.api_key_env: environment variable {serve.api_key_env} is not set; export "
+            "the server's API key there"
+        )
+    options.setdefault("cache", False)
+    lm = OpenAILM(
+        serve.model or base,
+        base_url=serve.base_url,
+        api_key=key or "none",
+        max_tokens=max_new_tokens,
+        **options,
+    )
+    if adapters:
+        served = served_adapters(lm)
+        for name, path in adapters.items():
+            if name not in served:
+                _load_on_server(lm, name, Path(path))
+    return with_adapter(lm, adapter) if adapter is not None else lm
+
+
+def _load_on_server(lm: Any, name: str, path: Path) -> None:
+    import httpx
+
+    from apprentice.lm.base import LMError
+
+    body = {"lora_name": name, "lora_path": str(path.resolve())}
+    try:
+        reply = httpx.post(
+            lm.base_url + "/load_lora_adapter", json=body, headers=lm._headers(), timeout=300
+        )
+    except httpx.HTTPError as exc:
+        raise LMError(f"cannot load adapter {name!r} into {lm.base_url}: {exc!r}") from None
+    if reply.status_code != 200:
+        raise LMError(
+            f"{lm.base_url} refused to load adapter {name!r} from {path} (HTTP "
+            f"{reply.status_code}: {reply.text[:300]}); the server must run with LoRA enabled "
+            "and may only load from its adapter root (apprentice serve --adapter-root, or "
+            "vllm serve --enable-lora with VLLM_ALLOW_RUNTIME_LORA_UPDATING=True)"
+        )
+    log.info("loaded adapter %s into %s", name, lm.base_url)
+
+
+def bind_student(
+    program: Module,
+    groups: dict[str, list[str]],
+    adapter_dirs: dict[str, Path],
+    base: str,
+    serve: ServeConfig,
+    *,
+    lm_options: dict[str, Any] | None = None,
+) -> Module:
+    """A copy of ``program`` with each predictor bound to the student and the adapter trained
+    for its group (``groups``: adapter name -> predictor paths; ``adapter_dirs``: adapter name
+    -> its exported folder)."""
+    from apprentice.serve.bind import with_adapter
+    from apprentice.train.export import read_manifest
+
+    options = dict(lm_options or {})
+    manifests = {name: read_manifest(path) for name, path in adapter_dirs.items()}
+    lora = {n: m for n, m in manifests.items() if m.method != "full"}
+    served = _served_names(serve, base, lora, options)
+    shared = None
+    if lora:
+        rank = vllm_rank([int((m.lora_config or {}).get("r", 1)) for m in lora.values()])
+        adapters = {served[n]: adapter_dirs[n] for n in lora}
+        shared = student_lm(serve, base, adapters=adapters, max_lora_rank=rank, **options)
+    program = program.deepcopy()
+    by_path = {path: name for name, group in groups.items() for path in group}
+    for path, predictor in program.named_predictors():
+        name = by_path[path]
+        if name in lora:
+            predictor.lm = with_adapter(shared, served[name])
+        else:  # a full finetune: its folder is a base model of its own
+            predictor.lm = student_lm(serve, str(adapter_dirs[name]), **options)
+    return program
+
+
+def _served_names(
+    serve: ServeConfig, base: str, manifests: dict[str, Any], options: dict[str, Any]
+) -> dict[str, str]:
+    """The name each adapter is served under: on vLLM (in process or a server) always with
+    its content hash; on the local engine its own name, unless another adapter of that name
+    is loaded on the same base already (both then stay served)."""
+    if serve.backend != "local":
+        return {n: f"{n}-{m.adapter_hash[:8]}" for n, m in manifests.items()}
+    engine = student_lm(serve, base, **options).engine if manifests else None
+    names = {}
+    for name, manifest in manifests.items():
+        clash = name in engine.adapter_names() and engine.adapter_hash(name) != (
+            manifest.adapter_hash
+        )
+        names[name] = f"{name}-{manifest.adapter_hash[:8]}" if clash else name
+    return names

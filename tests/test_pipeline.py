@@ -1,0 +1,115 @@
+"""One pipeline behind `apprentice distill` and BootstrapFinetune: the same stages, hashes,
+resume and binding; serving options re-bind the student without retraining it."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from recipes.demo.task import TicketTriage, make_examples, metric, teacher
+
+import apprentice as ap
+from apprentice.run import Run
+
+ROOT = Path(__file__).resolve().parents[1]
+RECIPE = ROOT / "recipes/demo/causal.yaml"
+SHORT = [
+    "data.train.args.n=8",
+    "data.dev.args.n=2",
+    "bootstrap.concurrency=2",
+    "student.tiny.hidden_size=32",
+    "student.tiny.num_layers=1",
+    "train.max_steps=2",
+    "train.batch_size=4",
+]
+
+
+def _lm_config(root: Path) -> dict:
+    saved = json.loads((root / "program.json").read_text())
+    configs = [p["lm"] for p in saved["predictors"].values()]
+    assert len({json.dumps(c, sort_keys=True) for c in configs}) == 1
+    return configs[0]
+
+
+def _stages(run: Run, names) -> dict[str, str]:
+    return {name: getattr(run, name)().status for name in names}
+
+
+def test_a_serving_change_rebinds_the_student_without_retraining_it(tmp_path):
+    root = tmp_path / "run"
+    first = Run.open(RECIPE, overrides=SHORT, run_dir=root, progress=False)
+    assert _stages(first, ("bootstrap", "dataset", "train", "bind")) == dict.fromkeys(
+        ("bootstrap", "dataset", "train", "bind"), "ran"
+    )
+    assert _lm_config(root)["max_new_tokens"] == 64
+    weights = sorted((root / "adapters").rglob("*.safetensors"))
+    stamps = [p.stat().st_mtime_ns for p in weights]
+
+    # Before: the train stage's hash held the serve section, so this retrained.
+    again = Run.open(root, overrides=["serve.max_new_tokens=32"], progress=False)
+    assert _stages(again, ("dataset", "train", "bind")) == {
+        "dataset": "reused",
+        "train": "reused",
+        "bind": "ran",
+    }
+    assert _lm_config(root)["max_new_tokens"] == 32
+    assert [p.stat().st_mtime_ns for p in weights] == stamps
+    # A training change does retrain (and rebinds).
+    third = Run.open(root, overrides=["train.learning_rate=0.001"], progress=False)
+    assert _stages(third, ("train", "bind")) == {"train": "ran", "bind": "ran"}
+
+
+@pytest.fixture
+def counted_training(monkeypatch):
+    import apprentice.train.sft as sft
+
+    calls = []
+    real = sft.train_adapter
+
+    def train(*args, **kwargs):
+        calls.append(kwargs["name"])
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(sft, "train_adapter", train)
+    return calls
+
+
+def test_bootstrap_finetune_runs_the_same_stages_and_reuses_them(tmp_path, counted_training):
+    from apprentice.train.tiny import make_tiny_student, task_corpus
+
+    trainset = make_examples(8)
+    lm = ap.ScriptedLM(teacher)
+    student = make_tiny_student(
+        "causal",
+        task_corpus(TicketTriage(), trainset, lm),
+        tmp_path / "student",
+        hidden_size=32,
+        num_layers=1,
+        vocab_size=400,
+    )
+
+    def compile_once(**serve):
+        optimizer = ap.BootstrapFinetune(
+            metric=metric,
+            threshold=1.0,
+            student=student,
+            run_dir=tmp_path / "run",
+            progress=False,
+            concurrency=2,
+            train=ap.TrainConfig(full_finetune=True, max_steps=2, batch_size=4),
+            serve=serve,
+        )
+        return optimizer.compile(TicketTriage(), trainset=trainset, teacher=lm)
+
+    compiled = compile_once(max_new_tokens=9)
+    state = json.loads((tmp_path / "run" / "run.json").read_text())["stages"]
+    assert list(state) == ["bootstrap", "dataset", "train", "bind"]
+    assert all(entry["status"] == "done" for entry in state.values())
+    assert compiled.classify.lm.max_new_tokens == 9 and counted_training == ["multitask"]
+
+    # Same run_dir, other serving options: nothing is trained again, the binding follows.
+    rebound = compile_once(max_new_tokens=12)
+    assert counted_training == ["multitask"]
+    assert rebound.classify.lm.max_new_tokens == 12
+    assert _lm_config(tmp_path / "run")["max_new_tokens"] == 12
