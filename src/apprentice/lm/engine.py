@@ -212,7 +212,7 @@ class Engine:
     # -- requests -----------------------------------------------------------------------------
     def encode(self, messages) -> list[int]:
         """The prompt's token ids, exactly as ``dataset.tokenize.tokenize_rows`` makes them."""
-        from apprentice.dataset.tokenize import render_prompt
+        from apprentice.formats.prompt import render_prompt
 
         prompt = render_prompt(messages, self.tokenizer, self.kind)
         with self._tokenizer_lock:

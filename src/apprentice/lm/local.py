@@ -7,7 +7,7 @@ from any number of threads, program runs and views -- into batched ``generate`` 
 (``lm/local_batch.py``), mixing adapters in one batch through peft's per-row
 ``adapter_names``.
 
-The prompt is ``dataset.tokenize.render_prompt`` tokenized exactly as ``tokenize_rows``
+The prompt is ``formats.render_prompt`` tokenized exactly as ``tokenize_rows``
 does, so the student sees at inference exactly what it was trained on.
 """
 

@@ -6,9 +6,8 @@ from typing import Literal
 
 from pydantic import Field, field_validator
 
-from apprentice.config import ConfigSection
-
 from apprentice.adapter import VLLM_LORA_RANKS
+from apprentice.config import ConfigSection
 
 __all__ = ["VLLM_LORA_RANKS", "ConfigSection", "LoraConfig", "TrainConfig"]
 
