@@ -220,6 +220,19 @@ def test_every_adapter_stays_in_memory(models, fake_vllm, tmp_path):
         VLLMLM(models["causal"], max_loras=4, max_cpu_loras=2)
 
 
+def test_the_recipes_vllm_binding_reaches_vllms_own_parallel_settings(models, fake_vllm):
+    from apprentice.serve.binding import student_lm
+    from apprentice.serve.config import ServeConfig
+
+    serve = ServeConfig(backend="vllm", tensor_parallel_size=2, pipeline_parallel_size=2)
+    lm = student_lm(serve, str(models["causal"]), adapters={"a": models["a"]}, adapter="a")
+    options = fake_vllm.made[0].options
+    assert (options["tensor_parallel_size"], options["pipeline_parallel_size"]) == (2, 2)
+    assert lm.generate([ask("hi")])[0].text.startswith(weights_of(models["a"]))
+    restored = lm_from_config(lm.to_config(), trusted=True)
+    assert restored.engine is lm.engine  # the saved program finds the same engine
+
+
 def test_an_error_after_generate_fails_its_requests_and_the_engine_serves_on(models, fake_vllm):
     lm = VLLMLM(models["causal"])
     real_generate = lm.engine.llm.generate

@@ -79,6 +79,8 @@ class EngineOptions:
     gpu_memory_utilization: float = 0.9
     max_model_len: int | None = None
     seed: int = 0
+    tensor_parallel_size: int = 1  # GPUs each layer is split over
+    pipeline_parallel_size: int = 1  # GPUs the layers are split over
 
 
 class VLLMLM(EngineView):
@@ -88,7 +90,8 @@ class VLLMLM(EngineView):
     32, 64, 128, 256, 320, 512; an adapter's own r may be any value up to it);
     ``max_loras``: distinct adapters in one batch; ``max_cpu_loras``: adapters kept in
     memory (None: all of ``adapters``, at least ``max_loras``; more are re-read from disk).
-    ``max_batch_size`` requests at most share a generate call; a call starts when that many
+    ``tensor_parallel_size`` / ``pipeline_parallel_size``: vLLM's own multi-GPU serving.
+    ``max_batch_size`` rows at most share a generate call; a call starts when that many
     wait or no request came for ``batch_wait_ms``. Temperature None or 0 is greedy.
     """
 
@@ -107,6 +110,8 @@ class VLLMLM(EngineView):
         gpu_memory_utilization: float = 0.9,
         max_model_len: int | None = None,
         seed: int = 0,
+        tensor_parallel_size: int = 1,
+        pipeline_parallel_size: int = 1,
         max_batch_size: int = 256,
         batch_wait_ms: float = 5.0,
         max_new_tokens: int = 256,
@@ -127,6 +132,9 @@ class VLLMLM(EngineView):
                 f"max_cpu_loras must be an integer >= max_loras ({max_loras}), got "
                 f"{max_cpu_loras!r} (vllm/config/lora.py)"
             )
+        for name, size in (("tensor", tensor_parallel_size), ("pipeline", pipeline_parallel_size)):
+            if type(size) is not int or size < 1:
+                raise ValueError(f"{name}_parallel_size must be an integer >= 1, got {size!r}")
         check_batching(
             max_batch_size=max_batch_size,
             batch_wait_ms=batch_wait_ms,
@@ -140,6 +148,8 @@ class VLLMLM(EngineView):
             gpu_memory_utilization,
             max_model_len,
             seed,
+            tensor_parallel_size,
+            pipeline_parallel_size,
         )
         self.engine = get_vllm_engine(base_model, options, adapters=len(adapters or {}))
         for name, path in (adapters or {}).items():
@@ -200,6 +210,8 @@ class VLLMEngine(Engine):
             gpu_memory_utilization=options.gpu_memory_utilization,
             max_model_len=options.max_model_len,
             seed=options.seed,
+            tensor_parallel_size=options.tensor_parallel_size,
+            pipeline_parallel_size=options.pipeline_parallel_size,
         )
         # vLLM's own limit, after it fitted the KV cache (vllm/v1/engine/core.py)
         self.max_model_len = self.llm.llm_engine.model_config.max_model_len
