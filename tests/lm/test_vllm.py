@@ -1,22 +1,29 @@
 """VLLMLM on a CPU machine: the two refusals (a T5 student; no vLLM installed) are real.
 
-vLLM cannot run here, so the batching and adapter bookkeeping are checked against a small
-stand-in of the ``vllm`` API that VLLMLM uses (``LLM(...)``, ``LLM.generate`` with
-per-prompt ``SamplingParams`` and ``LoRARequest``s, ``llm_engine.add_lora/remove_lora``).
-It checks what VLLMLM sends, not what vLLM does with it; that runs on a GPU machine.
+vLLM cannot run here, so the batching and adapter bookkeeping are checked against a
+stand-in of the ``vllm`` API that VLLMLM uses (``fake_vllm.py``: ``LLM(...)``,
+``LLM.generate`` with per-prompt ``SamplingParams`` and ``LoRARequest``s,
+``llm_engine.add_lora/remove_lora``) that holds to vLLM 0.26.0's own rules: the
+SamplingParams it refuses, LoRARequests equal by name, a prefix cache keyed by adapter
+name, a whole generate call failed by one bad prompt, add_lora raising on a bad adapter.
 """
 
 from __future__ import annotations
 
+import hashlib
+import json
+import shutil
 import sys
 import threading
-import time
 import types
 
+import fake_vllm as fake_vllm_module
 import pytest
 
+from apprentice.adapter import adapter_hash
 from apprentice.lm import vllm as vllm_lm
 from apprentice.lm.base import Request
+from apprentice.lm.engine import AdapterLoadError
 from apprentice.lm.registry import lm_from_config
 from apprentice.lm.vllm import VLLMLM
 
@@ -70,75 +77,34 @@ def test_bad_engine_options_are_refused(models, no_vllm):
         VLLMLM(models["causal"], max_loras=0)
 
 
-# -- the stand-in ------------------------------------------------------------------------------
+# -- against the stand-in of vLLM 0.26.0's rules (fake_vllm.py) --------------------------------
 @pytest.fixture
 def fake_vllm(monkeypatch):
-    record = types.SimpleNamespace(llm=None, calls=[], added=[], removed=[])
-
-    class SamplingParams:
-        def __init__(self, **options):
-            self.__dict__.update(options)
-
-    class LoRARequest:
-        def __init__(self, lora_name, lora_int_id, lora_path):
-            self.lora_name, self.lora_int_id, self.lora_path = lora_name, lora_int_id, lora_path
-
-    class Engine:
-        def add_lora(self, request):
-            record.added.append((request.lora_name, request.lora_int_id))
-            return True
-
-        def remove_lora(self, lora_id):
-            record.removed.append(lora_id)
-            return True
-
-    class LLM:
-        def __init__(self, model, **options):
-            record.llm = (model, options)
-            self.llm_engine = Engine()
-
-        def generate(self, prompts, params, *, use_tqdm, lora_request):
-            time.sleep(0.02)  # a forward pass: requests keep arriving meanwhile
-            record.calls.append(len(prompts))
-            return [
-                types.SimpleNamespace(outputs=_outputs(prompt, p, lora))
-                for prompt, p, lora in zip(prompts, params, lora_request, strict=True)
-            ]
-
-    def _outputs(prompt, params, lora):
-        who = f"{lora.lora_name}#{lora.lora_int_id}" if lora else "base"
-        text = f"{who} t={params.temperature} max={params.max_tokens} len={len(prompt['prompt_token_ids'])}"
-        return [
-            types.SimpleNamespace(index=i, text=text, token_ids=[1, 2], finish_reason="stop")
-            for i in range(params.n)
-        ]
-
-    vllm = types.ModuleType("vllm")
-    vllm.LLM, vllm.SamplingParams = LLM, SamplingParams
-    lora_module = types.ModuleType("vllm.lora")
-    request_module = types.ModuleType("vllm.lora.request")
-    request_module.LoRARequest = LoRARequest
-    for name, module in (
-        ("vllm", vllm),
-        ("vllm.lora", lora_module),
-        ("vllm.lora.request", request_module),
-    ):
-        monkeypatch.setitem(sys.modules, name, module)
     monkeypatch.setattr(vllm_lm, "_ENGINES", {})
-    return record
+    return fake_vllm_module.install(monkeypatch)
 
 
 def ask(text: str, **sampling) -> Request:
     return Request(messages=({"role": "user", "content": text},), **sampling)
 
 
+def weights_of(adapter_dir) -> str:
+    """What the stand-in says an answer was computed with: the weights file's identity."""
+    return (
+        "w"
+        + hashlib.sha256((adapter_dir / "adapter_model.safetensors").read_bytes()).hexdigest()[:6]
+    )
+
+
 def test_requests_from_many_threads_share_generate_calls(models, fake_vllm):
     lm = VLLMLM(models["causal"], adapters={"a": models["a"], "b": models["b"]}, max_loras=2)
-    model, options = fake_vllm.llm
-    assert model == str(models["causal"].resolve())
-    assert options["enable_lora"] is True
-    assert (options["max_lora_rank"], options["max_loras"]) == (16, 2)
-    assert fake_vllm.added == [("a", 1), ("b", 2)]  # ids from our table, loaded up front
+    [llm] = fake_vllm.made
+    assert llm.model == str(models["causal"].resolve())
+    assert llm.options["enable_lora"] is True
+    assert (llm.options["max_lora_rank"], llm.options["max_loras"]) == (16, 2)
+    # ids from our table, loaded up front, each under a vLLM name of its content
+    names = [f"{n}-{adapter_hash(models[n])[:8]}" for n in ("a", "b")]
+    assert llm.llm_engine.added == [(names[0], 1), (names[1], 2)]
     views = [lm.with_adapter(name) for name in (None, "a", "b")]
     assert all(view.engine is lm.engine for view in views)
     results: dict[int, str] = {}
@@ -153,26 +119,28 @@ def test_requests_from_many_threads_share_generate_calls(models, fake_vllm):
         thread.start()
     for thread in threads:
         thread.join()
-    assert sum(fake_vllm.calls) == 24 and len(fake_vllm.calls) <= 6
+    assert sum(llm.calls) == 24 and len(llm.calls) <= 6
+    expected = ("base", weights_of(models["a"]), weights_of(models["b"]))
     for k, text in results.items():
-        assert text.startswith(("base", "a#1", "b#2")[k % 3]) and "t=0.0 max=5" in text
-    assert lm.stats.requests == 24 and lm.stats.batches == len(fake_vllm.calls)
+        assert text.startswith(expected[k % 3]) and " t=0.0 " in text and "max=5" in text
+    assert lm.stats.requests == 24 and lm.stats.batches == len(llm.calls)
 
 
 def test_adapter_table_and_cache_identity(models, fake_vllm, tmp_path):
     from apprentice.lm.cache import Cache
 
     lm = VLLMLM(models["causal"], adapters={"a": models["a"]}, adapter="a")
+    [llm] = fake_vllm.made
     lm.cache = Cache(tmp_path / "c.sqlite")
     first_hash = lm.adapter_hash
-    assert lm.generate([ask("hi")])[0].text.startswith("a#1")
-    # the same name, other weights: a new id (vLLM caches by id), the old one removed,
-    # and a new cache key, so the cached answer of the old weights is not returned
+    assert lm.generate([ask("hi")])[0].text.startswith(weights_of(models["a"]))
+    # the same name, other weights: a new id (vLLM caches adapters by id), the old one
+    # removed, and a new cache key, so the cached answer of the old weights is not returned
     lm.load_adapter("a", models["b"], replace=True)
-    assert fake_vllm.added[-1] == ("a", 2) and fake_vllm.removed == [1]
+    assert llm.llm_engine.added[-1][1] == 2 and llm.llm_engine.removed == [1]
     assert lm.adapter_hash not in (None, first_hash)
     again = lm.generate([ask("hi")])[0]
-    assert not again.cached and again.text.startswith("a#2")
+    assert not again.cached and again.text.startswith(weights_of(models["b"]))
     with pytest.raises(ValueError, match="rank r=32, above max_lora_rank=16"):
         lm.load_adapter("wide", models["wide"])
     with pytest.raises(ValueError, match="already loaded"):
@@ -183,6 +151,86 @@ def test_adapter_table_and_cache_identity(models, fake_vllm, tmp_path):
     lm.unload_adapter("a")
     failed = lm.generate([ask("hello")], return_exceptions=True)[0]
     assert "'a' is not loaded" in str(failed)
+
+
+def test_a_swapped_adapter_is_never_answered_from_the_old_weights_kv(models, fake_vllm):
+    # vLLM keys prefix-cache blocks by lora_name: a new adapter under a reused vLLM name
+    # would be answered from KV computed with the old weights. Each content gets its own.
+    lm = VLLMLM(models["causal"], adapters={"a": models["a"]}, adapter="a")
+    prompt = ask("Where is order A12345? " * 3)
+    assert lm.generate([prompt])[0].text.startswith(weights_of(models["a"]))
+    lm.load_adapter("a", models["b"], replace=True)  # swapped while serving
+    assert lm.generate([prompt])[0].text.startswith(weights_of(models["b"]))
+    lm.unload_adapter("a")  # unloaded, and loaded again with other weights
+    lm.load_adapter("a", models["a"])
+    assert lm.generate([prompt])[0].text.startswith(weights_of(models["a"]))
+
+
+def test_sampling_is_explicit_and_what_vllm_refuses_is_handled_here(models, fake_vllm):
+    lm = VLLMLM(models["causal"])
+    # greedy with n > 1: vLLM refuses it; one completion is asked for and copied
+    greedy = lm.generate([ask("hi", n=3)])[0]
+    assert len(greedy.texts) == 3 and len(set(greedy.texts)) == 1
+    sampled = lm.generate([ask("hi", n=2, temperature=0.7, seed=1)])[0]
+    assert len(sampled.texts) == 2
+    # every value is sent, none left to the model's generation_config
+    assert "t=0.7 top_p=1.0 top_k=0 min_p=0.0 rep=1.0" in sampled.texts[0]
+    assert "t=0.0 top_p=1.0" in greedy.texts[0]
+    # an empty stop string is dropped (vLLM refuses it); a temperature above 2 fails alone
+    hot, fine = lm.generate(
+        [ask("hi", temperature=3.0), ask("hi", stop=("", "\n"))], return_exceptions=True
+    )
+    assert isinstance(hot, ValueError) and "temperature=3.0 is above 2" in str(hot)
+    assert fine.text.startswith("base")
+
+
+def test_a_prompt_over_the_context_fails_alone(models, fake_vllm):
+    lm = VLLMLM(models["causal"], max_model_len=64, batch_wait_ms=200)
+    answers = lm.generate(
+        [ask("hi"), ask("order " * 80), ask("charged twice"), ask("hi", max_tokens=500)],
+        return_exceptions=True,
+    )
+    assert answers[0].text.startswith("base") and answers[2].text.startswith("base")
+    assert isinstance(answers[1], ValueError) and "max_model_len" in str(answers[1])
+    assert isinstance(answers[3], ValueError) and "max_tokens=500 does not fit" in str(answers[3])
+    assert fake_vllm.made[0].calls == [2]  # the good ones shared one generate call
+
+
+def test_an_adapter_vllm_refuses_raises_and_nothing_changes(models, fake_vllm, tmp_path):
+    biased = tmp_path / "biased"
+    shutil.copytree(models["b"], biased)
+    config = json.loads((biased / "adapter_config.json").read_text())
+    (biased / "adapter_config.json").write_text(json.dumps({**config, "bias": "all"}))
+    lm = VLLMLM(models["causal"], adapters={"a": models["a"]}, adapter="a")
+    with pytest.raises(AdapterLoadError, match="vLLM refused adapter 'a'.*bias is not supported"):
+        lm.load_adapter("a", biased, replace=True)
+    assert lm.adapter_hash == adapter_hash(models["a"])  # still the old adapter
+    assert lm.generate([ask("hi")])[0].text.startswith(weights_of(models["a"]))
+
+
+def test_every_adapter_stays_in_memory(models, fake_vllm, tmp_path):
+    adapters = {}
+    for k in range(5):
+        adapters[f"x{k}"] = tmp_path / f"x{k}"
+        shutil.copytree(models["a"], adapters[f"x{k}"])
+    VLLMLM(models["causal"], adapters=adapters, max_loras=2)
+    # vLLM's max_cpu_loras defaults to max_loras; past it, adapters are re-read from disk
+    assert fake_vllm.made[0].options["max_cpu_loras"] == 5
+    with pytest.raises(ValueError, match="max_cpu_loras must be an integer >= max_loras"):
+        VLLMLM(models["causal"], max_loras=4, max_cpu_loras=2)
+
+
+def test_the_recipes_vllm_binding_reaches_vllms_own_parallel_settings(models, fake_vllm):
+    from apprentice.serve.binding import student_lm
+    from apprentice.serve.config import ServeConfig
+
+    serve = ServeConfig(backend="vllm", tensor_parallel_size=2, pipeline_parallel_size=2)
+    lm = student_lm(serve, str(models["causal"]), adapters={"a": models["a"]}, adapter="a")
+    options = fake_vllm.made[0].options
+    assert (options["tensor_parallel_size"], options["pipeline_parallel_size"]) == (2, 2)
+    assert lm.generate([ask("hi")])[0].text.startswith(weights_of(models["a"]))
+    restored = lm_from_config(lm.to_config(), trusted=True)
+    assert restored.engine is lm.engine  # the saved program finds the same engine
 
 
 def test_an_error_after_generate_fails_its_requests_and_the_engine_serves_on(models, fake_vllm):

@@ -1,7 +1,8 @@
 import pytest
 
+from apprentice.adapter import VLLM_LORA_RANKS, smallest_lora_rank, vllm_lora_modules
 from apprentice.train.config import LoraConfig, TrainConfig
-from apprentice.train.export import check_servable
+from apprentice.train.export import check_lora_config, check_servable
 from apprentice.train.students import StudentError, default_target_modules, load_student
 
 
@@ -41,14 +42,50 @@ def test_servability_names_every_problem():
     assert ok.vllm and ok.reasons == []
     bad = check_servable(
         "causal",
-        r=12,
+        r=600,
         target_modules=["q_proj", "embed_tokens"],
+        bias="lora_only",
         use_dora=True,
         modules_to_save=["lm_head"],
     )
     assert not bad.vllm
     text = str(bad)
-    assert "r=12" in text and "DoRA" in text and "modules_to_save=['lm_head']" in text
-    assert "['embed_tokens']" in text
+    assert "r=600" in text and "DoRA" in text and "modules_to_save=['lm_head']" in text
+    assert "bias='lora_only'" in text and "Adapter bias is not supported" in text
+    assert "['embed_tokens']" in text  # without the model, embeddings are not known to be served
     t5 = check_servable("seq2seq", r=16, target_modules=["q"])
     assert not t5.vllm and "encoder-decoder" in str(t5)
+
+
+@pytest.mark.parametrize("r", [1, 4, 12, 24, 320, 512])
+def test_any_rank_up_to_the_largest_max_lora_rank_is_servable(r):
+    # vllm/lora/peft_helper.py refuses only r > max_lora_rank; the engine's max_lora_rank
+    # is one of vllm/config/lora.py's MaxLoRARanks, the adapter's r is any value up to it.
+    assert check_servable("causal", r=r, target_modules=["q_proj"]).vllm
+    assert smallest_lora_rank(r) == min(m for m in VLLM_LORA_RANKS if m >= r)
+    assert smallest_lora_rank(4) == 8 and smallest_lora_rank(12) == 16
+
+
+def test_a_trained_bias_is_not_servable():
+    for bias in ("all", "lora_only"):
+        assert not check_lora_config("causal", LoraConfig(bias=bias), ["q_proj"]).vllm
+    assert check_lora_config("causal", LoraConfig(r=4), ["q_proj"]).vllm
+
+
+def test_target_modules_are_checked_against_the_models_own_layers(tiny_causal):
+    from transformers import AutoModelForCausalLM
+
+    llama = AutoModelForCausalLM.from_pretrained(tiny_causal)
+    modules = vllm_lora_modules(llama)
+    # every linear layer, and for Llama the embeddings (vllm/model_executor/models/llama.py)
+    assert {"q_proj", "o_proj", "down_proj", "embed_tokens", "lm_head"} <= modules
+    assert "input_layernorm" not in modules and "norm" not in modules
+    served = check_lora_config(
+        "causal", LoraConfig(), ["q_proj", "embed_tokens", "lm_head"], model=llama
+    )
+    assert served.vllm, served
+    refused = check_lora_config("causal", LoraConfig(), ["q_proj", "input_layernorm"], model=llama)
+    assert not refused.vllm and "['input_layernorm']" in str(refused)
+    llama.config.model_type = "qwen2"  # vLLM's Qwen2 class has no embedding LoRA
+    assert "embed_tokens" not in vllm_lora_modules(llama)
+    assert "lm_head" not in vllm_lora_modules(llama)

@@ -6,8 +6,8 @@ memory and hashes what it read. Loading then works from those bytes (``stage`` w
 into a private directory for peft or vLLM), so a folder swapped for a symlink after the
 check cannot make the server load, or report, weights other than the ones it checked.
 
-The files and the hash are those of ``train.export.adapter_hash``, so both give the same
-identity for the same directory.
+The files and the hash are those of ``apprentice.adapter.adapter_hash``, so both give the
+same identity for the same directory.
 """
 
 from __future__ import annotations
@@ -19,9 +19,9 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
-__all__ = ["AdapterFiles", "OutsideRootError", "read_adapter"]
+from apprentice.adapter import CONFIG, is_adapter_file
 
-CONFIG = "adapter_config.json"
+__all__ = ["AdapterFiles", "OutsideRootError", "is_adapter_file", "read_adapter"]
 
 
 class OutsideRootError(ValueError):
@@ -46,13 +46,6 @@ class AdapterFiles:
             with os.fdopen(fd, "wb") as file:
                 file.write(data)
         return folder
-
-
-def is_adapter_file(name: str) -> bool:
-    """The files that make an adapter's identity (as ``train.export.adapter_hash`` reads them)."""
-    return name.startswith(("adapter_", "model")) and name.endswith(
-        (".safetensors", ".bin", ".json")
-    )
 
 
 def read_adapter(path: str | os.PathLike, *, root: Path | None = None) -> AdapterFiles:

@@ -1,15 +1,18 @@
 """EngineView: what LocalLM and VLLMLM share as views of an in-process engine.
 
-The engine holds the base model and the adapter table; a view answers with one adapter
-(or the base). Its adapter hash is read from the engine's table, so loading other weights
+The engine (``lm.engine.Engine``) holds the base model and the adapter table; a view
+answers with one adapter (or the base), and sends its requests through the engine's
+queue (``_submit``). Its adapter hash is read from the engine's table, so loading other weights
 under the same name changes the cache key and a swap never returns a stale answer.
 """
 
 from __future__ import annotations
 
+import asyncio
+from concurrent.futures import Future
 from typing import Any
 
-from apprentice.lm.base import BaseLM, Request
+from apprentice.lm.base import BaseLM, Request, Response
 from apprentice.lm.cache import cache_config
 
 __all__ = ["EngineView", "check_batching"]
@@ -97,6 +100,29 @@ class EngineView(BaseLM):
 
     def _dtype_key(self) -> str:
         raise NotImplementedError
+
+    # -- generation: every request goes through the engine's queue ---------------------------
+    def _submit(self, requests: list[Request]) -> list[Future]:
+        return self.engine.submit(
+            requests,
+            [self.adapter] * len(requests),
+            max_new_tokens=self.max_new_tokens,
+            max_batch_size=self.max_batch_size,
+            batch_wait_ms=self.batch_wait_ms,
+            model=self._answered_as(),
+        )
+
+    def _answered_as(self) -> str:
+        """The ``model`` of this view's responses."""
+        return self.model
+
+    def _generate(self, requests: list[Request]) -> list[Response | BaseException]:
+        futures = self._submit(requests)
+        return [f.exception() or f.result() for f in futures]
+
+    async def _agenerate(self, requests: list[Request]) -> list[Response | BaseException]:
+        futures = [asyncio.wrap_future(f) for f in self._submit(requests)]
+        return list(await asyncio.gather(*futures, return_exceptions=True))
 
     def key_fields(self, request: Request) -> dict[str, Any]:
         fields = request.key_fields()

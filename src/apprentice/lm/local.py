@@ -7,23 +7,21 @@ from any number of threads, program runs and views -- into batched ``generate`` 
 (``lm/local_batch.py``), mixing adapters in one batch through peft's per-row
 ``adapter_names``.
 
-The prompt is ``dataset.tokenize.render_prompt`` tokenized exactly as ``tokenize_rows``
+The prompt is ``formats.render_prompt`` tokenized exactly as ``tokenize_rows``
 does, so the student sees at inference exactly what it was trained on.
 """
 
 from __future__ import annotations
 
-import asyncio
 import threading
-from concurrent.futures import Future
 from pathlib import Path
 from typing import Any
 
-from apprentice.lm.base import Request, Response
+from apprentice.adapter import adapter_dir, adapter_hash
 from apprentice.lm.cache import Cache
+from apprentice.lm.engine import BASE, EngineStats
 from apprentice.lm.engine_view import EngineView, check_batching
-from apprentice.lm.local_batch import BASE
-from apprentice.lm.local_engine import EngineStats, LocalEngine, adapter_dir
+from apprentice.lm.local_engine import LocalEngine
 from apprentice.lm.usage import Price
 
 __all__ = ["BASE", "EngineStats", "LocalEngine", "LocalLM", "get_engine"]
@@ -125,25 +123,6 @@ class LocalLM(EngineView):
     def _dtype_key(self) -> str:
         return str(self.engine.dtype)
 
-    # -- generation -------------------------------------------------------------------------
-    def _submit(self, requests: list[Request]) -> list[Future]:
-        return self.engine.submit(
-            requests,
-            [self.adapter] * len(requests),
-            max_new_tokens=self.max_new_tokens,
-            max_batch_size=self.max_batch_size,
-            batch_wait_ms=self.batch_wait_ms,
-            model=self.model,
-        )
-
-    def _generate(self, requests: list[Request]) -> list[Response | BaseException]:
-        futures = self._submit(requests)
-        return [f.exception() or f.result() for f in futures]
-
-    async def _agenerate(self, requests: list[Request]) -> list[Response | BaseException]:
-        futures = [asyncio.wrap_future(f) for f in self._submit(requests)]
-        return list(await asyncio.gather(*futures, return_exceptions=True))
-
 
 # -- one engine per (base model, device, dtype) ------------------------------------------------
 # key -> (weights stamp, engine). A model rewritten in place (a retrained full finetune, a
@@ -163,8 +142,6 @@ def get_engine(
     """The process's engine for (base model, device, dtype), loading the model on first use.
     ``device`` defaults to cuda when available, else cpu; ``dtype`` to bf16 on cuda, fp32 on
     cpu. ``merged=(name, path)``: an engine of its own with that adapter merged into the weights."""
-    from apprentice.train.export import adapter_hash
-
     key_model = _model_key(base_model)
     device = _resolve_device(device)
     dtype = _resolve_dtype(dtype, device)

@@ -18,33 +18,11 @@ import warnings
 from typing import Any
 
 from apprentice.lm.adapter_files import AdapterFiles
-from apprentice.lm.local_batch import BASE
+from apprentice.lm.engine import AdapterLoadError, check_adapter_name
 
 __all__ = ["AdapterLoadError", "add_slot", "check_adapter_name", "merge_adapter", "remove_slot"]
 
 log = logging.getLogger(__name__)
-
-MAX_NAME_CHARS = 256
-
-
-class AdapterLoadError(ValueError):
-    """The adapter's weights do not fit the model (shapes, missing or extra tensors, targets)."""
-
-
-def check_adapter_name(name: Any) -> None:
-    """An adapter name is what clients send as ``model`` and see in ``/v1/models``: a short
-    printable string (no control characters, no unpaired surrogates)."""
-    if (
-        not isinstance(name, str)
-        or not 0 < len(name) <= MAX_NAME_CHARS
-        or not name.isprintable()
-        or name.strip() != name
-        or name == BASE
-    ):
-        raise ValueError(
-            f"an adapter name is 1-{MAX_NAME_CHARS} printable characters without surrounding "
-            f"spaces, and not {BASE!r}; got {name!r:.300}"
-        )
 
 
 def add_slot(model: Any, slot: str, files: AdapterFiles, device: str) -> Any:

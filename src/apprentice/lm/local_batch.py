@@ -17,23 +17,19 @@ import copy
 import inspect
 import logging
 import os
-import threading
 import time
-from collections import deque
-from concurrent.futures import Future
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from apprentice.lm.base import Response, Usage
 
-if TYPE_CHECKING:
-    from apprentice.lm.local_engine import LocalEngine
+# Typed by the base Engine: importing LocalEngine would make a cycle (it imports this).
+from apprentice.lm.engine import BASE, Engine, Job
 
-__all__ = ["BASE", "Job", "Sampling", "generate_batch", "take_batch"]
+__all__ = ["Sampling", "generate_batch"]
 
 log = logging.getLogger(__name__)
 
-BASE = "__base__"  # peft's name for rows that use no adapter
 MIN_SHARED_PREFIX = 8  # tokens; below this a separate prefix forward is not worth it
 STATIC_CACHE_BYTES = 1 << 30  # larger KV caches grow as generated (dynamic), not preallocated
 
@@ -48,26 +44,7 @@ class Sampling:
     seed: int | None
 
 
-@dataclass(eq=False)
-class Job:
-    """One queued request: its prompt tokens, adapter, settings and the future to answer."""
-
-    prompt_ids: list[int]
-    adapter: str
-    sampling: Sampling
-    n: int
-    max_new_tokens: int
-    stop: tuple[str, ...]
-    max_batch_size: int
-    wait_s: float
-    model: str
-    future: Future
-    submitted: float
-    cancel: threading.Event | None = None  # set: the client is gone, stop this request
-    slot: str = BASE  # the adapter's peft name, set when the batch runs
-
-
-def generate_batch(engine: LocalEngine, jobs: list[Job]) -> list[Response]:
+def generate_batch(engine: Engine, jobs: list[Job]) -> list[Response]:
     """Answers ``jobs`` (same sampling settings) with one generate call; a request with
     ``n`` completions takes ``n`` rows. Nothing of the call stays behind: its KV cache is
     made for it, and a seed sets the random state only for its duration."""
@@ -97,7 +74,7 @@ def generate_batch(engine: LocalEngine, jobs: list[Job]) -> list[Response]:
     return _responses(engine, jobs, output[:, start:].tolist(), stops.stopped_at)
 
 
-def _seeded(engine: LocalEngine, seed: int | None):
+def _seeded(engine: Engine, seed: int | None):
     """Seeds the generator for this call only; the state before it comes back after, so a
     seeded request leaves nothing for the next ones to inherit."""
     import torch
@@ -116,7 +93,7 @@ def _seeded(engine: LocalEngine, seed: int | None):
     return fork()
 
 
-def _new_cache(engine: LocalEngine, rows: int, length: int):
+def _new_cache(engine: Engine, rows: int, length: int):
     """A KV cache for one causal CPU call, sized to that call: static (preallocated) when it
     fits ``STATIC_CACHE_BYTES``, else None and generate grows a dynamic one. The default
     dynamic cache concatenates the whole cache at every step, which costs a batched CPU
@@ -132,7 +109,7 @@ def _new_cache(engine: LocalEngine, rows: int, length: int):
     return StaticCache(config=engine.model.config, max_cache_len=length)
 
 
-def _kv_bytes_per_position(engine: LocalEngine) -> int | None:
+def _kv_bytes_per_position(engine: Engine) -> int | None:
     config = engine.model.config.get_text_config(decoder=True)
     layers = getattr(config, "num_hidden_layers", None)
     heads = getattr(config, "num_attention_heads", None)
@@ -145,7 +122,7 @@ def _kv_bytes_per_position(engine: LocalEngine) -> int | None:
     return 2 * layers * kv_heads * head_dim * engine.model.dtype.itemsize
 
 
-def _pad(engine: LocalEngine, prompts: list[list[int]], shared: int):
+def _pad(engine: Engine, prompts: list[list[int]], shared: int):
     """Causal rows as ``shared prefix + left padding + rest``; T5 rows padded on the right."""
     import torch
 
@@ -162,7 +139,7 @@ def _pad(engine: LocalEngine, prompts: list[list[int]], shared: int):
     return torch.tensor(ids, device=engine.device), torch.tensor(mask, device=engine.device)
 
 
-def _adapter_choice(engine: LocalEngine, names: list[str], options: dict[str, Any]):
+def _adapter_choice(engine: Engine, names: list[str], options: dict[str, Any]):
     """Per-row adapters for a mixed batch; for a batch on one adapter (or none), peft's
     plain path, which skips the per-row gather and scatter in every LoRA layer."""
     if not engine.has_adapters:
@@ -176,7 +153,7 @@ def _adapter_choice(engine: LocalEngine, names: list[str], options: dict[str, An
     return contextlib.nullcontext()
 
 
-def _generation_config(engine: LocalEngine, sampling: Sampling, max_new_tokens: int):
+def _generation_config(engine: Engine, sampling: Sampling, max_new_tokens: int):
     config = copy.deepcopy(engine.model.generation_config)
     config.update(
         do_sample=sampling.do_sample,
@@ -196,7 +173,7 @@ def _generation_config(engine: LocalEngine, sampling: Sampling, max_new_tokens: 
     return config
 
 
-def _shared_prefix(engine: LocalEngine, prompts, names, max_new_tokens: int):
+def _shared_prefix(engine: Engine, prompts, names, max_new_tokens: int):
     """(length, KV cache) of the prefix every causal row shares, or (0, None)."""
     import torch
     from transformers import DynamicCache
@@ -232,7 +209,7 @@ def _shared_prefix(engine: LocalEngine, prompts, names, max_new_tokens: int):
     return shared, cache
 
 
-def _cache_argument(engine: LocalEngine) -> str:
+def _cache_argument(engine: Engine) -> str:
     """transformers 5 renamed ``past_key_values`` to ``cache`` (the old name warns)."""
     return "cache" if _accepts(engine.model, "cache") else "past_key_values"
 
@@ -246,7 +223,7 @@ class _RowStops:
     """A stopping criterion with per-row stop strings, token limits and cancel events, so
     the rows of different requests end on their own terms inside one generate call."""
 
-    def __init__(self, engine: LocalEngine, start: int, limits, stops, rows: list[Job]):
+    def __init__(self, engine: Engine, start: int, limits, stops, rows: list[Job]):
         self.engine = engine
         self.start = start
         self.limits = limits
@@ -281,7 +258,7 @@ def _first_stop(text: str, stops: tuple[str, ...]) -> int | None:
     return min(hits) if hits else None
 
 
-def _responses(engine: LocalEngine, jobs: list[Job], generated, stopped_at) -> list[Response]:
+def _responses(engine: Engine, jobs: list[Job], generated, stopped_at) -> list[Response]:
     now = time.perf_counter()
     responses, row = [], 0
     for job in jobs:
@@ -304,7 +281,7 @@ def _responses(engine: LocalEngine, jobs: list[Job], generated, stopped_at) -> l
     return responses
 
 
-def _finish_row(engine: LocalEngine, job: Job, tokens: list[int], stopped_at: int | None):
+def _finish_row(engine: Engine, job: Job, tokens: list[int], stopped_at: int | None):
     """The row's text, finish reason and generated-token count (padding excluded)."""
     tokens = tokens[: job.max_new_tokens]
     end = next((i for i, t in enumerate(tokens) if t in engine.eos_ids), None)
@@ -319,21 +296,3 @@ def _finish_row(engine: LocalEngine, job: Job, tokens: list[int], stopped_at: in
     if cut is not None:
         text, reason = text[:cut], "stop"
     return text, reason, count
-
-
-def take_batch(pending: deque[Job]) -> list[Job]:
-    """The oldest job and the pending jobs that can share its generate call (same sampling
-    settings), within the smallest ``max_batch_size`` among them; the rest stay queued."""
-    first = pending.popleft()
-    batch, rows, capacity = [first], first.n, first.max_batch_size
-    kept: deque[Job] = deque()
-    while pending:
-        job = pending.popleft()
-        if job.sampling == first.sampling and rows + job.n <= min(capacity, job.max_batch_size):
-            batch.append(job)
-            rows += job.n
-            capacity = min(capacity, job.max_batch_size)
-        else:
-            kept.append(job)
-    pending.extend(kept)
-    return batch

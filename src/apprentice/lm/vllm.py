@@ -6,10 +6,14 @@ requests that arrive close together -- from any number of threads and program ru
 into one ``LLM.generate`` call with a ``SamplingParams`` and a ``LoRARequest`` per prompt;
 vLLM's scheduler batches mixed adapters itself (up to ``max_loras`` distinct ones at once).
 
-Prompts are rendered and tokenized here (``dataset.tokenize.render_prompt``) and sent as
-token ids, so the student sees exactly the prompts it was trained on. Each adapter gets
-an integer id from the engine's table; re-loading a name with other weights gets a new id
-(vLLM caches adapters by id: reusing one would keep serving the old weights).
+The adapter table, request checks and gathering loop are the shared ``lm.engine.Engine``;
+what is vLLM's own is here. Prompts are rendered and tokenized as LocalLM does and sent as
+token ids, each checked against vLLM's ``max_model_len`` before it is submitted (vLLM
+fails a whole ``generate`` call for one empty or over-long prompt). Each load of an
+adapter gets a new integer id (vLLM caches adapters by id) and a vLLM name of its own,
+``name-<hash8>`` (vLLM keys its prefix cache by name: see ``VLLMEngine._install``). Every
+sampling value is sent explicitly (``explicit_sampling``); greedy requests for ``n``
+completions ask vLLM for one and copy it.
 
 vLLM serves decoder-only models only: a T5 student is refused here (serve it with LocalLM).
 """
@@ -17,24 +21,46 @@ vLLM serves decoder-only models only: a T5 student is refused here (serve it wit
 from __future__ import annotations
 
 import itertools
+import json
 import logging
-import queue
+import shutil
+import tempfile
 import threading
 import time
-from concurrent.futures import Future
+import weakref
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from apprentice.lm.base import LMError, Request, Response, Usage
+from apprentice.adapter import VLLM_LORA_RANKS, read_manifest
+from apprentice.lm.adapter_files import AdapterFiles
+from apprentice.lm.base import Request, Response, Usage
 from apprentice.lm.cache import Cache
+from apprentice.lm.engine import AdapterLoadError, Engine, Job
 from apprentice.lm.engine_view import EngineView, check_batching
-from apprentice.lm.local_engine import EngineStats, adapter_dir
 from apprentice.lm.usage import Price
 
-__all__ = ["VLLMEngine", "VLLMLM", "get_vllm_engine"]
+__all__ = ["VLLMEngine", "VLLMLM", "explicit_sampling", "get_vllm_engine"]
 
 log = logging.getLogger(__name__)
+
+MAX_TEMPERATURE = 2.0  # vllm/sampling_params.py, _verify_args: "temperature must be in [0, 2]"
+GREEDY_BELOW = 1e-5  # vllm/sampling_params.py, _SAMPLING_EPS: a lower temperature is greedy
+
+
+def explicit_sampling(temperature: float, top_p: float | None) -> dict[str, Any]:
+    """The sampling values sent to vLLM, in process and to a server alike. vLLM's server
+    fills every omitted field from the model's ``generation_config`` (e.g. top_p 0.9 for
+    Llama-3.2; vllm/entrypoints/openai/chat_completion/protocol.py, to_sampling_params),
+    so each is sent: the same values LocalLM decodes with."""
+    return {
+        "temperature": temperature,
+        "top_p": top_p if top_p is not None else 1.0,
+        "top_k": 0,  # 0: every token (vllm/sampling_params.py)
+        "min_p": 0.0,
+        "repetition_penalty": 1.0,
+    }
+
 
 INSTALL_HINT = (
     "install it on a CUDA machine with `pip install 'apprentice[vllm]'` (offline: "
@@ -48,18 +74,24 @@ class EngineOptions:
 
     max_lora_rank: int = 16
     max_loras: int = 4
+    max_cpu_loras: int | None = None  # None: as many as the first VLLMLM's adapters
     dtype: str = "auto"
     gpu_memory_utilization: float = 0.9
     max_model_len: int | None = None
     seed: int = 0
+    tensor_parallel_size: int = 1  # GPUs each layer is split over
+    pipeline_parallel_size: int = 1  # GPUs the layers are split over
 
 
 class VLLMLM(EngineView):
     """``VLLMLM("path/to/base", adapters={"triage": "runs/x/adapters/triage/adapter"}, adapter="triage")``.
 
     ``max_lora_rank``: the largest adapter rank the engine accepts (one of vLLM's 1, 8, 16,
-    32, 64, 128, 256, 320, 512); ``max_loras``: distinct adapters in one batch.
-    ``max_batch_size`` requests at most share a generate call; a call starts when that many
+    32, 64, 128, 256, 320, 512; an adapter's own r may be any value up to it);
+    ``max_loras``: distinct adapters in one batch; ``max_cpu_loras``: adapters kept in
+    memory (None: all of ``adapters``, at least ``max_loras``; more are re-read from disk).
+    ``tensor_parallel_size`` / ``pipeline_parallel_size``: vLLM's own multi-GPU serving.
+    ``max_batch_size`` rows at most share a generate call; a call starts when that many
     wait or no request came for ``batch_wait_ms``. Temperature None or 0 is greedy.
     """
 
@@ -73,10 +105,13 @@ class VLLMLM(EngineView):
         adapter: str | None = None,
         max_lora_rank: int = 16,
         max_loras: int = 4,
+        max_cpu_loras: int | None = None,
         dtype: str = "auto",
         gpu_memory_utilization: float = 0.9,
         max_model_len: int | None = None,
         seed: int = 0,
+        tensor_parallel_size: int = 1,
+        pipeline_parallel_size: int = 1,
         max_batch_size: int = 256,
         batch_wait_ms: float = 5.0,
         max_new_tokens: int = 256,
@@ -84,23 +119,39 @@ class VLLMLM(EngineView):
         price: Price | None = None,
         history_size: int = 200,
     ) -> None:
-        from apprentice.train.config import VLLM_LORA_RANKS
-
         if max_lora_rank not in VLLM_LORA_RANKS:
             raise ValueError(
                 f"max_lora_rank must be one of {sorted(VLLM_LORA_RANKS)}, got {max_lora_rank!r}"
             )
         if type(max_loras) is not int or max_loras < 1:
             raise ValueError(f"max_loras must be an integer >= 1, got {max_loras!r}")
+        if max_cpu_loras is not None and (
+            type(max_cpu_loras) is not int or max_cpu_loras < max_loras
+        ):
+            raise ValueError(
+                f"max_cpu_loras must be an integer >= max_loras ({max_loras}), got "
+                f"{max_cpu_loras!r} (vllm/config/lora.py)"
+            )
+        for name, size in (("tensor", tensor_parallel_size), ("pipeline", pipeline_parallel_size)):
+            if type(size) is not int or size < 1:
+                raise ValueError(f"{name}_parallel_size must be an integer >= 1, got {size!r}")
         check_batching(
             max_batch_size=max_batch_size,
             batch_wait_ms=batch_wait_ms,
             max_new_tokens=max_new_tokens,
         )
         options = EngineOptions(
-            max_lora_rank, max_loras, dtype, gpu_memory_utilization, max_model_len, seed
+            max_lora_rank,
+            max_loras,
+            max_cpu_loras,
+            dtype,
+            gpu_memory_utilization,
+            max_model_len,
+            seed,
+            tensor_parallel_size,
+            pipeline_parallel_size,
         )
-        self.engine = get_vllm_engine(base_model, options)
+        self.engine = get_vllm_engine(base_model, options, adapters=len(adapters or {}))
         for name, path in (adapters or {}).items():
             self.engine.load_adapter(name, path)
         self._check_loaded(adapter, base_model)
@@ -127,262 +178,149 @@ class VLLMLM(EngineView):
     def _dtype_key(self) -> str:
         return self.options.dtype
 
-    def _generate(self, requests: list[Request]) -> list[Response | BaseException]:
-        futures = self.engine.submit(
-            requests, self.adapter, self.max_new_tokens, self.max_batch_size, self.batch_wait_ms
-        )
-        return [f.exception() or f.result() for f in futures]
+    def _answered_as(self) -> str:
+        return self.adapter or self.model
 
 
-@dataclass(frozen=True)
-class _Adapter:
-    path: str
-    hash: str
-    request: Any  # vllm.lora.request.LoRARequest
+class VLLMEngine(Engine):
+    """One ``vllm.LLM`` with its adapter table and batching thread (``lm.engine.Engine``)."""
 
+    label = "vLLM"
+    base_slot = None  # the LoRARequest of rows that use no adapter
 
-@dataclass(eq=False)
-class _Job:
-    prompt_ids: list[int]
-    adapter: str | None
-    params: Any  # vllm.SamplingParams
-    max_batch_size: int
-    wait_s: float
-    future: Future
-
-
-class VLLMEngine:
-    """One ``vllm.LLM`` with its adapter table and batching thread."""
-
-    def __init__(self, base_model: str, options: EngineOptions) -> None:
+    def __init__(self, base_model: str, options: EngineOptions, *, adapters: int = 0) -> None:
         check_vllm_servable(base_model)
         vllm = import_vllm()
         from transformers import AutoTokenizer
 
         self.base_model = base_model
+        self.kind = "causal"
         self.options = options
         self.vllm = vllm
+        # Adapters past max_cpu_loras are evicted and re-read from disk at each use
+        # (vllm/lora/worker_manager.py, LRUCacheWorkerLoRAManager): keep them all in memory.
+        self.max_cpu_loras = options.max_cpu_loras or max(options.max_loras, adapters)
         self.llm = vllm.LLM(
             model=base_model,
             enable_lora=True,
             max_lora_rank=options.max_lora_rank,
             max_loras=options.max_loras,
+            max_cpu_loras=self.max_cpu_loras,
             dtype=options.dtype,
             gpu_memory_utilization=options.gpu_memory_utilization,
             max_model_len=options.max_model_len,
             seed=options.seed,
+            tensor_parallel_size=options.tensor_parallel_size,
+            pipeline_parallel_size=options.pipeline_parallel_size,
         )
+        # vLLM's own limit, after it fitted the KV cache (vllm/v1/engine/core.py)
+        self.max_model_len = self.llm.llm_engine.model_config.max_model_len
         self.tokenizer = AutoTokenizer.from_pretrained(base_model)
-        self.stats = EngineStats()
-        self._adapters: dict[str, _Adapter] = {}
         self._ids = itertools.count(1)  # LoRARequest ids: positive, never reused
-        self._lock = threading.RLock()
-        self._queue: queue.SimpleQueue[list[_Job]] = queue.SimpleQueue()
-        self._thread: threading.Thread | None = None
+        # What vLLM loads is a private copy of the bytes that were hashed; it may read the
+        # copy again after evicting the adapter, so copies live as long as the engine.
+        self.staging = Path(tempfile.mkdtemp(prefix="apprentice-vllm-"))
+        weakref.finalize(self, shutil.rmtree, self.staging, True)
+        self._start_table()
 
     def __repr__(self) -> str:
         return f"VLLMEngine({self.base_model!r}, max_lora_rank={self.options.max_lora_rank})"
 
-    # -- adapters ------------------------------------------------------------------------
-    def adapter_names(self) -> list[str]:
-        return list(self._adapters)
-
-    def adapter_hash(self, name: str) -> str | None:
-        adapter = self._adapters.get(name)
-        return adapter.hash if adapter else None
-
-    def adapter_path(self, name: str) -> str | None:
-        adapter = self._adapters.get(name)
-        return adapter.path if adapter else None
-
-    def load_adapter(self, name: str, path: str | Path, *, replace: bool = False) -> str:
-        """Registers a PEFT adapter under ``name`` (vLLM loads it now, to fail here rather than
-        at the first request); returns its content hash."""
-        from apprentice.train.export import adapter_hash
-
-        if not isinstance(name, str) or not name:
-            raise ValueError(f"an adapter name is a non-empty string, got {name!r}")
-        folder = adapter_dir(name, path)
-        self._check_adapter(name, folder)
-        digest = adapter_hash(folder)
-        with self._lock:
-            current = self._adapters.get(name)
-            if current is not None and current.hash == digest:
-                return digest
-            if current is not None and not replace:
-                raise ValueError(
-                    f"adapter {name!r} is already loaded from {current.path} (hash "
-                    f"{current.hash}); pass replace=True to swap in {folder} (hash {digest})"
-                )
-            from vllm.lora.request import LoRARequest
-
-            request = LoRARequest(name, next(self._ids), str(folder))
-            if not self.llm.llm_engine.add_lora(request):
-                raise LMError(f"vLLM refused adapter {name!r} from {folder}")
-            if current is not None:
-                self.llm.llm_engine.remove_lora(current.request.lora_int_id)
-            self._adapters[name] = _Adapter(str(folder), digest, request)
-        log.info("loaded adapter %r from %s into %r", name, folder, self)
-        return digest
-
-    def _check_adapter(self, name: str, folder: Path) -> None:
-        import json
-
-        from apprentice.train.export import read_manifest
-
-        rank = json.loads((folder / "adapter_config.json").read_text()).get("r")
+    # -- adapters: LoRARequests --------------------------------------------------------------
+    def _check_adapter(self, name: str, files: AdapterFiles) -> None:
+        config = json.loads(files.files["adapter_config.json"])
+        rank = config.get("r")
         if isinstance(rank, int) and rank > self.options.max_lora_rank:
             raise ValueError(
                 f"adapter {name!r} has rank r={rank}, above max_lora_rank="
                 f"{self.options.max_lora_rank}; pass a larger max_lora_rank"
             )
-        if (folder / "manifest.json").is_file():
-            servable = read_manifest(folder).servable
+        if (files.path / "manifest.json").is_file():
+            servable = read_manifest(files.path).servable
             if not servable.get("vllm", True):
                 raise ValueError(
                     f"adapter {name!r} is not servable by vLLM: "
                     + "; ".join(servable.get("reasons", []))
                 )
+        if name not in self._adapters and len(self._adapters) >= self.max_cpu_loras:
+            log.warning(
+                "%r keeps %d adapters in memory (max_cpu_loras); %r and the ones past it are "
+                "re-read from disk when used: pass max_cpu_loras= for more",
+                self,
+                self.max_cpu_loras,
+                name,
+            )
 
-    def unload_adapter(self, name: str) -> None:
-        with self._lock:
-            adapter = self._adapters.pop(name, None)
-            if adapter is None:
-                raise KeyError(f"adapter {name!r} is not loaded; loaded: {sorted(self._adapters)}")
-            self.llm.llm_engine.remove_lora(adapter.request.lora_int_id)
+    def _install(self, name: str, files: AdapterFiles) -> Any:
+        """Adds the adapter under the versioned vLLM name ``name-<hash8>``, never under
+        ``name`` itself: vLLM keys its prefix cache by ``lora_name`` (``LoRARequest``
+        equality and hash are by name, vllm/lora/request.py; the block hashes take
+        ``lora_name`` as an extra key, vllm/v1/core/kv_cache_utils.py), so other weights
+        under a reused name would be answered from KV computed with the old ones. A new
+        name per content keeps the prefix cache on (rather than resetting it at each swap)
+        and lets identical bytes share it. ``add_lora`` raises on an adapter vLLM refuses
+        (vllm/lora/worker_manager.py); it never returns False."""
+        from vllm.lora.request import LoRARequest
 
-    # -- requests ------------------------------------------------------------------------
-    def submit(
-        self,
-        requests: list[Request],
-        adapter: str | None,
-        max_new_tokens: int,
-        max_batch_size: int,
-        batch_wait_ms: float,
-    ) -> list[Future]:
-        from apprentice.dataset.tokenize import render_prompt
+        staged = self.staging / files.hash
+        if not staged.exists():
+            files.stage(staged)
+        request = LoRARequest(f"{name}-{files.hash[:8]}", next(self._ids), str(staged))
+        try:
+            self.llm.llm_engine.add_lora(request)
+        except Exception as exc:
+            raise AdapterLoadError(
+                f"vLLM refused adapter {name!r} from {files.path}: {type(exc).__name__}: {exc}"
+            ) from None
+        return request
 
-        jobs, futures = [], []
-        for request in requests:
-            future: Future = Future()
-            futures.append(future)
-            try:
-                prompt = render_prompt(request.messages, self.tokenizer, "causal")
-                jobs.append(
-                    _Job(
-                        self.tokenizer(prompt, add_special_tokens=False)["input_ids"],
-                        adapter,
-                        self._params(request, max_new_tokens),
-                        max_batch_size,
-                        batch_wait_ms / 1000,
-                        future,
-                    )
-                )
-            except Exception as exc:  # a bad request fails alone
-                future.set_exception(exc)
-        if jobs:
-            self._ensure_thread()
-            self._queue.put(jobs)
-        return futures
+    def _uninstall(self, handle: Any) -> None:
+        self.llm.llm_engine.remove_lora(handle.lora_int_id)
 
-    def _params(self, request: Request, max_new_tokens: int):
-        limit = request.max_tokens if request.max_tokens is not None else max_new_tokens
-        if type(limit) is not int or limit < 1:
-            raise ValueError(f"max_tokens must be an integer >= 1, got {limit!r}")
+    # -- generation ----------------------------------------------------------------------------
+    def _sampling(self, request: Request, max_new_tokens: int, stop: tuple[str, ...]) -> Any:
+        """vLLM's ``SamplingParams`` for the request, every value explicit, so no field falls
+        back to the model's ``generation_config``. Greedy with ``n > 1`` is refused by vLLM
+        (vllm/sampling_params.py, ``_verify_greedy_sampling``): one completion is asked for
+        and copied, as LocalLM does."""
+        temperature = request.temperature or 0.0
+        if temperature > MAX_TEMPERATURE:
+            raise ValueError(
+                f"temperature={temperature} is above {MAX_TEMPERATURE}, the most vLLM accepts "
+                f"(vllm/sampling_params.py); ask for a temperature in [0, {MAX_TEMPERATURE}]"
+            )
+        greedy = temperature < GREEDY_BELOW
         return self.vllm.SamplingParams(
-            n=request.n,
-            temperature=request.temperature or 0.0,
-            top_p=request.top_p if request.top_p is not None else 1.0,
-            max_tokens=limit,
-            stop=list(request.stop) if request.stop else None,
-            seed=request.seed,
+            n=1 if greedy else request.n,
+            max_tokens=max_new_tokens,
+            stop=list(stop) or None,  # the empty strings are gone (Engine._job)
+            seed=None if greedy else request.seed,
+            **explicit_sampling(temperature, request.top_p),
         )
 
-    def _ensure_thread(self) -> None:
-        with self._lock:
-            if self._thread is None or not self._thread.is_alive():
-                self._thread = threading.Thread(target=self._serve, name="vllm-lm", daemon=True)
-                self._thread.start()
+    def _shares_call(self, first: Job, job: Job) -> bool:
+        return True  # each prompt carries its own SamplingParams and LoRARequest
 
-    def _serve(self) -> None:
-        while True:
-            batch = self._queue.get()
-            first = batch[0]
-            arrived = last = time.perf_counter()
-            # Gather until the batch is full, or no request came for ``wait_s``, or the
-            # first one has waited ten times that.
-            while len(batch) < first.max_batch_size:
-                deadline = min(last, arrived + 9 * first.wait_s) + first.wait_s
-                left = deadline - time.perf_counter()
-                try:
-                    more = self._queue.get(timeout=left) if left > 0 else self._queue.get_nowait()
-                except queue.Empty:
-                    break
-                batch.extend(more)
-                last = time.perf_counter()
-            for start in range(0, len(batch), first.max_batch_size):
-                jobs = batch[start : start + first.max_batch_size]
-                try:
-                    self._run(jobs)
-                except Exception as exc:  # never let the thread die with requests waiting on it
-                    log.exception("the vLLM gathering thread failed on a batch")
-                    for job in jobs:
-                        if not job.future.done():
-                            job.future.set_exception(
-                                LMError(f"vLLM backend failed: {type(exc).__name__}: {exc}")
-                            )
+    def _generate(self, jobs: list[Job]) -> list[Response]:
+        outputs = self.llm.generate(
+            [{"prompt_token_ids": job.prompt_ids} for job in jobs],
+            [job.sampling for job in jobs],
+            use_tqdm=False,
+            lora_request=[job.slot for job in jobs],
+        )
+        now = time.perf_counter()
+        return [self._response(job, output, now) for job, output in zip(jobs, outputs, strict=True)]
 
-    def _run(self, jobs: list[_Job]) -> None:
-        jobs = [j for j in jobs if j.future.set_running_or_notify_cancel()]
-        with self._lock:  # adapters cannot change under a generate call
-            ready = []
-            for job in jobs:
-                if job.adapter is not None and job.adapter not in self._adapters:
-                    job.future.set_exception(
-                        LMError(
-                            f"adapter {job.adapter!r} is not loaded in {self!r}; loaded: "
-                            f"{sorted(self._adapters)}"
-                        )
-                    )
-                else:
-                    ready.append(job)
-            if not ready:
-                return
-            began = time.perf_counter()
-            try:
-                outputs = self.llm.generate(
-                    [{"prompt_token_ids": job.prompt_ids} for job in ready],
-                    [job.params for job in ready],
-                    use_tqdm=False,
-                    lora_request=[
-                        self._adapters[j.adapter].request if j.adapter else None for j in ready
-                    ],
-                )
-            except Exception as exc:
-                log.exception("vLLM generate failed for %d request(s)", len(ready))
-                for job in ready:
-                    job.future.set_exception(LMError(f"vLLM generate failed: {exc!r}"))
-                return
-            self._count(ready, time.perf_counter() - began)
-        for job, output in zip(ready, outputs, strict=True):
-            job.future.set_result(self._response(job, output))
-
-    def _response(self, job: _Job, output: Any) -> Response:
+    def _response(self, job: Job, output: Any, now: float) -> Response:
         completions = sorted(output.outputs, key=lambda c: c.index)
+        copies = job.n // len(completions)  # greedy: one completion, copied n times
         return Response(
-            texts=[c.text for c in completions],
+            texts=[c.text for c in completions] * copies,
             usage=Usage(len(job.prompt_ids), sum(len(c.token_ids) for c in completions)),
-            model=job.adapter or self.base_model,
-            finish_reasons=[c.finish_reason for c in completions],
+            model=job.model or self.base_model,
+            finish_reasons=[c.finish_reason for c in completions] * copies,
+            latency_s=now - job.submitted,
         )
-
-    def _count(self, jobs: list[_Job], seconds: float) -> None:
-        rows = sum(job.params.n for job in jobs)
-        self.stats.requests += len(jobs)
-        self.stats.batches += 1
-        self.stats.rows += rows
-        self.stats.max_rows = max(self.stats.max_rows, rows)
-        self.stats.busy_s += seconds
 
 
 # -- checks and one engine per (base model, options) --------------------------------------------
@@ -418,8 +356,11 @@ _ENGINES: dict[tuple[str, EngineOptions], tuple[tuple, VLLMEngine]] = {}  # see 
 _ENGINES_LOCK = threading.Lock()
 
 
-def get_vllm_engine(base_model: str | Path, options: EngineOptions) -> VLLMEngine:
-    """The process's engine for (base model, options), started on first use."""
+def get_vllm_engine(
+    base_model: str | Path, options: EngineOptions, *, adapters: int = 0
+) -> VLLMEngine:
+    """The process's engine for (base model, options), started on first use (keeping
+    ``adapters`` in memory when ``options.max_cpu_loras`` is None)."""
     from apprentice.lm.local import _model_key, weights_stamp
 
     key = (_model_key(base_model), options)
@@ -427,5 +368,5 @@ def get_vllm_engine(base_model: str | Path, options: EngineOptions) -> VLLMEngin
     with _ENGINES_LOCK:
         held = _ENGINES.get(key)
         if held is None or held[0] != stamp:
-            held = _ENGINES[key] = (stamp, VLLMEngine(key[0], options))
+            held = _ENGINES[key] = (stamp, VLLMEngine(key[0], options, adapters=adapters))
     return held[1]

@@ -126,8 +126,8 @@ def served_adapters(lm: Any) -> dict[str, str | None]:
     directory that exists on this machine (a vLLM server started here)."""
     import httpx
 
+    from apprentice.adapter import adapter_hash
     from apprentice.lm.base import LMError
-    from apprentice.train.export import adapter_hash
 
     try:
         reply = httpx.get(lm.base_url + "/models", headers=lm._headers(), timeout=lm.timeout)

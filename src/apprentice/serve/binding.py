@@ -25,6 +25,7 @@ import os
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from apprentice.adapter import smallest_lora_rank
 from apprentice.serve.config import ServeConfig
 
 if TYPE_CHECKING:
@@ -35,17 +36,14 @@ __all__ = ["bind_student", "student_lm", "vllm_rank"]
 
 log = logging.getLogger(__name__)
 
-# vLLM's allowed max_lora_rank values (vllm/config/lora.py); an adapter's r may lie between.
-_VLLM_MAX_RANKS = (1, 8, 16, 32, 64, 128, 256, 320, 512)
-
 
 def vllm_rank(ranks: list[int]) -> int:
     """The smallest ``max_lora_rank`` vLLM accepts that holds every adapter rank."""
     wanted = max(ranks, default=1)
-    for rank in _VLLM_MAX_RANKS:
-        if rank >= wanted:
-            return rank
-    raise ValueError(f"LoRA rank {wanted} is above vLLM's largest max_lora_rank (512)")
+    rank = smallest_lora_rank(wanted)  # vLLM's table lives in apprentice.adapter
+    if rank is None:
+        raise ValueError(f"LoRA rank {wanted} is above vLLM's largest max_lora_rank (512)")
+    return rank
 
 
 def student_lm(
@@ -156,8 +154,8 @@ def bind_student(
     """A copy of ``program`` with each predictor bound to the student and the adapter trained
     for its group (``groups``: adapter name -> predictor paths; ``adapter_dirs``: adapter name
     -> its exported folder)."""
+    from apprentice.adapter import read_manifest
     from apprentice.serve.bind import with_adapter
-    from apprentice.train.export import read_manifest
 
     options = dict(lm_options or {})
     manifests = {name: read_manifest(path) for name, path in adapter_dirs.items()}

@@ -18,8 +18,8 @@ import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from apprentice.adapter import AdapterManifest, read_manifest
 from apprentice.files import looks_like_local_path
-from apprentice.train.export import AdapterManifest, read_manifest
 
 __all__ = ["Servable", "find_servable", "model_id"]
 

@@ -10,7 +10,15 @@ request through (streamed replies as they arrive) except:
   must really lie inside it), staged into a private directory, and vLLM is told to load
   the staged copy, so what vLLM loads is what was checked;
 - ``GET /v1/models``: each card's ``root`` (a path, in vLLM) becomes its id, and adapters
-  loaded through the gateway carry the ``adapter_hash`` of the bytes that were staged.
+  loaded through the gateway carry the ``adapter_hash`` of the bytes that were staged;
+- an adapter swapped under a name (``load_inplace``, or loaded again after an unload with
+  other weights) is loaded into vLLM under ``name-<hash8>`` and the name is mapped to it
+  in every request's ``model``: vLLM keys its prefix cache by ``lora_name``, so an
+  in-place load would answer from KV computed with the old weights (see
+  ``vllm_server.VLLMServer``). Clients keep using the name; replies name the version;
+- ``POST /v1/chat/completions`` and ``/v1/completions``: every sampling value left out is
+  filled in as apprentice's in-process backends decode (``lm.vllm.explicit_sampling``:
+  greedy, top_p 1.0, ...), since vLLM would take it from the model's generation_config.
 
 The connection bounds, body checks and key check are those of our own server
 (``serve.httpd``, ``protocol.authorize``); a client that leaves ends its upstream request.
@@ -30,6 +38,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
+from apprentice.adapter import versioned_name
 from apprentice.lm.adapter_files import OutsideRootError, read_adapter
 from apprentice.serve.httpd import MAX_CONNECTIONS, HTTPServer, HTTPServer6, Relay
 from apprentice.serve.protocol import ClientGone, HTTPError, authorize, json_object
@@ -40,6 +49,7 @@ log = logging.getLogger(__name__)
 
 WATCH_S = 0.1  # how often a request waiting on vLLM checks that its client is still there
 PASSED_HEADERS = ("Content-Type", "Accept", "X-Request-Id")
+GENERATION = {("POST", "/v1/chat/completions"), ("POST", "/v1/completions")}
 
 
 class Gateway:
@@ -71,6 +81,8 @@ class Gateway:
         self.adapter_root = Path(adapter_root).resolve() if adapter_root is not None else None
         self.staging = Path(tempfile.mkdtemp(prefix="apprentice-gateway-"))  # 0700
         self.hashes: dict[str, str] = {}  # adapter -> hash of the staged bytes
+        self.aliases: dict[str, str] = {}  # adapter -> the name vLLM serves it under
+        self._first: dict[str, str] = {}  # adapter -> the hash first served under its name
         self._lock = threading.Lock()
         server_class = HTTPServer6 if ":" in host else HTTPServer
         self._httpd = server_class((host, port), self, max_connections, idle_timeout)
@@ -118,7 +130,24 @@ class Gateway:
             return self._unload(headers, body, client_gone)
         if (method, path) == ("GET", "/v1/models"):
             return self._models(client_gone)
+        if (method, path) in GENERATION:
+            body = self._explicit(body)
         return self.forward(method, target, headers, body, client_gone)
+
+    def _explicit(self, body: bytes) -> bytes:
+        """The request with its adapter name mapped to vLLM's and every omitted sampling
+        value filled in (``lm.vllm.explicit_sampling``)."""
+        from apprentice.lm.vllm import explicit_sampling
+
+        data = json_object(body)
+        with self._lock:
+            model = data.get("model")
+            if isinstance(model, str) and model in self.aliases:
+                data["model"] = self.aliases[model]
+        for name, value in explicit_sampling(0.0, None).items():
+            if data.get(name) is None:
+                data[name] = value
+        return json.dumps(data).encode()
 
     def _load(self, body: bytes, client_gone: Callable) -> tuple[int, Any]:
         if self.adapter_root is None:
@@ -137,7 +166,8 @@ class Gateway:
         self, request: dict, *, root: Path | None, client_gone: Callable = lambda: False
     ) -> tuple[int, Relay]:
         """Stages ``request["lora_path"]`` (read inside ``root``, when given) and asks vLLM
-        to load the staged copy; vLLM's (status, reply)."""
+        to load the staged copy, under a versioned name when it replaces other weights
+        (see the module docstring); vLLM's (status, reply)."""
         name, path = request["lora_name"], request["lora_path"]
         try:
             staged, digest = self.stage(path, root=root)
@@ -145,21 +175,43 @@ class Gateway:
             raise HTTPError(404, str(exc), param="lora_path") from None
         except (OutsideRootError, ValueError) as exc:
             raise HTTPError(400, str(exc), param="lora_path") from None
-        body = json.dumps({**request, "lora_path": str(staged)}).encode()
+        with self._lock:
+            old = self.aliases.get(name)
+            served = versioned_name(name, digest, self._first.setdefault(name, digest))
+        if old is not None and not request.get("load_inplace"):
+            served = old  # vLLM answers that the name is taken
+        elif served == old:
+            return 200, Relay("text/plain", [f"Success: {name!r} serves these weights".encode()])
+        sent = {**request, "lora_name": served, "lora_path": str(staged)}
+        if served != old:
+            sent.pop("load_inplace", None)  # a name of its own: nothing is replaced in vLLM
+        body = json.dumps(sent).encode()
         headers = {"Content-Type": "application/json"}
         status, reply = self.forward("POST", "/v1/load_lora_adapter", headers, body, client_gone)
-        if status == 200:
+        if status == 200 and served != old:
             with self._lock:
-                self.hashes[name] = digest
-            log.info("runtime load: adapter %r from %r (hash %s)", name, str(path), digest)
+                self.hashes[name], self.aliases[name] = digest, served
+            if old is not None:
+                self._forward_unload(old, client_gone)
+            log.info("runtime load: adapter %r from %r (hash %s) as %r", name, path, digest, served)
         return status, reply
+
+    def _forward_unload(self, served: str, client_gone: Callable) -> tuple[int, Relay]:
+        body = json.dumps({"lora_name": served}).encode()
+        headers = {"Content-Type": "application/json"}
+        return self.forward("POST", "/v1/unload_lora_adapter", headers, body, client_gone)
 
     def _unload(self, headers: Any, body: bytes, client_gone: Callable) -> tuple[int, Any]:
         name = json_object(body).get("lora_name")
-        status, reply = self.forward("POST", "/v1/unload_lora_adapter", headers, body, client_gone)
+        with self._lock:
+            served = self.aliases.get(name, name) if isinstance(name, str) else name
+        if not isinstance(served, str):
+            return self.forward("POST", "/v1/unload_lora_adapter", headers, body, client_gone)
+        status, reply = self._forward_unload(served, client_gone)
         if status == 200:
             with self._lock:
                 self.hashes.pop(name, None)
+                self.aliases.pop(name, None)
         return status, reply
 
     def stage(self, path: str | Path, *, root: Path | None = None) -> tuple[Path, str]:
@@ -184,7 +236,9 @@ class Gateway:
         models = json.loads(b"".join(reply.chunks))
         with self._lock:
             hashes = dict(self.hashes)
+            names = {served: name for name, served in self.aliases.items()}
         for card in models.get("data", []):
+            card["id"] = names.get(card.get("id"), card.get("id"))  # clients' names
             card["root"] = card.get("id")  # vLLM shows the path it loaded: paths stay private
             if card.get("id") in hashes:
                 card["adapter_hash"] = hashes[card["id"]]

@@ -5,7 +5,15 @@
 ``/health``: it fails early, with the log's last lines, if the process exits or does not
 become healthy in time. ``load_adapter`` / ``unload_adapter`` go through vLLM's
 ``/v1/load_lora_adapter`` / ``/v1/unload_lora_adapter``; ``lm(adapter)`` is the
-``OpenAILM`` that predictors use. ``stop()`` sends SIGTERM to the server's process group,
+``OpenAILM`` that predictors use, bound to the name vLLM serves the adapter under.
+
+An adapter swapped under a name (``replace=True``, or loaded again after an unload with
+other weights) is served by vLLM under the versioned name ``name-<hash8>``, never under
+the old name with ``load_inplace``: vLLM keys its prefix cache by ``lora_name``
+(vllm/v1/core/kv_cache_utils.py) and an in-place load keeps the name and id
+(vllm/entrypoints/openai/models/serving.py), so prompts sharing a prefix with earlier ones
+(every chat-template header) would reuse KV computed with the old weights. A new name
+costs nothing and keeps the prefix cache on; resetting the cache at each swap would not. ``stop()`` sends SIGTERM to the server's process group,
 then SIGKILL if it has not exited in time.
 
 The command is injectable (``command=``): the tests run this supervision against
@@ -89,6 +97,8 @@ class VLLMServer:
         self.stop_timeout = stop_timeout
         self.process: subprocess.Popen | None = None
         self.hashes: dict[str, str] = {}  # adapter -> content hash, for cache keys
+        self.served: dict[str, str] = {}  # adapter -> the name vLLM serves it under
+        self._first: dict[str, str] = {}  # adapter -> the hash first served under its name
         self._client: Any = None
         self._finalizer: weakref.finalize | None = None
 
@@ -224,20 +234,31 @@ class VLLMServer:
 
     # -- adapters ------------------------------------------------------------------------
     def load_adapter(self, name: str, path: str | os.PathLike, *, replace: bool = False) -> str:
-        """Loads the PEFT adapter at ``path`` under ``name``; returns its content hash."""
-        from apprentice.train.export import adapter_hash
+        """Loads the PEFT adapter at ``path`` under ``name``; returns its content hash. Other
+        weights under a loaded name need ``replace``; they are served under ``name-<hash8>``
+        (see the module docstring) and ``lm(name)`` then binds to that name."""
+        from apprentice.adapter import adapter_hash, versioned_name
 
         folder = Path(path).expanduser().resolve()
-        body: dict[str, Any] = {"lora_name": name, "lora_path": str(folder)}
-        if replace:
-            body["load_inplace"] = True
-        self._post("/v1/load_lora_adapter", body, f"load adapter {name!r} from {folder}")
-        self.hashes[name] = adapter_hash(folder)
-        return self.hashes[name]
+        digest = adapter_hash(folder)
+        if name in self.served and not replace:
+            body = {"lora_name": self.served[name], "lora_path": str(folder)}
+            self._post("/v1/load_lora_adapter", body, f"load adapter {name!r} from {folder}")
+        served = versioned_name(name, digest, self._first.setdefault(name, digest))
+        old = self.served.get(name)
+        if served != old:
+            body = {"lora_name": served, "lora_path": str(folder)}
+            self._post("/v1/load_lora_adapter", body, f"load adapter {name!r} from {folder}")
+            self.served[name], self.hashes[name] = served, digest
+            if old is not None:
+                self._post("/v1/unload_lora_adapter", {"lora_name": old}, f"unload {old!r}")
+        return digest
 
     def unload_adapter(self, name: str) -> None:
-        self._post("/v1/unload_lora_adapter", {"lora_name": name}, f"unload adapter {name!r}")
+        served = self.served.get(name, name)
+        self._post("/v1/unload_lora_adapter", {"lora_name": served}, f"unload adapter {name!r}")
         self.hashes.pop(name, None)
+        self.served.pop(name, None)
 
     def model_ids(self) -> list[str]:
         """The served ids: the base model first, then the adapters."""
@@ -265,8 +286,16 @@ class VLLMServer:
 
     def lm(self, adapter: str | None = None, **options: Any):
         """An ``OpenAILM`` for the base model (``adapter=None``) or a loaded adapter; ``options``
-        go to OpenAILM (temperature, max_tokens, cache, ...)."""
+        go to OpenAILM (temperature, max_tokens, cache, ...). The sampling values a request
+        never carries (top_k, min_p, repetition_penalty) are sent as in process
+        (``lm.vllm.explicit_sampling``), since vLLM would take them from the model's
+        generation_config (Qwen2.5's repetition_penalty 1.05 applies even to greedy)."""
         from apprentice.lm.openai import OpenAILM
+        from apprentice.lm.vllm import explicit_sampling
+
+        fixed = explicit_sampling(0.0, None)
+        del fixed["temperature"], fixed["top_p"]  # the request's own (OpenAILM sends them)
+        options["extra_body"] = {**fixed, **(options.get("extra_body") or {})}
 
         if adapter is not None and adapter not in self.hashes:
             raise ValueError(f"adapter {adapter!r} is not loaded; loaded: {sorted(self.hashes)}")
@@ -274,7 +303,7 @@ class VLLMServer:
             self.model_name,
             base_url=self.base_url,
             api_key=self.api_key or "",  # never the OPENAI_API_KEY of the environment
-            adapter=adapter,
+            adapter=self.served[adapter] if adapter else None,
             adapter_hash=self.hashes.get(adapter) if adapter else None,
             **options,
         )
@@ -343,11 +372,11 @@ def start_vllm_backend(
     staging too, so every adapter's reported hash is that of the bytes vLLM was given."""
     import secrets
 
+    from apprentice.adapter import smallest_lora_rank
     from apprentice.serve.vllm_gateway import Gateway
-    from apprentice.train.config import VLLM_LORA_RANKS
 
     ranks = [m.lora_config.get("r", 0) for m in servable.manifests.values() if m.lora_config]
-    rank = args.max_lora_rank or min(r for r in VLLM_LORA_RANKS if r >= max([16, *ranks]))
+    rank = args.max_lora_rank or smallest_lora_rank(max([16, *ranks]))
     run_dir = servable.run_dir or Path.cwd()
     private_key = secrets.token_urlsafe(32)
     server = VLLMServer(

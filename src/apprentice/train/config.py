@@ -6,12 +6,10 @@ from typing import Literal
 
 from pydantic import Field, field_validator
 
+from apprentice.adapter import VLLM_LORA_RANKS
 from apprentice.config import ConfigSection
 
 __all__ = ["VLLM_LORA_RANKS", "ConfigSection", "LauncherConfig", "LoraConfig", "TrainConfig"]
-
-# Ranks vLLM accepts for LoRA adapters (max_lora_rank choices).
-VLLM_LORA_RANKS = frozenset({1, 8, 16, 32, 64, 128, 256, 320, 512})
 
 
 class LoraConfig(ConfigSection):
@@ -20,7 +18,7 @@ class LoraConfig(ConfigSection):
     r: int = Field(
         16,
         ge=1,
-        description="rank of the update matrices; vLLM serves 1,8,16,32,64,128,256,320,512",
+        description="rank of the update matrices; vLLM serves any r up to its max_lora_rank (<= 512)",
     )
     alpha: int = Field(32, ge=1, description="scaling numerator: the update is scaled by alpha / r")
     dropout: float = Field(0.05, ge=0.0, lt=1.0, description="dropout on the LoRA input")
