@@ -3,7 +3,7 @@
     .venv/bin/python scripts/soak_server.py [--seconds 60] [--clients 256] [--report FILE]
         [--max-rss-growth-mb 150]
 
-Starts ``python -m apprentice.serve.server RUN_DIR`` in a subprocess on a free loopback port
+Starts ``python -m apprentice.serve RUN_DIR`` in a subprocess on a free loopback port
 with an API key (RUN_DIR: a tiny random Llama student with adapters ``a`` and ``b``, built
 in a temporary directory), then for ``--seconds``:
 
@@ -102,7 +102,7 @@ def build_run(root: Path) -> Path:
 
 
 class Server:
-    """``python -m apprentice.serve.server RUN`` as a subprocess, its RSS sampled."""
+    """``python -m apprentice.serve RUN`` as a subprocess, its RSS sampled."""
 
     def __init__(self, run: Path, log_path: Path, threads: int | None) -> None:
         with socket.socket() as probe:
@@ -111,7 +111,7 @@ class Server:
         env = {**os.environ, "VLLM_API_KEY": KEY}
         if threads:
             env["OMP_NUM_THREADS"] = str(threads)
-        command = [sys.executable, "-m", "apprentice.serve.server", str(run)]
+        command = [sys.executable, "-m", "apprentice.serve", str(run)]
         command += ["--port", str(self.port), "--max-new-tokens", str(MAX_TOKENS)]
         self.log = open(log_path, "wb")  # noqa: SIM115 (closed in stop)
         self.process = subprocess.Popen(command, stdout=self.log, stderr=subprocess.STDOUT, env=env)

@@ -1,7 +1,7 @@
 """The gateway in front of vLLM (``apprentice serve --backend vllm``): runtime loads are
 confined to the adapter root before vLLM sees them, vLLM is reachable only with the
 gateway's private key, replies stream through, and a client that leaves ends its request.
-vLLM is played by our own server (``python -m apprentice.serve.server``), told to load
+vLLM is played by our own server (``python -m apprentice.serve``), told to load
 from anywhere, as vLLM does."""
 
 from __future__ import annotations
@@ -28,7 +28,7 @@ from apprentice.serve.vllm_gateway import Gateway
 from apprentice.serve.vllm_server import start_vllm_backend
 from apprentice.train.export import adapter_hash
 
-OUR_SERVER = (sys.executable, "-m", "apprentice.serve.server")
+OUR_SERVER = (sys.executable, "-m", "apprentice.serve")
 
 
 def _args(*argv: str) -> argparse.Namespace:

@@ -13,7 +13,7 @@ from apprentice.lm.base import LMRequestError, Request
 from apprentice.lm.local import LocalLM
 from apprentice.serve.vllm_server import VLLMServer
 
-OUR_SERVER = (sys.executable, "-m", "apprentice.serve.server")
+OUR_SERVER = (sys.executable, "-m", "apprentice.serve")
 
 
 def test_supervises_a_server_speaking_the_vllm_protocol(students, tmp_path):

@@ -115,6 +115,7 @@ class OpenAILM(BaseLM):
         adapter_hash: str | None = None,
         temperature: float | None = 0.0,
         max_tokens: int | None = 1024,
+        top_p: float | None = None,
         concurrency: int = 32,
         timeout: float = 120.0,
         max_retries: int = 6,
@@ -151,7 +152,7 @@ class OpenAILM(BaseLM):
         self.api_key_env = api_key_env
         self._api_key = api_key if api_key is not None else os.environ.get(api_key_env, "")
         self.model_type = model_type
-        self.defaults = {"temperature": temperature, "max_tokens": max_tokens}
+        self.defaults = {"temperature": temperature, "max_tokens": max_tokens, "top_p": top_p}
         self.concurrency = concurrency
         self.timeout = timeout
         self.max_retries = max_retries
@@ -185,6 +186,7 @@ class OpenAILM(BaseLM):
             "adapter_hash": self.adapter_hash,
             "temperature": self.defaults["temperature"],
             "max_tokens": self.defaults["max_tokens"],
+            "top_p": self.defaults["top_p"],
             "concurrency": self.concurrency,
             "timeout": self.timeout,
             "max_retries": self.max_retries,
@@ -210,6 +212,8 @@ class OpenAILM(BaseLM):
             fields["temperature"] = self.defaults["temperature"]
         if fields["max_tokens"] is None:
             fields["max_tokens"] = self.defaults["max_tokens"]
+        if fields.get("top_p") is None and self.defaults["top_p"] is not None:
+            fields["top_p"] = self.defaults["top_p"]
         fields["model_type"] = self.model_type
         if self.extra_body:
             fields["extra_body"] = self.extra_body

@@ -46,7 +46,7 @@ def request_body(
     defaults: dict[str, Any],
     extra_body: dict[str, Any],
 ) -> dict[str, Any]:
-    """The JSON body for ``request``: ``defaults`` (temperature, max_tokens) fill what the
+    """The JSON body for ``request``: ``defaults`` (temperature, max_tokens, top_p) fill what the
     request leaves None, a None default leaves the option to the server, and
     ``extra_body`` goes in last (it may override anything)."""
     body: dict[str, Any] = {"model": model}
@@ -56,14 +56,14 @@ def request_body(
         from apprentice.formats import messages_to_prompt
 
         body["prompt"] = messages_to_prompt(request.messages)
-    for name in ("temperature", "max_tokens"):
+    for name in ("temperature", "max_tokens", "top_p"):
         value = getattr(request, name)
-        value = value if value is not None else defaults[name]
+        value = value if value is not None else defaults.get(name)
         if value is not None:
             body[name] = value
     if request.n != 1:
         body["n"] = request.n
-    for name in ("top_p", "seed"):
+    for name in ("seed",):
         if getattr(request, name) is not None:
             body[name] = getattr(request, name)
     if request.stop:

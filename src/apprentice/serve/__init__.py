@@ -2,7 +2,7 @@
 backend (``server``), a supervised ``vllm serve`` (``vllm_server``), binding adapters into
 a running program (``bind``), and what a run directory serves (``registry``).
 
-The names below load on first use, so ``python -m apprentice.serve.server`` runs the
+The names below load on first use, so ``python -m apprentice.serve`` runs the
 module it names rather than a copy imported by this package first.
 """
 

@@ -9,10 +9,11 @@ whose predictors each answer with the base model plus their adapter, served by:
   --enable-lora``) for the adapter by name; the adapter is loaded there through
   ``POST /v1/load_lora_adapter`` when the server does not serve it yet.
 
-On vLLM (in process or behind a server) an adapter is served under a name that carries its
-content hash (``triage-1a2b3c4d``): vLLM keys its prefix cache by adapter name, so new
-weights under an old name could reuse key/value blocks computed with the old weights. A new
-name per content makes that impossible, at the cost of one adapter slot per version.
+On a server an adapter is loaded under a name that carries its content hash
+(``triage-1a2b3c4d``): vLLM keys its prefix cache by adapter name, so new weights under an
+old name could reuse key/value blocks computed with the old weights. A new name per
+content makes that impossible, at the cost of one adapter slot per version. In process,
+VLLMLM does the same with the names it hands to vLLM.
 
 A full finetune ("adapter" folder holding whole weights) is served as its own base model.
 ``program.save()`` records each predictor's backend, so ``load()`` restores the binding.
@@ -54,6 +55,7 @@ def student_lm(
     adapter: str | None = None,
     max_new_tokens: int | None = None,
     max_lora_rank: int = 16,
+    max_loras: int | None = None,
     **options: Any,
 ) -> BaseLM:
     """The LM serving ``base`` (with ``adapters`` loaded, answering with ``adapter``) on the
@@ -81,7 +83,7 @@ def student_lm(
             adapter=adapter,
             max_new_tokens=new_tokens,
             max_lora_rank=max_lora_rank,
-            max_loras=max(1, len(adapters or {})),
+            max_loras=max_loras or max(1, len(adapters or {})),
             **options,
         )
     return _server_lm(serve, base, adapters or {}, adapter, new_tokens, options)
@@ -105,6 +107,9 @@ def _server_lm(
             "the server's API key there"
         )
     options.setdefault("cache", False)
+    # Sent on every call: a server fills an omitted top_p from the model's generation_config
+    # (0.9 for Llama-3.2), while the in-process backends sample with 1.0.
+    options.setdefault("top_p", 1.0)
     lm = OpenAILM(
         serve.model or base,
         base_url=serve.base_url,
@@ -160,12 +165,17 @@ def bind_student(
     options = dict(lm_options or {})
     manifests = {name: read_manifest(path) for name, path in adapter_dirs.items()}
     lora = {n: m for n, m in manifests.items() if m.method != "full"}
-    served = _served_names(serve, base, lora, options)
+    # One engine for all of them: the same engine options for the name check and the binding.
+    engine_options = {
+        **options,
+        "max_lora_rank": vllm_rank([int((m.lora_config or {}).get("r", 1)) for m in lora.values()]),
+        "max_loras": max(1, len(lora)),
+    }
+    served = _served_names(serve, base, lora, engine_options)
     shared = None
     if lora:
-        rank = vllm_rank([int((m.lora_config or {}).get("r", 1)) for m in lora.values()])
         adapters = {served[n]: adapter_dirs[n] for n in lora}
-        shared = student_lm(serve, base, adapters=adapters, max_lora_rank=rank, **options)
+        shared = student_lm(serve, base, adapters=adapters, **engine_options)
     program = program.deepcopy()
     by_path = {path: name for name, group in groups.items() for path in group}
     for path, predictor in program.named_predictors():
@@ -180,10 +190,11 @@ def bind_student(
 def _served_names(
     serve: ServeConfig, base: str, manifests: dict[str, Any], options: dict[str, Any]
 ) -> dict[str, str]:
-    """The name each adapter is served under: on vLLM (in process or a server) always with
-    its content hash; on the local engine its own name, unless another adapter of that name
-    is loaded on the same base already (both then stay served)."""
-    if serve.backend != "local":
+    """The name each adapter is served under: on a server always with its content hash (a
+    plain ``vllm serve`` keeps no versions of its own); in process its own name, unless
+    another adapter of that name is loaded on the same base already (both then stay
+    served). VLLMLM versions the names it hands to vLLM itself (``apprentice.adapter``)."""
+    if serve.backend == "openai":
         return {n: f"{n}-{m.adapter_hash[:8]}" for n, m in manifests.items()}
     engine = student_lm(serve, base, **options).engine if manifests else None
     names = {}

@@ -1,7 +1,7 @@
 """``apprentice serve``: serve a run directory, an adapter or a model with the local backend
 (our server) or the vllm backend (a supervised ``vllm serve``), until interrupted.
 
-The vLLM-named options match ``vllm serve``, so ``python -m apprentice.serve.server`` takes
+The vLLM-named options match ``vllm serve``, so ``python -m apprentice.serve`` takes
 the command line a supervisor gives ``vllm serve`` (see ``serve.vllm_server``).
 """
 
@@ -18,7 +18,7 @@ __all__ = ["add_serve_arguments", "local_server", "main", "run_serve"]
 
 
 def add_serve_arguments(parser: argparse.ArgumentParser) -> None:
-    """The options of ``apprentice serve`` (also ``python -m apprentice.serve.server``); the
+    """The options of ``apprentice serve`` (also ``python -m apprentice.serve``); the
     vLLM-named ones match ``vllm serve``, so a supervisor drives either with one command line."""
     parser.add_argument(
         "target",
@@ -121,10 +121,10 @@ def _exit_on_sigterm() -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """``python -m apprentice.serve.server ...`` (the CLI proper calls ``run_serve``)."""
+    """``python -m apprentice.serve ...`` (the CLI proper calls ``run_serve``)."""
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
     parser = argparse.ArgumentParser(
-        prog="python -m apprentice.serve.server", description=__doc__.split("\n\n")[0]
+        prog="python -m apprentice.serve", description=__doc__.split("\n\n")[0]
     )
     add_serve_arguments(parser)
     return run_serve(parser.parse_args(argv))

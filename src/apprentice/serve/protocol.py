@@ -9,7 +9,9 @@ the rest (``user``, ``metadata``, ...) is ignored as it does not change the answ
 from __future__ import annotations
 
 import hmac
+import ipaddress
 import json
+import logging
 import math
 import re
 import time
@@ -17,6 +19,8 @@ import uuid
 from typing import Any
 
 __all__ = [
+    "check_api_key",
+    "warn_if_exposed",
     "MAX_JSON_DEPTH",
     "MAX_PROMPTS",
     "ClientGone",
@@ -30,6 +34,8 @@ __all__ = [
     "prompt_messages",
     "sampling_options",
 ]
+
+log = logging.getLogger(__name__)
 
 MAX_N = 64
 MAX_PROMPTS = 64  # prompts in one completions request (each is a request to the engine)
@@ -307,3 +313,36 @@ def completion_body(prefix: str, kind: str, model: str, choices: list, responses
             "total_tokens": prompt + completion,
         },
     }
+
+
+# -- who may call: shared by our server and the vLLM gateway ---------------------------------
+def check_api_key(api_key: str | None) -> None:
+    """A key must be one that HTTP clients can send: header values are ASCII (httpx and the
+    openai client refuse anything else), so a key with other characters could never match."""
+    if api_key is None:
+        return
+    if not isinstance(api_key, str) or not api_key.strip():
+        raise ValueError("api_key must be a non-empty string, or None for no key")
+    odd = next((i for i, c in enumerate(api_key) if not (c.isascii() and c.isprintable())), None)
+    if odd is not None:
+        raise ValueError(
+            f"api_key must be printable ASCII (clients send it in an HTTP header, which carries "
+            f"ASCII only), but character {odd} is {api_key[odd]!r}: choose another key"
+        )
+
+
+def warn_if_exposed(host: str, api_key: str | None) -> bool:
+    """Logs a warning (and returns True) when ``host`` reaches beyond this machine and no
+    key guards the server."""
+    try:
+        loopback = host == "localhost" or ipaddress.ip_address(host).is_loopback
+    except ValueError:  # a host name: it may resolve to anything
+        loopback = False
+    if loopback or api_key is not None:
+        return False
+    log.warning(
+        "serving on %s without an API key: anyone who can reach this address can use the "
+        "models (and load adapters, with an adapter root); set --api-key or VLLM_API_KEY",
+        host,
+    )
+    return True

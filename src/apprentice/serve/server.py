@@ -31,7 +31,6 @@ sees the prompt it was trained on; any other prompt is taken as one user message
 
 from __future__ import annotations
 
-import ipaddress
 import logging
 import threading
 from pathlib import Path
@@ -45,6 +44,7 @@ from apprentice.serve.httpd import (
     HTTPServer,
     HTTPServer6,
 )
+from apprentice.serve.protocol import check_api_key, warn_if_exposed
 from apprentice.serve.registry import model_id
 
 if TYPE_CHECKING:
@@ -53,38 +53,6 @@ if TYPE_CHECKING:
 __all__ = ["MAX_BODY_BYTES", "Server", "check_api_key", "warn_if_exposed"]
 
 log = logging.getLogger(__name__)
-
-
-def check_api_key(api_key: str | None) -> None:
-    """A key must be one that HTTP clients can send: header values are ASCII (httpx and the
-    openai client refuse anything else), so a key with other characters could never match."""
-    if api_key is None:
-        return
-    if not isinstance(api_key, str) or not api_key.strip():
-        raise ValueError("api_key must be a non-empty string, or None for no key")
-    odd = next((i for i, c in enumerate(api_key) if not (c.isascii() and c.isprintable())), None)
-    if odd is not None:
-        raise ValueError(
-            f"api_key must be printable ASCII (clients send it in an HTTP header, which carries "
-            f"ASCII only), but character {odd} is {api_key[odd]!r}: choose another key"
-        )
-
-
-def warn_if_exposed(host: str, api_key: str | None) -> bool:
-    """Logs a warning (and returns True) when ``host`` reaches beyond this machine and no
-    key guards the server."""
-    try:
-        loopback = host == "localhost" or ipaddress.ip_address(host).is_loopback
-    except ValueError:  # a host name: it may resolve to anything
-        loopback = False
-    if loopback or api_key is not None:
-        return False
-    log.warning(
-        "serving on %s without an API key: anyone who can reach this address can use the "
-        "models (and load adapters, with an adapter root); set --api-key or VLLM_API_KEY",
-        host,
-    )
-    return True
 
 
 class Server:
@@ -201,11 +169,3 @@ class Server:
 
     def __repr__(self) -> str:
         return f"Server({self.url}, model={self.model_name!r})"
-
-
-if (
-    __name__ == "__main__"
-):  # python -m apprentice.serve.server: the same options as apprentice serve
-    from apprentice.serve.cli import main
-
-    raise SystemExit(main())

@@ -70,7 +70,7 @@ class Gateway:
         idle_timeout: float = 30.0,
         upstream_timeout: float = 3600.0,
     ) -> None:
-        from apprentice.serve.server import check_api_key, warn_if_exposed
+        from apprentice.serve.protocol import check_api_key, warn_if_exposed
 
         check_api_key(api_key)
         parts = urlsplit(upstream)

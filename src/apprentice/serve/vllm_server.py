@@ -17,7 +17,7 @@ costs nothing and keeps the prefix cache on; resetting the cache at each swap wo
 then SIGKILL if it has not exited in time.
 
 The command is injectable (``command=``): the tests run this supervision against
-apprentice's own server (``python -m apprentice.serve.server``), which speaks the same
+apprentice's own server (``python -m apprentice.serve``), which speaks the same
 protocol and takes the same flags, on a CPU. The API key travels in ``VLLM_API_KEY``
 (read by both servers), never on the command line where ``ps`` would show it.
 

@@ -145,7 +145,7 @@ class AdapterTrainer:
             self.servable = check_servable(self.kind, r=0, target_modules=[], full_finetune=True)
         else:
             self.targets = resolve_targets(model, self.student.family, lora)
-            self.servable = check_lora_config(self.kind, lora, self.targets)
+            self.servable = check_lora_config(self.kind, lora, self.targets, model=model)
             if self.kind == "causal" and lora.require_servable and not self.servable.vllm:
                 raise ValueError(
                     f"LoRA config is {self.servable}; fix it, or set lora.require_servable=False "
