@@ -59,6 +59,7 @@ __all__ = [
     "BootstrapFewShotWithRandomSearch",
     "BootstrapFinetune",
     "LocalLM",
+    "release_engines",
     "VLLMLM",
     "ServeConfig",
     "bind",
@@ -120,6 +121,7 @@ __all__ = [
 # `import apprentice` stays fast.
 _LAZY = {
     "LocalLM": "apprentice.lm.local",
+    "release_engines": "apprentice.lm.local",
     "VLLMLM": "apprentice.lm.vllm",
     "LoraConfig": "apprentice.train.config",
     "TrainConfig": "apprentice.train.config",

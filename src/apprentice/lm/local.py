@@ -24,7 +24,7 @@ from apprentice.lm.engine_view import EngineView, check_batching
 from apprentice.lm.local_engine import LocalEngine
 from apprentice.lm.usage import Price
 
-__all__ = ["BASE", "EngineStats", "LocalEngine", "LocalLM", "get_engine"]
+__all__ = ["BASE", "EngineStats", "LocalEngine", "LocalLM", "get_engine", "release_engines"]
 
 
 class LocalLM(EngineView):
@@ -155,6 +155,34 @@ def get_engine(
         if held is None or held[0] != stamp:
             held = _ENGINES[key] = (stamp, LocalEngine(key_model, device, dtype, merged))
     return held[1]
+
+
+def release_engines(base_model: str | Path | None = None) -> int:
+    """Drops this process's local and vLLM engines (all, or those of ``base_model``) and
+    stops their batching threads; returns how many. Engines otherwise live as long as the
+    process, so a long-running program that moves on to another student calls this to
+    give the memory back: it goes once no LM still holds the engine (an LM that does keeps
+    working: its thread starts again on its next call)."""
+    import sys
+
+    wanted = None if base_model is None else _model_key(base_model)
+    dropped = []
+    tables = [(_ENGINES, _ENGINES_LOCK)]
+    vllm_module = sys.modules.get("apprentice.lm.vllm")  # no vLLM engine without it
+    if vllm_module is not None:
+        tables.append((vllm_module._ENGINES, vllm_module._ENGINES_LOCK))
+    for table, lock in tables:
+        with lock:
+            for key in [k for k in table if wanted is None or k[0] == wanted]:
+                dropped.append(table.pop(key)[1])
+    for engine in dropped:
+        engine.close()
+    if dropped and "torch" in sys.modules:
+        import torch
+
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
+    return len(dropped)
 
 
 def weights_stamp(model: str) -> tuple:
