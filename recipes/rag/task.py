@@ -19,47 +19,50 @@ _SYLLABLES = (  # noqa: SIM905 - a word list reads better as one string
     "ka lo mi ra ven tor bel sun dar fen gol hal ix jor kel mur nal opi pra quo rin sel "
     "tam ulo vor wen yas zel bri cor dun esk"
 ).split()
+_GOODS = (  # noqa: SIM905
+    "cheese glass wool silk pottery salt honey cider lace clocks bells paper rope soap "
+    "wine bread leather tin copper marble dye linen candles barrels pipes maps hats boats"
+).split()
 _QUESTIONS = {
-    "population": "What is the population of {town}?",
     "river": "Which river flows through {town}?",
     "founder": "Who founded {town}?",
+    "goods": "What is {town} known for?",
+}
+_PASSAGES = {
+    "river": "The river {river} flows through {town}.",
+    "founder": "{town} was founded by {founder}.",
+    "goods": "{town} is known for its {goods}.",
 }
 
 
-def _name(rng: random.Random, parts: int) -> str:
-    return "".join(rng.choice(_SYLLABLES) for _ in range(parts)).capitalize()
+def _names(rng: random.Random, n: int, parts: int) -> list[str]:
+    names: set[str] = set()
+    while len(names) < n:
+        names.add("".join(rng.choice(_SYLLABLES) for _ in range(parts)).capitalize())
+    return sorted(names)
 
 
 @functools.lru_cache(maxsize=4)
-def make_world(n_towns: int = N_TOWNS, seed: int = 0) -> tuple[dict[str, dict[str, str]], ...]:
-    """One record per town, unique names: {town, population, river, founder}."""
+def make_world(n_towns: int = N_TOWNS, seed: int = 0) -> tuple[dict[str, str], ...]:
+    """One record per town (unique three-syllable names): {town, river, founder, goods}.
+    Rivers, founders and goods come from short lists, so an answer is one word that the
+    passages hold, and which one a town has is random: only the passages tell."""
     rng = random.Random(seed)
-    towns, seen = [], set()
-    while len(towns) < n_towns:
-        town = _name(rng, 3)
-        if town in seen:
-            continue
-        seen.add(town)
-        towns.append(
-            {
-                "town": town,
-                "population": str(rng.randint(1000, 99999)),
-                "river": _name(rng, 2),
-                "founder": f"{_name(rng, 2)} {_name(rng, 2)}",
-            }
-        )
-    return tuple(towns)
+    rivers, founders = _names(rng, 30, 2), _names(rng, 30, 2)
+    return tuple(
+        {
+            "town": town,
+            "river": rng.choice(rivers),
+            "founder": rng.choice(founders),
+            "goods": rng.choice(_GOODS),
+        }
+        for town in rng.sample(_names(rng, n_towns, 3), n_towns)
+    )
 
 
 def make_corpus(n_towns: int = N_TOWNS, seed: int = 0) -> list[str]:
     """Three one-sentence passages per town, in a shuffled order."""
-    passages = []
-    for t in make_world(n_towns, seed):
-        passages += [
-            f"{t['town']} has a population of {t['population']} people.",
-            f"The river {t['river']} flows through {t['town']}.",
-            f"{t['town']} was founded by {t['founder']}.",
-        ]
+    passages = [text.format(**t) for t in make_world(n_towns, seed) for text in _PASSAGES.values()]
     random.Random(seed + 1).shuffle(passages)
     return passages
 
@@ -93,7 +96,7 @@ class GenerateAnswer(ap.Signature):
 
     context: list[str] = ap.InputField(desc="passages that may contain the answer")
     question: str = ap.InputField()
-    answer: str = ap.OutputField(desc="a name or a number")
+    answer: str = ap.OutputField(desc="one word from the context")
 
 
 class RAG(ap.Module):
@@ -109,24 +112,27 @@ class RAG(ap.Module):
         return ap.Prediction(context=context, answer=answer)
 
 
-_PATTERNS = {
-    "population": r"^{town} has a population of (\d+) people\.$",
-    "river": r"^The river (\w+) flows through {town}\.$",
-    "founder": r"^{town} was founded by (\w+ \w+)\.$",
+_ANSWER_IN = {
+    "river": r"The river (\w+) flows through {town}\.",
+    "founder": r"{town} was founded by (\w+)\.",
+    "goods": r"{town} is known for its (\w+)\.",
 }
 
 
 def teacher(signature, inputs: dict) -> dict:
     """The scripted teacher: reads the answer out of the passages it was given (and says
     "unknown" when they lack it), as a careful model would."""
-    question = inputs["question"]
-    town = re.search(r"(\w+)\?$", question).group(1)
-    kind = next(k for k, q in _QUESTIONS.items() if q.format(town=town) == question)
-    pattern = re.compile(_PATTERNS[kind].format(town=re.escape(town)))
+    for kind, template in _QUESTIONS.items():
+        asked = re.fullmatch(re.escape(template).replace(r"\{town\}", r"(\w+)"), inputs["question"])
+        if asked:
+            pattern = re.compile(_ANSWER_IN[kind].format(town=asked.group(1)))
+            break
+    else:
+        return {"answer": "unknown"}
     for passage in inputs["context"]:
-        match = pattern.match(passage)
-        if match:
-            return {"answer": match.group(1)}
+        found = pattern.fullmatch(passage)
+        if found:
+            return {"answer": found.group(1)}
     return {"answer": "unknown"}
 
 

@@ -179,3 +179,12 @@ def test_bootstrap_replays_the_same_passages(bm25, tmp_path):
             sorted(json.dumps(json.loads(x)["steps"][0]["inputs"], sort_keys=True) for x in lines)
         )
     assert runs[0] == runs[1] and len(runs[0]) == 3
+
+
+def test_identity_changes_with_the_corpus_the_settings_and_k(bm25):
+    same = ap.BM25Retriever(list(CORPUS))
+    assert same.identity() == bm25.identity()
+    assert ap.BM25Retriever(CORPUS[:-1]).identity() != bm25.identity()
+    assert ap.BM25Retriever(CORPUS, k1=1.2).identity() != bm25.identity()
+    assert ap.Retrieve(k=2, rm=bm25).identity() != ap.Retrieve(k=3, rm=bm25).identity()
+    assert ap.Retrieve(k=2, rm=bm25).identity() == ap.Retrieve(k=2, rm=same).identity()

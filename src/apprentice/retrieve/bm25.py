@@ -36,6 +36,7 @@ class BM25Retriever(Retriever):
     """
 
     min_score = 0.0
+    identity_keys = ("stopwords", "k1", "b")
 
     def __init__(
         self,
@@ -47,7 +48,7 @@ class BM25Retriever(Retriever):
     ) -> None:
         super().__init__(corpus)
         bm25s = _import_bm25s()
-        self.stopwords = stopwords
+        self.stopwords, self.k1, self.b = stopwords, k1, b
         tokens = bm25s.tokenize(
             self.corpus, stopwords=stopwords, return_ids=False, show_progress=False
         )

@@ -54,6 +54,8 @@ class DenseRetriever(Retriever):
     hub. ``max_length`` truncates long passages (MiniLM was trained on up to 256 tokens).
     """
 
+    identity_keys = ("model_path", "max_length")
+
     def __init__(
         self,
         corpus: Sequence[str],

@@ -54,6 +54,8 @@ class Retriever:
 
     #: Hits scoring at or below this are not returned (BM25: no query term in the passage).
     min_score: float | None = None
+    #: The attributes that change which passages come back (they enter ``identity``).
+    identity_keys: tuple[str, ...] = ()
 
     def __init__(self, corpus: Sequence[str]) -> None:
         bad = next((i for i, p in enumerate(corpus) if not isinstance(p, str)), None)
@@ -81,6 +83,18 @@ class Retriever:
 
     def __call__(self, query: str, k: int) -> list[str]:
         return [hit.text for hit in self.search(query, k)]
+
+    def identity(self) -> dict[str, Any]:
+        """What decides this retriever's results: its kind, settings and a hash of the
+        corpus. Equal identities retrieve the same passages for the same query."""
+        import hashlib
+
+        digest = hashlib.sha256()
+        for passage in self.corpus:
+            digest.update(passage.encode())
+            digest.update(b"\0")
+        chosen = {name: str(getattr(self, name)) for name in self.identity_keys}
+        return {"type": type(self).__name__, "corpus": digest.hexdigest()[:16], **chosen}
 
     def __deepcopy__(self, memo: dict) -> Retriever:
         return self
@@ -147,6 +161,20 @@ class Retrieve(Module):
             )
         log.debug("Retrieve(k=%d): %r -> %d passages", k, query, len(passages))
         return Prediction(passages=list(passages[:k]))
+
+    def identity(self) -> dict[str, Any]:
+        """``k`` and the bound retriever's identity (a plain function: its code hash), for
+        whoever must tell whether stored traces were retrieved the same way."""
+        from apprentice.fingerprint import code_fingerprint
+
+        rm = self.rm
+        if rm is None:
+            described: Any = None
+        elif callable(getattr(rm, "identity", None)):
+            described = rm.identity()
+        else:
+            described = {"code": code_fingerprint(rm)}
+        return {"k": self.k, "rm": described}
 
     def __repr__(self) -> str:
         return f"Retrieve(k={self.k}{'' if self.rm is None else f', rm={self.rm!r}'})"
