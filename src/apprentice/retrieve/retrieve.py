@@ -147,7 +147,9 @@ class Retrieve(Module):
                 "for several queries call it once per query"
             )
         k = self.k if k is None else k
-        rm = self.rm or settings().rm
+        if not isinstance(k, int) or isinstance(k, bool) or k < 1:
+            raise ValueError(f"k must be a positive integer, got {k!r}")
+        rm = self.rm if self.rm is not None else settings().rm
         if rm is None:
             raise RuntimeError(
                 "no retriever for Retrieve: call ap.configure(rm=...), use "
