@@ -33,6 +33,7 @@ from apprentice.optimize import (
     LabeledFewShot,
 )
 from apprentice.predict import ChainOfThought, Predict
+from apprentice.retrieve import BM25Retriever, DenseRetriever, Retrieve, Retriever
 from apprentice.settings import configure, context
 from apprentice.settings import settings as _current_settings
 from apprentice.signature import (
@@ -58,6 +59,10 @@ __all__ = [
     "BootstrapFewShot",
     "BootstrapFewShotWithRandomSearch",
     "BootstrapFinetune",
+    "BM25Retriever",
+    "DenseRetriever",
+    "Retrieve",
+    "Retriever",
     "LocalLM",
     "release_engines",
     "VLLMLM",

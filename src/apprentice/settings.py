@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:
     from apprentice.formats.base import Format
     from apprentice.lm.base import LM
+    from apprentice.retrieve.retrieve import Retriever
 
 __all__ = ["Settings", "configure", "context", "settings"]
 
@@ -31,6 +32,9 @@ class Settings:
 
     lm: LM | None = None
     format: Format | None = None
+    # The retriever a Retrieve module uses when it has none of its own: any callable
+    # (query, k) -> list of passage strings, e.g. ap.BM25Retriever(corpus).
+    rm: Retriever | None = None
     # Step observers for trace capture: callables receiving each finished predictor call.
     observers: tuple[Any, ...] = ()
 
@@ -85,6 +89,12 @@ def _checked(changes: dict[str, Any]) -> dict[str, Any]:
         raise TypeError(
             f"format={fmt!r} is not a Format (it needs render() and parse()); pass e.g. "
             "ap.ChatFormat() or ap.JSONFormat(), or None"
+        )
+    rm = changes.get("rm")
+    if rm is not None and not callable(rm):
+        raise TypeError(
+            f"rm={rm!r} is not a retriever (it is not callable); pass a callable "
+            "(query, k) -> list[str] such as ap.BM25Retriever(corpus), or None"
         )
     if "observers" in changes:
         observers = changes["observers"]

@@ -55,7 +55,10 @@ class Field:
         return self.kind == "input"
 
     def type_str(self) -> str:
-        return type_to_str(self.annotation)
+        """The type as a prompt shows it. A Literal shows as its values' type: the format
+        lists the allowed values once, after it (500 labels written twice made a 17k
+        character prompt)."""
+        return type_to_str(self.annotation, literals=False)
 
 
 def InputField(*, desc: str = "", prefix: str | None = None) -> Any:  # noqa: N802
@@ -440,16 +443,22 @@ def _resolve_annotation(annotation: Any, cls: type) -> Any:
     return annotation
 
 
-def type_to_str(annotation: Any) -> str:
+def type_to_str(annotation: Any, *, literals: bool = True) -> str:
+    """The annotation as source text (``parse`` reads it back). ``literals=False`` writes a
+    Literal as the type of its values (``str``), for prompts that list the values apart."""
     if annotation is type(None):
         return "None"
     if isinstance(annotation, type) and not typing.get_args(annotation):
         return annotation.__name__
     origin = typing.get_origin(annotation)
     if origin is Literal:
-        return "Literal[" + ", ".join(repr(a) for a in typing.get_args(annotation)) + "]"
+        values = typing.get_args(annotation)
+        if not literals:
+            kinds = sorted({type(v).__name__ for v in values})
+            return kinds[0] if len(kinds) == 1 else "Union[" + ", ".join(kinds) + "]"
+        return "Literal[" + ", ".join(repr(a) for a in values) + "]"
     if origin is not None:
-        args = ", ".join(type_to_str(a) for a in typing.get_args(annotation))
+        args = ", ".join(type_to_str(a, literals=literals) for a in typing.get_args(annotation))
         name = getattr(origin, "__name__", None) or str(origin).replace("typing.", "")
         if origin is typing.Union:
             name = "Union"

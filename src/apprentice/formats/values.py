@@ -91,10 +91,58 @@ def _validate(value: Any, annotation: Any, text: str) -> Any:
     try:
         return _adapter(annotation).validate_python(value)
     except ValidationError as exc:
-        problem = exc.errors()[0].get("msg", str(exc))
+        error = exc.errors()[0]
+        options = _literal_options(annotation)
+        if error.get("type") == "literal_error" and options:
+            # pydantic's message lists every option: 17k characters for 500 labels.
+            raise ValueError(_not_one_of(error.get("input"), options)) from None
+        problem = _short(error.get("msg", str(exc)), 200)
         raise ValueError(
-            f"{_short(text)!r} is not a valid {_type_name(annotation)}: {problem}"
+            f"{_short(text)!r} is not a valid {_short(_type_name(annotation), 100)}: {problem}"
         ) from None
+
+
+# Up to this many allowed values, an error lists them all; beyond, the closest few.
+_LIST_ALL = 12
+
+
+def _not_one_of(value: Any, options: tuple[Any, ...] | list[Any], kind: str = "") -> str:
+    """Why ``value`` is not allowed, short however many options there are: the whole list
+    when it is short, else how many there are and the closest matches."""
+    shown = _short(str(value))
+    suffix = f" ({kind})" if kind else ""
+    if len(options) <= _LIST_ALL:
+        return f"{shown!r} is not one of {list(options)}{suffix}"
+    import difflib
+
+    by_text = {str(o): o for o in options}
+    close = difflib.get_close_matches(str(value), list(by_text), n=5, cutoff=0.5)
+    if not close:  # case or spacing aside, the nearest by shared prefix
+        folded = str(value).lower()
+        close = sorted(by_text, key=lambda o: -_common_prefix(o.lower(), folded))[:3]
+    return (
+        f"{shown!r} is not one of the {len(options)} allowed values{suffix}; "
+        f"closest: {[by_text[c] for c in close]}"
+    )
+
+
+def _common_prefix(a: str, b: str) -> int:
+    n = 0
+    for x, y in zip(a, b, strict=False):
+        if x != y:
+            break
+        n += 1
+    return n
+
+
+def _literal_options(annotation: Any) -> list[Any]:
+    """Every value of every Literal inside ``annotation`` (list[Literal[...]], Optional...)."""
+    if typing.get_origin(annotation) is Literal:
+        return list(typing.get_args(annotation))
+    found: list[Any] = []
+    for arg in typing.get_args(annotation):
+        found += _literal_options(arg)
+    return found
 
 
 def _parse_literal(text: str, annotation: Any) -> Any:
@@ -107,7 +155,7 @@ def _parse_literal(text: str, annotation: Any) -> Any:
     for option in allowed:
         if folded == str(option).lower():
             return option
-    raise ValueError(f"{_short(text)!r} is not one of {list(allowed)}")
+    raise ValueError(_not_one_of(candidate, allowed))
 
 
 def _parse_enum(text: str, annotation: type[enum.Enum]) -> enum.Enum:
@@ -118,9 +166,7 @@ def _parse_enum(text: str, annotation: type[enum.Enum]) -> enum.Enum:
     for member in annotation:
         if candidate.lower() in (str(member.value).lower(), member.name.lower()):
             return member
-    raise ValueError(
-        f"{_short(text)!r} is not one of {[m.value for m in annotation]} ({annotation.__name__})"
-    )
+    raise ValueError(_not_one_of(candidate, [m.value for m in annotation], annotation.__name__))
 
 
 def _strip_fences(text: str) -> str:
