@@ -188,3 +188,23 @@ def test_identity_changes_with_the_corpus_the_settings_and_k(bm25):
     assert ap.BM25Retriever(CORPUS, k1=1.2).identity() != bm25.identity()
     assert ap.Retrieve(k=2, rm=bm25).identity() != ap.Retrieve(k=3, rm=bm25).identity()
     assert ap.Retrieve(k=2, rm=bm25).identity() == ap.Retrieve(k=2, rm=same).identity()
+
+
+def test_stored_traces_follow_k_and_the_corpus():
+    # Traces record the passages the teacher saw; a program that retrieves differently
+    # (another k, another corpus) must not reuse them.
+    from apprentice.traces.bootstrap import program_hash
+
+    class RAG(ap.Module):
+        def __init__(self, k: int, corpus: list[str]) -> None:
+            self.retrieve = ap.Retrieve(k=k, rm=ap.BM25Retriever(corpus))
+            self.answer = ap.Predict("context, question -> answer")
+
+        def forward(self, question: str):
+            context = self.retrieve(question).passages
+            return self.answer(context=context, question=question)
+
+    base = program_hash(RAG(2, CORPUS))
+    assert program_hash(RAG(2, CORPUS)) == base
+    assert program_hash(RAG(3, CORPUS)) != base
+    assert program_hash(RAG(2, [*CORPUS, "another passage"])) != base

@@ -92,8 +92,26 @@ def program_hash(program: Module) -> str:
     for predictor in state["predictors"].values():
         predictor.pop("lm", None)
     state["code"] = sorted(code_fingerprint(cls) for cls in _user_classes(program))
-    payload = json.dumps(state, sort_keys=True, ensure_ascii=False)
+    # Modules that shape a predictor's inputs without an LM (Retrieve: its k, retriever and
+    # corpus) decide the trace as much as a signature does.
+    state["modules"] = _module_identities(program)
+    payload = json.dumps(state, sort_keys=True, ensure_ascii=False, default=str)
     return hashlib.sha256(payload.encode()).hexdigest()[:16]
+
+
+def _module_identities(program: Module) -> dict[str, Any]:
+    """Path -> ``identity()`` of every sub-module that has one (a Retrieve)."""
+    found: dict[str, Any] = {}
+    todo, seen = [("", program)], set()
+    while todo:
+        path, module = todo.pop()
+        if id(module) in seen:
+            continue
+        seen.add(id(module))
+        if callable(getattr(module, "identity", None)):
+            found[path or "self"] = module.identity()
+        todo.extend((f"{path}.{name}" if path else name, c) for name, c in module.named_children())
+    return found
 
 
 def _user_classes(program: Module) -> set[type]:
