@@ -106,7 +106,9 @@ def test_rejected_attempts_are_marked_in_the_trace():
     assert first.rejected and first.output == {"query": LONG}
     assert first.rejection == "Suggest failed: Query should be at most 20 characters"
     assert not retry.rejected and retry.rejection is None
-    assert retry.inputs["feedback"].startswith("Query should") and retry.output == {"query": "Paris"}
+    assert retry.inputs["feedback"].startswith("Query should") and retry.output == {
+        "query": "Paris"
+    }
     # The marks survive the store's JSON round trip.
     again = ap.Trace.from_dict(trace.to_dict())
     assert [s.rejected for s in again.steps] == [True, False]

@@ -81,13 +81,17 @@ def test_refine_passes_the_previous_output_and_feedback_on():
     assert refine(question="q").answer == "great"
     prompts = [entry.request.messages[-1]["content"] for entry in lm.history]
     assert "feedback" not in prompts[0]
-    assert "[[past_answer]]\npoor" in prompts[1] and "[[feedback]]\n'poor' is not enough" in prompts[1]
+    assert (
+        "[[past_answer]]\npoor" in prompts[1] and "[[feedback]]\n'poor' is not enough" in prompts[1]
+    )
     assert "[[past_answer]]\ngood" in prompts[2]
     # Without a feedback text, the score is the feedback.
     lm2 = ap.ScriptedLM(in_turn("poor", "great"))
     plain = make(lm2, cls=ap.Refine)
     plain(question="q")
-    assert "that answer scored 0.2; the goal is 0.9" in lm2.history[-1].request.messages[-1]["content"]
+    assert (
+        "that answer scored 0.2; the goal is 0.9" in lm2.history[-1].request.messages[-1]["content"]
+    )
 
 
 def test_bad_arguments_are_named():

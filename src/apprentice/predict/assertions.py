@@ -286,7 +286,9 @@ class _Backtracker:
         feedback = {**self.attempt.feedback, where: (signal.outputs, signal.message)}
         self.attempt = Attempt("backtrack", feedback=feedback)
         self.retries += 1
-        log.info("%s failed, re-run %d with feedback: %s", signal.kind, self.retries, signal.message)
+        log.info(
+            "%s failed, re-run %d with feedback: %s", signal.kind, self.retries, signal.message
+        )
 
 
 def call_module(module: Module, args: tuple, kwargs: dict) -> Any:
