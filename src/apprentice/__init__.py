@@ -140,11 +140,23 @@ _LAZY = {
 }
 
 
+# DSPy names that apprentice does without, and what to write instead.
+_NOT_NEEDED = {
+    "assert_transform_module": "backtracking is on for every program: the outermost module "
+    "call re-runs when an ap.Assert/ap.Suggest fails; set the limit with "
+    "ap.configure(max_backtracks=N) (0 turns it off)",
+    "backtrack_handler": "the outermost module call handles backtracking itself; set the "
+    "limit with ap.configure(max_backtracks=N)",
+}
+
+
 def __getattr__(name: str):
     if name in _LAZY:
         import importlib
 
         return getattr(importlib.import_module(_LAZY[name]), name)
+    if name in _NOT_NEEDED:
+        raise AttributeError(f"apprentice has no {name}: {_NOT_NEEDED[name]}")
     raise AttributeError(f"module 'apprentice' has no attribute {name!r}")
 
 

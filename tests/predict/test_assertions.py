@@ -186,3 +186,10 @@ def test_a_bad_target_and_a_clashing_field_are_named():
     clash.set_lm(ap.ScriptedLM(learner))
     with pytest.raises(ap.SignatureError, match="already has a field 'feedback'"):
         clash(question="q")
+
+
+def test_dspy_spellings_say_what_to_write():
+    with pytest.raises(TypeError, match="target_module is target= here"):
+        ap.Suggest(False, "msg", target_module=None)
+    with pytest.raises(AttributeError, match=r"backtracking is on.*max_backtracks=N"):
+        ap.assert_transform_module  # noqa: B018

@@ -224,17 +224,23 @@ def _free(signature: type[Signature], name: str) -> None:
 
 
 # -- the constraints -----------------------------------------------------------------------
-def Assert(condition: Any, message: str, *, target: Any = None) -> bool:  # noqa: N802
+def Assert(condition: Any, message: str, *, target: Any = None, **other: Any) -> bool:  # noqa: N802
     """Must hold: re-runs the program with feedback to ``target``, then raises AssertionFailed."""
-    return _check("Assert", condition, message, target)
+    return _check("Assert", condition, message, target, other)
 
 
-def Suggest(condition: Any, message: str, *, target: Any = None) -> bool:  # noqa: N802
+def Suggest(condition: Any, message: str, *, target: Any = None, **other: Any) -> bool:  # noqa: N802
     """Should hold: re-runs the program with feedback to ``target``, then logs and returns False."""
-    return _check("Suggest", condition, message, target)
+    return _check("Suggest", condition, message, target, other)
 
 
-def _check(kind: str, condition: Any, message: str, target: Any) -> bool:
+def _check(kind: str, condition: Any, message: str, target: Any, other: dict[str, Any]) -> bool:
+    if other:
+        hint = " (DSPy's target_module is target= here)" if "target_module" in other else ""
+        raise TypeError(
+            f"{kind}() got unexpected keyword(s) {sorted(other)}{hint}; write "
+            f"ap.{kind}(condition, message, target=self.predictor)"
+        )
     if condition:
         return True
     if not isinstance(message, str) or not message:
