@@ -55,9 +55,9 @@ def test_held_out_people_never_appear_in_training():
     assert train.isdisjoint(e.question for e in HELDOUT)
 
 
-def _student_queries(program, examples):
-    """Share of held-out questions whose accepted queries are the careful ones."""
-    right = 0
+def _score_and_queries(program, examples) -> tuple[float, float]:
+    """The metric, and the share of questions whose accepted queries are the careful ones."""
+    score = right = 0.0
     for example in examples:
         trace = run_traced(program, example, metric=metric)
         accepted = [
@@ -66,10 +66,12 @@ def _student_queries(program, examples):
             if not s.rejected and s.output and "query" in s.output
         ]
         right += accepted == good_queries(example.question)
-    return right / len(examples)
+        score += trace.score or 0.0
+    return score / len(examples), right / len(examples)
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(900)  # ~3 min on a quiet 2-core box; much longer beside other work
 def test_bootstrap_finetune_distils_the_queries_into_a_tiny_student(tmp_path):
     from apprentice.train.tiny import make_tiny_student, task_corpus
 
@@ -89,10 +91,8 @@ def test_bootstrap_finetune_distils_the_queries_into_a_tiny_student(tmp_path):
     compiled = optimizer.compile(MultiHop(), trainset=trainset, teacher=lm)
     assert optimizer.results["bootstrap"]["rejected_steps"] > 0
     assert optimizer.results["dataset"]["drops"]["rejected attempt"] > 0
-    result = ap.Evaluate(devset=HELDOUT, metric=metric, num_threads=8, display_progress=False)(
-        compiled
-    )
-    queries = _student_queries(compiled, HELDOUT[:30])
-    # Measured: see recipes/multihop/causal.yaml. The bars leave room for a loaded box.
-    assert result.score >= 0.8, result.score
-    assert queries >= 0.8, queries
+    score, queries = _score_and_queries(compiled, HELDOUT[:40])
+    # Measured (recipes/multihop/causal.yaml, 60 questions): 0.90, first-hop queries 100%,
+    # second-hop 90%. The bars leave room for another seed.
+    assert score >= 0.75, score
+    assert queries >= 0.75, queries
