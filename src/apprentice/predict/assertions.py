@@ -302,13 +302,18 @@ def call_module(module: Module, args: tuple, kwargs: dict) -> Any:
         return module.forward(*args, **kwargs)
     backtracker = _Backtracker(settings().max_backtracks)
     token = _BACKTRACKER.set(backtracker)
+    outer = _ATTEMPTS.get()
     try:
         while True:
-            with attempt_scope(backtracker.attempt):
-                try:
-                    return module.forward(*args, **kwargs)
-                except Backtrack as signal:
-                    backtracker.next_attempt(signal)
+            # Not attempt_scope(): a context manager per call costs more than this whole
+            # loop, and every outermost module call (a bare predictor's too) runs it.
+            scope = _ATTEMPTS.set((*outer, backtracker.attempt))
+            try:
+                return module.forward(*args, **kwargs)
+            except Backtrack as signal:
+                backtracker.next_attempt(signal)
+            finally:
+                _ATTEMPTS.reset(scope)
     finally:
         _BACKTRACKER.reset(token)
 
@@ -319,12 +324,15 @@ async def acall_module(module: Module, args: tuple, kwargs: dict) -> Any:
         return await module.aforward(*args, **kwargs)
     backtracker = _Backtracker(settings().max_backtracks)
     token = _BACKTRACKER.set(backtracker)
+    outer = _ATTEMPTS.get()
     try:
         while True:
-            with attempt_scope(backtracker.attempt):
-                try:
-                    return await module.aforward(*args, **kwargs)
-                except Backtrack as signal:
-                    backtracker.next_attempt(signal)
+            scope = _ATTEMPTS.set((*outer, backtracker.attempt))
+            try:
+                return await module.aforward(*args, **kwargs)
+            except Backtrack as signal:
+                backtracker.next_attempt(signal)
+            finally:
+                _ATTEMPTS.reset(scope)
     finally:
         _BACKTRACKER.reset(token)
