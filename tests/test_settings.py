@@ -204,3 +204,18 @@ def test_override_made_by_one_evaluated_example_stays_in_that_example():
     ap.Evaluate(devset=devset, metric=ap.answer_exact_match, num_threads=1)(program)
     assert leaked == [None] * 8
     assert current().format is None
+
+
+def test_settings_attributes_read_the_setting_in_force_and_refuse_writes():
+    a, b = echo_lm("A"), echo_lm("B")
+    ap.configure(lm=a)
+    assert ap.settings.lm is a and ap.settings.max_backtracks == 2
+    with ap.context(lm=b, max_backtracks=0):
+        assert ap.settings.lm is b and ap.settings.max_backtracks == 0
+    assert ap.settings.lm is a
+    ap.settings.configure(lm=b)  # DSPy's spelling of ap.configure
+    assert ap.settings.lm is b
+    with pytest.raises(AttributeError, match=r"read-only: write ap.configure\(lm=...\)"):
+        ap.settings.lm = a
+    with pytest.raises(AttributeError, match="has no attribute 'lmm'"):
+        ap.settings.lmm  # noqa: B018

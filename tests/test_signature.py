@@ -137,3 +137,19 @@ def test_field_names_that_collide_with_the_api_are_refused(name):
             (ap.Signature,),
             {"__doc__": "Doc.", "__annotations__": {name: str}, name: ap.OutputField()},
         )
+
+
+def test_signature_called_with_a_string_and_instructions_builds_a_class():
+    built = ap.Signature("question -> answer: int", "Answer with a number.")
+    assert built == ap.make_signature("question -> answer: int", "Answer with a number.")
+    assert (
+        built.instructions == "Answer with a number."
+        and built.output_fields["answer"].annotation is int
+    )
+    assert ap.Signature("question -> answer").instructions.startswith("Given the fields")
+    with pytest.raises(TypeError, match=r"not instantiated; pass the class itself \(ap.Predict\("):
+        built()
+    with pytest.raises(TypeError, match="write a class with InputField"):
+        ap.Signature({"question": ap.InputField()})
+    with pytest.raises(TypeError, match=r"unexpected keyword\(s\) \['color'\]"):
+        ap.Signature("a -> b", color="red")

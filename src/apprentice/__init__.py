@@ -1,6 +1,8 @@
 """apprentice: write LM programs as modules, run them with a teacher, compile them into a
 small local student."""
 
+from typing import Any
+
 from apprentice.evaluate.evaluate import Evaluate, EvaluationError, EvaluationResult
 from apprentice.evaluate.metrics import (
     answer_exact_match,
@@ -33,9 +35,10 @@ from apprentice.optimize import (
     LabeledFewShot,
 )
 from apprentice.predict import ChainOfThought, Predict
+from apprentice.predict.assertions import Assert, AssertionFailed, Suggest
+from apprentice.predict.best_of_n import BestOfN, Refine
 from apprentice.retrieve import BM25Retriever, DenseRetriever, Retrieve, Retriever
 from apprentice.settings import configure, context
-from apprentice.settings import settings as _current_settings
 from apprentice.signature import (
     InputField,
     OutputField,
@@ -56,6 +59,12 @@ from apprentice.traces import (
 __version__ = "0.1.0"
 
 __all__ = [
+    "Assert",
+    "AssertionFailed",
+    "BestOfN",
+    "Refine",
+    "Suggest",
+    "settings",
     "BootstrapFewShot",
     "BootstrapFewShotWithRandomSearch",
     "BootstrapFinetune",
@@ -136,17 +145,32 @@ _LAZY = {
 }
 
 
+# DSPy names that apprentice does without, and what to write instead.
+_NOT_NEEDED = {
+    "assert_transform_module": "backtracking is on for every program: the outermost module "
+    "call re-runs when an ap.Assert/ap.Suggest fails; set the limit with "
+    "ap.configure(max_backtracks=N) (0 turns it off)",
+    "backtrack_handler": "the outermost module call handles backtracking itself; set the "
+    "limit with ap.configure(max_backtracks=N)",
+}
+
+
 def __getattr__(name: str):
     if name in _LAZY:
         import importlib
 
         return getattr(importlib.import_module(_LAZY[name]), name)
+    if name in _NOT_NEEDED:
+        raise AttributeError(f"apprentice has no {name}: {_NOT_NEEDED[name]}")
     raise AttributeError(f"module 'apprentice' has no attribute {name!r}")
 
 
-def inspect_history(n: int = 1) -> str:
-    """Prints the last ``n`` calls of the configured LM."""
-    lm = _current_settings().lm
-    if lm is None:
-        raise RuntimeError("no LM configured: call ap.configure(lm=...) first")
-    return lm.inspect_history(n)
+def inspect_history(n: int = 1, *, lm: BaseLM | None = None, file: Any = None) -> str:
+    """Prints (and returns) the last ``n`` LM calls: of every LM in this process (the
+    configured one and any bound to a single predictor), in the order they finished; with
+    ``lm=``, of that LM only."""
+    from apprentice.lm.base import format_history, recent_history
+
+    if lm is not None:
+        return lm.inspect_history(n, file=file)
+    return format_history(recent_history(n), file=file)

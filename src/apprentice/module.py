@@ -41,10 +41,15 @@ class Module:
         return await loop.run_in_executor(None, lambda: ctx.run(self.forward, *args, **kwargs))
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
-        return self.forward(*args, **kwargs)
+        # The outermost call re-runs forward when an ap.Assert/ap.Suggest fails inside it.
+        from apprentice.predict.assertions import call_module
+
+        return call_module(self, args, kwargs)
 
     async def acall(self, *args: Any, **kwargs: Any) -> Any:
-        return await self.aforward(*args, **kwargs)
+        from apprentice.predict.assertions import acall_module
+
+        return await acall_module(self, args, kwargs)
 
     # -- structure ------------------------------------------------------------------
     def named_children(self) -> Iterator[tuple[str, Any]]:

@@ -12,7 +12,9 @@ from __future__ import annotations
 
 import contextlib
 import contextvars
+import sys
 import threading
+import types
 from collections.abc import Iterator
 from dataclasses import dataclass, fields, replace
 from types import MappingProxyType
@@ -24,6 +26,8 @@ if TYPE_CHECKING:
     from apprentice.retrieve.retrieve import Retriever
 
 __all__ = ["Settings", "configure", "context", "settings"]
+
+DEFAULT_MAX_BACKTRACKS = 2
 
 
 @dataclass(frozen=True)
@@ -37,6 +41,9 @@ class Settings:
     rm: Retriever | None = None
     # Step observers for trace capture: callables receiving each finished predictor call.
     observers: tuple[Any, ...] = ()
+    # How many times a program run is re-run with feedback when an ap.Suggest/ap.Assert
+    # fails inside it (apprentice.predict.assertions); 0 turns backtracking off.
+    max_backtracks: int = DEFAULT_MAX_BACKTRACKS
 
 
 _ROOT_LOCK = threading.Lock()
@@ -52,6 +59,28 @@ def settings() -> Settings:
     """The settings in force here: ``configure``'s, with the enclosing ``context``s on top."""
     overrides = _overrides.get()
     return replace(_root, **overrides) if overrides else _root
+
+
+def __getattr__(name: str) -> Any:
+    # ``ap.settings.lm`` (DSPy's habit) reads the setting in force here.
+    if name in _FIELD_NAMES:
+        return getattr(settings(), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+class _SettingsModule(types.ModuleType):
+    """Refuses ``ap.settings.lm = ...``: it would change nothing a predictor reads."""
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        if name in _FIELD_NAMES:
+            raise AttributeError(
+                f"settings are read-only: write ap.configure({name}=...) for the process "
+                f"default, or `with ap.context({name}=...):` for one block"
+            )
+        super().__setattr__(name, value)
+
+
+sys.modules[__name__].__class__ = _SettingsModule
 
 
 def configure(**changes: Any) -> None:
@@ -96,6 +125,7 @@ def _checked(changes: dict[str, Any]) -> dict[str, Any]:
             f"rm={rm!r} is not a retriever (it is not callable); pass a callable "
             "(query, k) -> list[str] such as ap.BM25Retriever(corpus), or None"
         )
+    _check_backtracks(changes)
     if "observers" in changes:
         observers = changes["observers"]
         if not isinstance(observers, (list, tuple)):
@@ -105,3 +135,9 @@ def _checked(changes: dict[str, Any]) -> dict[str, Any]:
             raise TypeError(f"observers must be callables; {bad[0]!r} is not")
         checked["observers"] = tuple(observers)
     return checked
+
+
+def _check_backtracks(changes: dict[str, Any]) -> None:
+    value = changes.get("max_backtracks", 0)
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        raise TypeError(f"max_backtracks={value!r} must be an integer >= 0 (0 turns it off)")

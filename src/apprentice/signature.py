@@ -107,6 +107,29 @@ class SignatureMeta(type):
         type.__setattr__(cls, "_instructions", inspect.cleandoc(doc) if doc else "")
         return cls
 
+    def __call__(cls, spec: Any = None, instructions: str | None = None, **options: Any):
+        """``Signature("question -> answer", "Answer briefly.")`` builds a signature class
+        (DSPy's habit), the same as ``make_signature``. Signatures are classes, never
+        instances, so any other call is refused with what to write instead."""
+        if cls is Signature and isinstance(spec, str):
+            unknown = sorted(set(options) - {"custom_types", "name"})
+            if unknown:
+                raise TypeError(
+                    f"Signature() got unexpected keyword(s) {unknown}; it takes the spec, "
+                    "instructions, custom_types= and name="
+                )
+            return make_signature(spec, instructions, **options)
+        if cls is Signature and isinstance(spec, dict):
+            raise TypeError(
+                "Signature(dict) is not supported: write a class with InputField/OutputField "
+                "attributes, or a string such as Signature('question -> answer', 'instructions')"
+            )
+        raise TypeError(
+            f"{cls.__name__} is a signature class and is not instantiated; pass the class "
+            f"itself (ap.Predict({cls.__name__})), or build a new one with "
+            "ap.Signature('question -> answer', 'instructions')"
+        )
+
     def __setattr__(cls, name, value):
         raise AttributeError(
             f"signature {cls.__name__} is immutable; derive a new one with "

@@ -81,6 +81,9 @@ def _rows(
             drops["score below threshold"] += 1
             continue
         for step in trace.steps:
+            if step.rejected:  # thrown away by an Assert/Suggest re-run or BestOfN
+                drops["rejected attempt"] += 1
+                continue
             predictor = predictors.get(step.predictor)
             if predictor is None:
                 drops["predictor not in program"] += 1

@@ -11,8 +11,10 @@ from __future__ import annotations
 import asyncio
 import collections
 import hashlib
+import itertools
 import json
 import time
+import weakref
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -31,6 +33,8 @@ __all__ = [
     "Request",
     "Response",
     "Usage",
+    "format_history",
+    "recent_history",
 ]
 
 Message = dict[str, str]
@@ -168,12 +172,20 @@ def _cached_response(n: int) -> Any:
     return read
 
 
+# Every call of every LM gets the next number, so the histories of several LMs (a
+# per-predictor LM beside the configured one) merge back into the order the calls finished.
+_CALL_NUMBERS = itertools.count()
+# Every LM made in this process and still alive: ``ap.inspect_history()`` reads them all.
+_LIVE_LMS: weakref.WeakSet[BaseLM] = weakref.WeakSet()
+
+
 @dataclass(frozen=True)
 class HistoryEntry:
     request: Request
     response: Response | None
     error: str | None
     timestamp: float
+    number: int = field(default_factory=lambda: next(_CALL_NUMBERS))
 
 
 class BaseLM:
@@ -201,6 +213,7 @@ class BaseLM:
         self.cache = resolve_cache(cache)
         self.usage = UsageTracker(price)
         self.history: collections.deque[HistoryEntry] = collections.deque(maxlen=history_size)
+        _LIVE_LMS.add(self)
 
     # -- identity -------------------------------------------------------------
     @property
@@ -331,24 +344,37 @@ class BaseLM:
         return results
 
     def inspect_history(self, n: int = 1, *, file: Any = None) -> str:
-        """Prints (and returns) the last ``n`` calls: the messages sent and what came back."""
-        lines: list[str] = []
-        for entry in list(self.history)[-n:]:
-            stamp = time.strftime("%H:%M:%S", time.localtime(entry.timestamp))
-            lines.append(f"===== {stamp} {self!r} =====")
-            for message in entry.request.messages:
-                lines.append(f"--- {message['role']} ---")
-                lines.append(message["content"])
-            if entry.response is not None:
-                cached = " (cached)" if entry.response.cached else ""
-                for i, text in enumerate(entry.response.texts):
-                    lines.append(f"--- completion {i}{cached} ---")
-                    lines.append(text)
-            else:
-                lines.append(f"--- error ---\n{entry.error}")
-        text = "\n".join(lines)
-        print(text, file=file)
-        return text
+        """Prints (and returns) this LM's last ``n`` calls: the messages sent and what came
+        back. ``ap.inspect_history(n)`` shows the last calls of every LM."""
+        return format_history([(self, e) for e in list(self.history)[-n:]], file=file)
+
+
+def recent_history(n: int) -> list[tuple[BaseLM, HistoryEntry]]:
+    """The last ``n`` calls over every live LM, oldest first."""
+    entries = [(lm, e) for lm in list(_LIVE_LMS) for e in list(lm.history)]
+    entries.sort(key=lambda pair: pair[1].number)
+    return entries[-n:] if n > 0 else []
+
+
+def format_history(entries: Sequence[tuple[BaseLM, HistoryEntry]], *, file: Any = None) -> str:
+    """Prints (and returns) calls as the model saw them, each headed by the LM that answered."""
+    lines: list[str] = []
+    for lm, entry in entries:
+        stamp = time.strftime("%H:%M:%S", time.localtime(entry.timestamp))
+        lines.append(f"===== {stamp} {lm!r} =====")
+        for message in entry.request.messages:
+            lines.append(f"--- {message['role']} ---")
+            lines.append(message["content"])
+        if entry.response is not None:
+            cached = " (cached)" if entry.response.cached else ""
+            for i, text in enumerate(entry.response.texts):
+                lines.append(f"--- completion {i}{cached} ---")
+                lines.append(text)
+        else:
+            lines.append(f"--- error ---\n{entry.error}")
+    text = "\n".join(lines)
+    print(text, file=file)
+    return text
 
 
 def _check_batch(requests: Any) -> None:

@@ -11,9 +11,10 @@ from apprentice.example import Example
 from apprentice.module import Module
 from apprentice.optimize.labeled import Optimizer, _check_trainset
 from apprentice.traces.bootstrap import _retry_copy, _teacher_program, passes
-from apprentice.traces.capture import run_traced
+from apprentice.traces.capture import Step, run_traced
 
 __all__ = ["BootstrapFewShot"]
+
 
 log = logging.getLogger(__name__)
 
@@ -59,6 +60,7 @@ class BootstrapFewShot(Optimizer):
                 "the teacher must be the same program"
             )
         demos: dict[str, list[Example]] = {path: [] for path in paths}
+        predictors = dict(program.named_predictors())
         used: set[int] = set()
         errors = 0
         first_error: str | None = None
@@ -92,8 +94,9 @@ class BootstrapFewShot(Optimizer):
                     continue
                 used.add(index)
                 for step in trace.steps:
-                    if step.error is None and step.output is not None and step.predictor in demos:
-                        demos[step.predictor].append(Example({**step.inputs, **step.output}))
+                    demo = _demo_of(step, predictors)
+                    if demo is not None:
+                        demos[step.predictor].append(demo)
         if tried and errors == tried:
             raise RuntimeError(
                 f"BootstrapFewShot: all {tried} teacher runs failed, so no demos could be "
@@ -109,3 +112,15 @@ class BootstrapFewShot(Optimizer):
         self.stats = {"bootstrapped": len(used), "errors": errors, "tried": len(examples)}
         log.info("BootstrapFewShot: %s", self.stats)
         return program
+
+
+def _demo_of(step: Step, predictors: dict[str, Any]) -> Example | None:
+    """A step as a demo of its predictor, or None: a failed or rejected step (an attempt an
+    Assert/Suggest or BestOfN threw away) never teaches. The demo holds the predictor's own
+    fields only, so a re-run's ``past_*`` and ``feedback`` inputs stay out of it."""
+    predictor = predictors.get(step.predictor)
+    if predictor is None or step.rejected or step.error is not None or step.output is None:
+        return None
+    names = predictor.signature.fields
+    values = {**step.inputs, **step.output}
+    return Example({n: values[n] for n in names if n in values})

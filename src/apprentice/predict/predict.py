@@ -12,6 +12,7 @@ from apprentice.example import Example, Prediction
 from apprentice.formats.base import Format, ParseError
 from apprentice.formats.values import to_jsonable
 from apprentice.module import Predictor, ProgramFileError
+from apprentice.predict.assertions import finish_call, sampling_of, start_call
 from apprentice.settings import settings
 from apprentice.signature import Signature, ensure_signature
 
@@ -112,8 +113,12 @@ class Predict(Predictor):
                 "or set predictor.lm"
             )
         inputs = self._check_inputs(kwargs)
+        # Inside a re-run after a failed Assert/Suggest, the call it targets gets the
+        # rejected outputs and the feedback as extra inputs.
+        signature, inputs, calls = start_call(self, self.signature, inputs)
+        config.update(sampling_of(calls))  # a BestOfN attempt's rollout and temperature
         fmt = default_format()
-        messages = fmt.render(self.signature, demos, inputs)
+        messages = fmt.render(signature, demos, inputs)
         from apprentice.lm.base import Request
 
         stop = config.get("stop")
@@ -126,9 +131,9 @@ class Predict(Predictor):
             top_p=config.get("top_p"),
             seed=config.get("seed"),
             rollout=config.get("rollout", 0),
-            meta=RequestMeta(self.signature, inputs, fmt),
+            meta=RequestMeta(signature, inputs, fmt),
         )
-        return lm, fmt, demos, inputs, request
+        return lm, fmt, demos, inputs, calls, request
 
     def _check_inputs(self, kwargs: dict[str, Any]) -> dict[str, Any]:
         expected = self.signature.input_fields
@@ -152,53 +157,53 @@ class Predict(Predictor):
                 f"{type(self).__name__} takes inputs as keywords, e.g. "
                 f"{', '.join(f'{n}=...' for n in self.signature.input_fields)}; got positional {args!r}"
             )
-        lm, fmt, demos, inputs, request = self._prepare(kwargs)
+        lm, fmt, demos, inputs, calls, request = self._prepare(kwargs)
         start = time.perf_counter()
         try:
             response = lm.generate([request])[0]
         except Exception as exc:
-            self._observe(lm, demos, inputs, request, None, [], start, exc)
+            self._observe(lm, demos, inputs, request, None, [], start, exc, calls)
             raise
-        return self._finish(lm, fmt, demos, inputs, request, response, start)
+        return self._finish(lm, fmt, demos, inputs, request, response, start, calls)
 
     async def aforward(self, *args: Any, **kwargs: Any) -> Prediction:
         if args:
             raise TypeError(
                 f"{type(self).__name__} takes inputs as keywords; got positional {args!r}"
             )
-        lm, fmt, demos, inputs, request = self._prepare(kwargs)
+        lm, fmt, demos, inputs, calls, request = self._prepare(kwargs)
         start = time.perf_counter()
         try:
             response = (await lm.agenerate([request]))[0]
         except Exception as exc:
-            self._observe(lm, demos, inputs, request, None, [], start, exc)
+            self._observe(lm, demos, inputs, request, None, [], start, exc, calls)
             raise
-        return self._finish(lm, fmt, demos, inputs, request, response, start)
+        return self._finish(lm, fmt, demos, inputs, request, response, start, calls)
 
-    def _finish(self, lm, fmt, demos, inputs, request, response, start) -> Prediction:
+    def _finish(self, lm, fmt, demos, inputs, request, response, start, calls) -> Prediction:
+        signature = request.meta.signature
         outputs: list[dict[str, Any]] = []
         first_error: ParseError | None = None
         for text in response.texts:
             try:
-                outputs.append(fmt.parse(self.signature, text))
+                outputs.append(fmt.parse(signature, text))
             except ParseError as exc:
                 first_error = first_error or exc
         if not outputs:
-            error = first_error or ParseError(
-                "", list(self.signature.output_fields), None, fmt.name
-            )
-            self._observe(lm, demos, inputs, request, response, [], start, error)
+            error = first_error or ParseError("", list(signature.output_fields), None, fmt.name)
+            self._observe(lm, demos, inputs, request, response, [], start, error, calls)
             raise error
-        self._observe(lm, demos, inputs, request, response, outputs, start, None)
+        finish_call(self, calls, outputs[0])
+        self._observe(lm, demos, inputs, request, response, outputs, start, None, calls)
         return Prediction.from_completions(outputs)
 
-    def _observe(self, lm, demos, inputs, request, response, outputs, start, error) -> None:
+    def _observe(self, lm, demos, inputs, request, response, outputs, start, error, calls) -> None:
         observers = settings().observers
         if not observers:
             return
         record = StepRecord(
             predictor=self,
-            signature=self.signature,
+            signature=request.meta.signature,
             demos=[dict(d) for d in demos],
             inputs=dict(inputs),
             messages=list(request.messages),
@@ -210,6 +215,7 @@ class Predict(Predictor):
             latency_s=time.perf_counter() - start,
             cached=bool(response is not None and response.cached),
             error=error,
+            extra={"calls": calls} if calls else {},
         )
         for observer in observers:
             observer(record)

@@ -54,6 +54,8 @@ class BootstrapResult:
     low_score: int = 0
     retried: int = 0
     calls: int = 0
+    # Steps of attempts an Assert/Suggest re-run or BestOfN threw away (in kept traces too).
+    rejected_steps: int = 0
     elapsed_s: float = 0.0
     traces: list[Trace] | None = field(default=None, repr=False)
 
@@ -71,6 +73,7 @@ class BootstrapResult:
             "low_score": self.low_score,
             "retried": self.retried,
             "calls": self.calls,
+            "rejected_steps": self.rejected_steps,
             "elapsed_s": round(self.elapsed_s, 3),
             "calls_per_s": round(self.calls_per_s, 1),
         }
@@ -328,6 +331,7 @@ def _better(candidate: Trace, best: Trace) -> bool:
 def _count(result: BootstrapResult, trace: Trace, calls: int, threshold: float | None) -> None:
     result.ran += 1
     result.calls += calls
+    result.rejected_steps += sum(step.rejected for step in trace.steps)
     result.retried += trace.attempt > 0
     if passes(trace, threshold):
         result.kept += 1

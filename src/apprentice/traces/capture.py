@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any
 
 from apprentice.formats.values import to_jsonable
 from apprentice.metric import as_score, bind_metric
+from apprentice.predict.assertions import rejection
 from apprentice.settings import context, settings
 
 if TYPE_CHECKING:
@@ -44,6 +45,10 @@ class Step:
     latency_s: float = 0.0
     cached: bool = False
     error: str | None = None
+    # A step of a thrown-away attempt (an Assert/Suggest re-run, a BestOfN attempt that was
+    # not chosen): kept in the trace to read, never used as a demo or a training row.
+    rejected: bool = False
+    rejection: str | None = None
 
     @property
     def completion(self) -> str | None:
@@ -167,16 +172,28 @@ def _step_from_record(record: StepRecord, paths: dict[int, str]) -> Step:
 def capture(program: Module | None = None) -> Iterator[list[Step]]:
     """Collects the steps of the enclosed calls: ``with capture(program) as steps: program(...)``.
 
-    Paths are the predictors' dotted paths within ``program``.
+    Paths are the predictors' dotted paths within ``program``. Steps of attempts that were
+    thrown away (Assert/Suggest re-runs, BestOfN) are marked ``rejected`` when the block ends.
     """
     paths = {id(p): path for path, p in program.named_predictors()} if program is not None else {}
     steps: list[Step] = []
+    in_attempts: list[tuple[Step, Any, Any]] = []
 
     def observe(record: StepRecord) -> None:
-        steps.append(_step_from_record(record, paths))
+        step = _step_from_record(record, paths)
+        steps.append(step)
+        calls = record.extra.get("calls")
+        if calls:
+            in_attempts.append((step, record.predictor, calls))
 
-    with context(observers=(*settings().observers, observe)):
-        yield steps
+    try:
+        with context(observers=(*settings().observers, observe)):
+            yield steps
+    finally:
+        for step, predictor, calls in in_attempts:
+            reason = rejection(predictor, calls)
+            if reason is not None:
+                step.rejected, step.rejection = True, reason
 
 
 Metric = Callable[..., Any]
