@@ -32,7 +32,7 @@ from apprentice.optimize import (
     BootstrapFinetune,
     LabeledFewShot,
 )
-from apprentice.predict import ChainOfThought, Predict
+from apprentice.predict import ChainOfThought, MultiChainComparison, Predict, ReAct, Tool
 from apprentice.settings import configure, context
 from apprentice.settings import settings as _current_settings
 from apprentice.signature import (
@@ -71,6 +71,9 @@ __all__ = [
     "BaseLM",
     "Cache",
     "ChainOfThought",
+    "MultiChainComparison",
+    "ReAct",
+    "Tool",
     "ChatFormat",
     "Completions",
     "Evaluate",
