@@ -19,7 +19,7 @@ def _run(program_lm, sentence):
 def test_the_teacher_scores_perfectly_and_outputs_are_entities():
     program = NER()
     program.set_lm(ap.ScriptedLM(teacher))
-    devset = make_examples(40, seed=3)
+    devset = make_examples(40, seed=3, split="dev")
     assert ap.Evaluate(devset=devset, metric=metric, display_progress=False)(program).score == 1.0
     pred = program(sentence="Kenji Sato joined Calder Bank in Osaka last spring.")
     assert pred.entities == [
@@ -69,7 +69,7 @@ def test_a_tiny_student_learns_typed_entities(tmp_path):
         train=ap.TrainConfig(full_finetune=True, epochs=25, learning_rate=2e-3, save_every=10**6),
     )
     compiled = optimizer.compile(NER(), trainset=trainset, teacher=lm)
-    heldout = make_examples(50, seed=7)
+    heldout = make_examples(50, seed=7, split="dev")
     result = ap.Evaluate(devset=heldout, metric=metric, num_threads=16, display_progress=False)(
         compiled
     )

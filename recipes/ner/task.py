@@ -9,6 +9,7 @@ deterministic given a seed; the score is the entity-level F1 of each sentence.
 
 from __future__ import annotations
 
+import hashlib
 import random
 import re
 from typing import Literal
@@ -17,9 +18,29 @@ from pydantic import BaseModel
 
 import apprentice as ap
 
-PEOPLE = ["Alma Reyes", "Kenji Sato", "Ines Duarte", "Tomasz Nowak", "Priya Raman", "Omar Haddad"]
-ORGS = ["Norwind Labs", "Calder Bank", "Bluefin Media", "Oakridge Health", "Vantor Motors"]
-PLACES = ["Lisbon", "Nairobi", "Osaka", "Quito", "Tallinn", "Perth"]
+PEOPLE = [
+    "Alma Reyes",
+    "Kenji Sato",
+    "Ines Duarte",
+    "Tomasz Nowak",
+    "Priya Raman",
+    "Omar Haddad",
+    "Lena Berg",
+    "Felix Okafor",
+    "Mira Kovac",
+    "Dev Malhotra",
+]
+ORGS = [
+    "Norwind Labs",
+    "Calder Bank",
+    "Bluefin Media",
+    "Oakridge Health",
+    "Vantor Motors",
+    "Pioneer Foods",
+    "Ardent Systems",
+    "Silverline Air",
+]
+PLACES = ["Lisbon", "Nairobi", "Osaka", "Quito", "Tallinn", "Perth", "Bergen", "Cusco", "Hanoi"]
 _TEMPLATES = [
     "{person} joined {org} in {place} last spring.",
     "{org} opened a new office in {place}.",
@@ -27,6 +48,8 @@ _TEMPLATES = [
     "Yesterday {person} said that {org} will hire in {place}.",
     "{person2} and {person} left {org} for {org2}.",
     "The mayor of {place} thanked {org} for the new park.",
+    "{org} and {org2} signed a deal in {place}.",
+    "{person} moved to {place} after {org} closed its {place2} branch.",
 ]
 TYPES = {"person": PEOPLE, "organization": ORGS, "location": PLACES}
 
@@ -51,10 +74,14 @@ class NER(ap.Module):
         return ap.Prediction(entities=self.extract(sentence=sentence).entities)
 
 
-def make_examples(n: int, seed: int = 0) -> list[ap.Example]:
+def make_examples(n: int, seed: int = 0, split: str = "train") -> list[ap.Example]:
+    """``n`` sentences of ``split``: one sentence in five (by a hash of its text) belongs to
+    "dev", the others to "train", so a dev set never repeats a training sentence."""
+    if split not in ("train", "dev"):
+        raise ValueError(f"split must be 'train' or 'dev', got {split!r}")
     rng = random.Random(seed)
     examples = []
-    for _ in range(n):
+    while len(examples) < n:
         people, orgs, places = rng.sample(PEOPLE, 2), rng.sample(ORGS, 2), rng.sample(PLACES, 2)
         sentence = rng.choice(_TEMPLATES).format(
             person=people[0],
@@ -64,10 +91,16 @@ def make_examples(n: int, seed: int = 0) -> list[ap.Example]:
             place=places[0],
             place2=places[1],
         )
+        if (_bucket(sentence) == 0) != (split == "dev"):
+            continue
         examples.append(
             ap.Example(sentence=sentence, entities=find_entities(sentence)).with_inputs("sentence")
         )
     return examples
+
+
+def _bucket(sentence: str) -> int:
+    return hashlib.sha256(sentence.encode()).digest()[0] % 5
 
 
 def find_entities(sentence: str) -> list[dict]:

@@ -239,3 +239,22 @@ def test_a_turn_that_failed_to_parse_is_no_row_but_its_episode_stays(tmp_path):
     )
     assert manifest.drops == {"step failed to parse": 3}
     assert manifest.counts["train"] == {"agent.extract": 3, "agent.react": 12}
+
+
+def test_tools_are_described_by_name_docstring_and_hints():
+    def convert(amount: float, unit: str = "km") -> str:
+        """Converts a distance.
+
+        Second paragraph: not shown."""
+        return f"{amount} {unit}"
+
+    tool = ap.Tool(convert)
+    assert tool.describe() == (
+        "convert: Converts a distance. Arguments: "
+        '{"amount": {"type": "number"}, "unit": {"default": "km", "type": "string"}}'
+    )
+    assert tool.validate({"amount": "2.5"}) == {"amount": 2.5, "unit": "km"}
+    renamed = ap.Tool(convert, name="to_km", desc="Distance in km.")
+    program = ap.ReAct("q -> a", tools=[renamed])
+    assert list(program.tools) == ["to_km", "finish"]
+    assert "(1) to_km: Distance in km. Arguments:" in program.react.signature.instructions

@@ -1,5 +1,7 @@
 """BootstrapFinetune distils the ReAct shop agent into a tiny student that then makes the
-tool calls itself on held-out questions (slow: ~2-4 minutes on 2 cores)."""
+tool calls itself on held-out questions. Slow: the same training as
+recipes/react_agent/causal.yaml (~500 rows, 25 epochs), a few minutes on 2 quiet cores and
+far more on a shared box, hence the long timeout."""
 
 from __future__ import annotations
 
@@ -29,9 +31,10 @@ def _score(program) -> tuple[float, float]:
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(3600)  # training time grows with the box's load, not a hang
 def test_a_tiny_student_learns_to_call_the_tools(tmp_path):
     lm = ap.ScriptedLM(teacher)
-    trainset = make_examples(150)
+    trainset = make_examples(100)
     student = make_tiny_student(
         "causal", task_corpus(ShopAgent(), trainset, lm), tmp_path / "student", vocab_size=1000
     )
@@ -42,14 +45,14 @@ def test_a_tiny_student_learns_to_call_the_tools(tmp_path):
         run_dir=tmp_path / "run",
         progress=False,
         lm_options={"max_new_tokens": 48},
-        train=ap.TrainConfig(full_finetune=True, epochs=20, learning_rate=2e-3, save_every=10**6),
+        train=ap.TrainConfig(full_finetune=True, epochs=25, learning_rate=3e-3, save_every=10**6),
     )
     compiled = optimizer.compile(ShopAgent(), trainset=trainset, teacher=lm)
     # One row per agent turn (4 per question: two lookups, the sum, finish) plus the
     # extract step's row, counted over both splits.
     counts = optimizer.results["dataset"]["counts"]
     rows = {p: counts["train"].get(p, 0) + counts["validation"].get(p, 0) for p in counts["train"]}
-    assert rows == {"agent.react": 4 * 150, "agent.extract": 150}
+    assert rows == {"agent.react": 4 * 100, "agent.extract": 100}
 
     trained_score, trained_calls = _score(compiled)
 

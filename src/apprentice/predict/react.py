@@ -38,7 +38,6 @@ import json
 import logging
 import typing
 from collections.abc import Callable, Iterable, Mapping
-from dataclasses import dataclass
 from typing import Any, Literal
 
 from apprentice.example import Prediction
@@ -57,28 +56,25 @@ FINISH = "finish"
 _OWN_FIELDS = ("trajectory", "next_thought", "next_tool_name", "next_tool_args")
 
 
-@dataclass(frozen=True)
 class Tool:
-    """A Python callable the agent may call. Its name, docstring and type hints are what
-    the model is told about it; its parameters validate the arguments the model writes."""
+    """A Python callable the agent may call: ``Tool(fn, name=None, desc=None)``. Its name,
+    docstring (first paragraph) and type hints are what the model is told about it; its
+    parameters validate the arguments the model writes. Plain callables passed to ReAct
+    are wrapped in a Tool."""
 
-    fn: Callable[..., Any]
-    name: str
-    desc: str
-    args_model: Any  # a pydantic model class built from ``fn``'s parameters
-
-    @classmethod
-    def from_function(
-        cls, fn: Callable[..., Any], *, name: str | None = None, desc: str | None = None
-    ) -> Tool:
+    def __init__(
+        self, fn: Callable[..., Any], *, name: str | None = None, desc: str | None = None
+    ) -> None:
         if not callable(fn):
             raise TypeError(f"a ReAct tool must be a callable, got {fn!r}")
         name = name or getattr(fn, "__name__", None)
         if not name or not name.isidentifier():
-            raise ValueError(f"tool {fn!r} has no usable name ({name!r}); pass Tool(name=...)")
+            raise ValueError(f"tool {fn!r} has no usable name ({name!r}); pass Tool(fn, name=...)")
         doc = inspect.getdoc(fn) or ""
-        desc = desc if desc is not None else doc.split("\n\n")[0].replace("\n", " ").strip()
-        return cls(fn=fn, name=name, desc=desc, args_model=_args_model(fn, name))
+        self.fn = fn
+        self.name = name
+        self.desc = desc if desc is not None else doc.split("\n\n")[0].replace("\n", " ").strip()
+        self.args_model = _args_model(fn, name)  # a pydantic model of fn's parameters
 
     def args_schema(self) -> dict[str, Any]:
         """Each parameter's JSON schema, as the model is shown it."""
@@ -107,6 +103,9 @@ class Tool:
     def __call__(self, **kwargs: Any) -> Any:
         return self.fn(**kwargs)
 
+    def __repr__(self) -> str:
+        return f"Tool({self.name!r})"
+
 
 def _args_model(fn: Callable[..., Any], name: str) -> Any:
     from pydantic import ConfigDict, create_model
@@ -134,7 +133,7 @@ def _finish_tool(signature: type[Signature]) -> Tool:
     def finish(**_: Any) -> str:  # arguments written for finish are ignored, not refused
         return "Done."
 
-    return Tool.from_function(
+    return Tool(
         finish, desc=f"Ends the task: call it once you have what is needed to produce {outputs}."
     )
 
@@ -221,7 +220,7 @@ class ReAct(Module):
                 f"ReAct adds the fields {list(_OWN_FIELDS)}; the signature already has {clash}: "
                 "rename them"
             )
-        tools = [t if isinstance(t, Tool) else Tool.from_function(t) for t in tools]
+        tools = [t if isinstance(t, Tool) else Tool(t) for t in tools]
         names = [t.name for t in tools]
         if FINISH in names or len(set(names)) != len(names):
             raise ValueError(
