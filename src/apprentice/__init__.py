@@ -34,7 +34,7 @@ from apprentice.optimize import (
     BootstrapFinetune,
     LabeledFewShot,
 )
-from apprentice.predict import ChainOfThought, Predict
+from apprentice.predict import ChainOfThought, MultiChainComparison, Predict, ReAct, Tool
 from apprentice.predict.assertions import Assert, AssertionFailed, Suggest
 from apprentice.predict.best_of_n import BestOfN, Refine
 from apprentice.retrieve import BM25Retriever, DenseRetriever, Retrieve, Retriever
@@ -90,6 +90,9 @@ __all__ = [
     "BaseLM",
     "Cache",
     "ChainOfThought",
+    "MultiChainComparison",
+    "ReAct",
+    "Tool",
     "ChatFormat",
     "Completions",
     "Evaluate",
