@@ -11,8 +11,9 @@ the city (-> "Varell is a city in Ostmark."). The scripted teacher sometimes wri
 query first (the whole question; the first hop's query again), so every run exercises
 the backtracking, and distillation must learn from the corrected queries only.
 
-The search is a plain callable ``search(query, k) -> list[str]``: the program takes any
-(``MultiHop(search=...)``); by default ``keyword_overlap_search`` over the generated corpus.
+The search is ``ap.Retrieve``: BM25 (``ap.BM25Retriever``) over the generated corpus by
+default, or any callable ``search(query, k) -> list[str]`` (``MultiHop(search=...)``, e.g.
+``keyword_overlap_search``, which needs nothing beyond Python).
 (It should become ``ap.Retrieve`` over a BM25 index once apprentice.retrieve lands.)
 """
 
@@ -117,8 +118,8 @@ class MultiHop(ap.Module):
     ) -> None:
         self.generate_query = [ap.Predict(GenerateSearchQuery) for _ in range(hops)]
         self.generate_answer = ap.Predict(GenerateAnswer)
-        self.passages_per_hop = passages_per_hop
-        self.search = search or keyword_overlap_search
+        # DSPy's shape: a Retrieve per program, BM25 over the corpus unless a search is given.
+        self.retrieve = ap.Retrieve(k=passages_per_hop, rm=search or ap.BM25Retriever(CORPUS))
 
     def forward(self, question: str) -> ap.Prediction:
         context: list[str] = []
@@ -137,7 +138,7 @@ class MultiHop(ap.Module):
                 target=hop,
             )
             earlier.append(query)
-            context += [p for p in self.search(query, self.passages_per_hop) if p not in context]
+            context += [p for p in self.retrieve(query).passages if p not in context]
         answer = self.generate_answer(context=context, question=question).answer
         return ap.Prediction(context=context, answer=answer)
 
