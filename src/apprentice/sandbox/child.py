@@ -7,7 +7,9 @@ parent can say which limit stopped a program even when the program died of a Pyt
 """
 
 import errno
+import linecache
 import resource
+import socket
 import sys
 import traceback
 
@@ -22,8 +24,6 @@ _DISK = {errno.ENOSPC, errno.EFBIG, errno.EDQUOT}
 
 def _limit_of(exc):
     """Which sandbox limit an uncaught exception comes from, or None for an ordinary bug."""
-    import socket
-
     if isinstance(exc, MemoryError):
         return "memory"
     if isinstance(exc, RuntimeError) and "can't start new thread" in str(exc):
@@ -51,8 +51,6 @@ def _main(cpu, memory, file_bytes, open_files, code):
     # No new processes or threads: with 0, every fork and clone fails with EAGAIN
     # (enforced because the uid is not root; the launcher made sure of that).
     resource.setrlimit(resource.RLIMIT_NPROC, (0, 0))
-    import linecache
-
     linecache.cache["<program>"] = (len(code), None, code.splitlines(True), "<program>")
     namespace = {"__name__": "__main__", "__builtins__": __builtins__}
     try:
@@ -60,6 +58,7 @@ def _main(cpu, memory, file_bytes, open_files, code):
     except SystemExit:
         raise
     except BaseException as exc:  # report every failure to the parent, then exit
+        namespace.clear()  # frees what the program held: reporting may need memory
         limit = _limit_of(exc)
         traceback.print_exception(type(exc), exc, exc.__traceback__.tb_next)  # from <program>
         sys.stdout.flush()

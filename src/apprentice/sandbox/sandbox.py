@@ -329,9 +329,39 @@ def _read_bounded(proc: subprocess.Popen, limits: SandboxLimits, start: float):
 
 
 def _kill(proc: subprocess.Popen) -> None:
-    """SIGKILL the launcher's group; the box dies with it (parent-death signal, pid 1 gone)."""
-    with contextlib.suppress(ProcessLookupError):
-        os.killpg(proc.pid, signal.SIGKILL)
+    """SIGKILLs the launcher and every process below it, and waits until they are gone.
+
+    The box dies with its launcher anyway (parent-death signal, pid 1 gone) but a moment
+    later; killing the tree by hand means that when ``run`` returns, nothing is left.
+    """
+    pids = [proc.pid, *_descendants(proc.pid)]
+    for pid in pids:
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.kill(pid, signal.SIGKILL)
+    proc.wait()
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline and any(_alive(pid) for pid in pids[1:]):
+        time.sleep(0.01)
+
+
+def _descendants(pid: int) -> list[int]:
+    found, todo = [], [pid]
+    while todo:
+        parent = todo.pop()
+        for task in Path(f"/proc/{parent}/task").glob("*"):
+            with contextlib.suppress(OSError):
+                children = [int(c) for c in (task / "children").read_text().split()]
+                found += children
+                todo += children
+    return found
+
+
+def _alive(pid: int) -> bool:
+    """True while the process exists and is not a zombie."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return False
 
 
 def _limit_of_status(returncode: int) -> str | None:
