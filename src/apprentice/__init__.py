@@ -33,6 +33,7 @@ from apprentice.optimize import (
     LabeledFewShot,
 )
 from apprentice.predict import ChainOfThought, Predict
+from apprentice.predict.program_of_thought import ProgramOfThought
 from apprentice.settings import configure, context
 from apprentice.settings import settings as _current_settings
 from apprentice.signature import (
@@ -88,6 +89,7 @@ __all__ = [
     "OutputField",
     "ParseError",
     "Predict",
+    "ProgramOfThought",
     "Prediction",
     "Price",
     "ProgramFileError",
