@@ -18,8 +18,7 @@ _ITEMS = ("apples", "marbles", "stickers", "pencils", "cards", "shells")
 # (problem, program): one family of problems each; {a}, {b}, {c} are numbers.
 TEMPLATES = (
     (
-        "{name} has {a} {item}. {name} buys {b} more and gives away {c}. "
-        "How many {item} are left?",
+        "{name} has {a} {item}. {name} buys {b} more and gives away {c}. How many {item} are left?",
         "{item} = {a}\n{item} = {item} + {b} - {c}\nprint({item})",
     ),
     (
@@ -27,8 +26,7 @@ TEMPLATES = (
         "per_box = {a}\nboxes = {b}\nprint(per_box * boxes)",
     ),
     (
-        "{name} shares {a} {item} equally among {b} friends. "
-        "How many {item} does each friend get?",
+        "{name} shares {a} {item} equally among {b} friends. How many {item} does each friend get?",
         "total = {a}\nfriends = {b}\nprint(total // friends)",
     ),
     (
@@ -59,10 +57,10 @@ def solve(question: str) -> str:
     """The teacher's program for ``question`` (what a strong model would write)."""
     for problem, program in TEMPLATES:
         pattern = re.escape(problem)
-        for slot in ("name", "item", "a", "b", "c"):
-            group = r"(?P<%s>\w+)" % slot
-            pattern = pattern.replace(re.escape("{%s}" % slot), group, 1)
-            pattern = pattern.replace(re.escape("{%s}" % slot), "(?P=%s)" % slot)
+        for slot in ("name", "item", "a", "b", "c"):  # first use captures, later ones match it
+            placeholder = re.escape("{" + slot + "}")
+            pattern = pattern.replace(placeholder, rf"(?P<{slot}>\w+)", 1)
+            pattern = pattern.replace(placeholder, f"(?P={slot})")
         match = re.fullmatch(pattern, question)
         if match:
             return program.format(**match.groupdict())
@@ -79,7 +77,9 @@ def make_examples(n: int, seed: int = 0) -> list[ap.Example]:
         scope: dict = {}
         program = TEMPLATES[kind][1].format(**slots).replace("print(", "result = (")
         exec(program, scope)  # our own template, not model output: the gold answer
-        examples.append(ap.Example(question=question, answer=scope["result"]).with_inputs("question"))
+        examples.append(
+            ap.Example(question=question, answer=scope["result"]).with_inputs("question")
+        )
     return examples
 
 
