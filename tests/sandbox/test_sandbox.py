@@ -136,6 +136,18 @@ def test_writes_outside_the_working_folder_fail(box, tmp_path, target):
     assert not os.path.exists(target)
 
 
+def test_the_devices_a_program_may_use_work(box):
+    code = "open('/dev/null', 'w').write('x')\nprint(len(open('/dev/urandom', 'rb').read(8)))"
+    assert box.run(code).stdout == "8\n"
+
+
+def test_the_interpreter_uses_its_own_standard_library(box):
+    import sys
+
+    result = box.run("import json, sys\nprint(sys.prefix, json.__file__.startswith(sys.prefix))")
+    assert result.stdout.split() == [os.path.realpath(sys.base_prefix), "True"]
+
+
 def test_the_working_folder_is_writable_and_fresh_every_run(box):
     first = box.run("import os\nopen('note.txt', 'w').write('hi')\nprint(os.listdir('.'))")
     assert first.stdout == "['note.txt']\n"

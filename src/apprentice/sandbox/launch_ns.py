@@ -43,27 +43,28 @@ def _mount(source, target, fstype, flags, data=None):
     )
 
 
-def _bind_readonly(source, target):
+def _bind(source, target, flags=MS_RDONLY | MS_NOSUID | MS_NODEV):
+    """Binds ``source`` on ``target``, then remounts it with ``flags`` (read-only by default)."""
     if os.path.isdir(source):
         os.makedirs(target, exist_ok=True)
     else:
         os.makedirs(os.path.dirname(target), exist_ok=True)
         open(target, "a").close()
     _mount(source, target, None, MS_BIND | MS_REC)
-    _mount(None, target, None, MS_REMOUNT | MS_BIND | MS_RDONLY | MS_NOSUID | MS_NODEV)
+    _mount(None, target, None, MS_REMOUNT | MS_BIND | flags)
 
 
 def _build_root(root, tmp_bytes, ro_paths):
     _mount(None, "/", None, MS_REC | MS_PRIVATE)  # nothing below propagates to the host
     _mount("tmpfs", root, "tmpfs", MS_NOSUID | MS_NODEV, "size=1m,mode=755")
     for path in ro_paths:
-        _bind_readonly(path, root + path)
+        _bind(path, root + path)
     for name in os.listdir("/"):  # merged-/usr links such as /lib -> usr/lib
         link = "/" + name
         if os.path.islink(link) and not os.path.lexists(root + link):
             os.symlink(os.readlink(link), root + link)
     for name in DEVICES:
-        _bind_readonly("/dev/" + name, f"{root}/dev/{name}")
+        _bind("/dev/" + name, f"{root}/dev/{name}", MS_NOSUID)  # /dev/null takes writes
     os.makedirs(root + "/tmp")
     _mount("tmpfs", root + "/tmp", "tmpfs", MS_NOSUID | MS_NODEV, f"size={tmp_bytes},mode=1777")
     _mount(None, root, None, MS_REMOUNT | MS_RDONLY | MS_NOSUID | MS_NODEV)

@@ -46,6 +46,7 @@ _HERE = Path(__file__).resolve().parent
 _CHILD = (_HERE / "child.py").read_text()
 _LAUNCH_NS = _HERE / "launch_ns.py"
 EXIT_SETUP = 90  # launch_ns.py: the box could not be built
+_DEVICES = ("null", "zero", "random", "urandom")
 _SETUP_PREFIXES = ("bwrap:", "setpriv:", "sandbox setup:")
 _LIMIT_OF_EXIT = {code: name for name, code in EXIT_LIMIT.items()}
 _LIMIT_OF_SIGNAL = {signal.SIGXCPU: "cpu_time", signal.SIGXFSZ: "disk"}
@@ -189,12 +190,20 @@ def _bwrap_argv(limits: SandboxLimits, uid: int, gid: int) -> list[str]:
     argv += ["--die-with-parent", "--new-session", "--clearenv"]
     argv += ["--setenv", "PATH", "/usr/bin:/bin", "--setenv", "HOME", "/tmp"]
     argv += ["--setenv", "LANG", "C.UTF-8"]
+    made = set()
     for path in _readonly_paths():
+        for parent in reversed(Path(path).parents[:-1]):  # bwrap would make them 0700
+            if parent not in made:
+                made.add(parent)
+                argv += ["--perms", "0755", "--dir", str(parent)]
         argv += ["--ro-bind", path, path]
     for name in sorted(os.listdir("/")):  # merged-/usr links such as /lib -> usr/lib
         if os.path.islink("/" + name):
             argv += ["--symlink", os.readlink("/" + name), "/" + name]
-    argv += ["--dev", "/dev", "--perms", "1777", "--size", str(limits.disk_bytes)]
+    argv += ["--perms", "0755", "--dir", "/dev"]
+    for name in _DEVICES:  # not --dev: its /dev and /dev/shm are writable, unbounded tmpfs
+        argv += ["--dev-bind", f"/dev/{name}", f"/dev/{name}"]
+    argv += ["--perms", "1777", "--size", str(limits.disk_bytes)]
     argv += ["--tmpfs", "/tmp", "--remount-ro", "/", "--chdir", "/tmp"]
     if root:  # bwrap as root keeps the host uids: drop to uid inside, after the mounts
         argv += ["--cap-add", "CAP_SETUID", "--cap-add", "CAP_SETGID", "--", *_drop_to(uid, gid)]
@@ -244,11 +253,13 @@ def _probe(requested: str, uid: int, gid: int) -> str:
         reason = _missing(backend)
         if reason is None:
             try:
-                result = _execute(backend, SandboxLimits(wall_s=30), uid, gid, "print(6 * 7)")
+                probe = "import sys\nprint(6 * 7, sys.prefix)"
+                result = _execute(backend, SandboxLimits(wall_s=30), uid, gid, probe)
             except SandboxError as exc:
                 reason = str(exc)
             else:
-                if result.stdout.strip() == "42":
+                expected = f"42 {os.path.dirname(os.path.dirname(_interpreter()))}"
+                if result.stdout.strip() == expected:  # its own standard library, not another
                     log.info("sandbox backend: %s", backend)
                     return backend
                 reason = f"a test run printed {result.stdout!r}, stderr {result.stderr[-500:]!r}"
