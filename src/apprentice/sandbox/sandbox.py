@@ -121,7 +121,8 @@ class Sandbox:
     """``Sandbox().run(code) -> SandboxResult``; thread-safe, one fresh interpreter a run.
 
     ``backend`` is ``"auto"`` (bubblewrap, else hand-built namespaces), ``"bwrap"`` or
-    ``"namespaces"``. The first run probes the backend once per process.
+    ``"namespaces"``. The first run probes the backend once per process. ``uid``/``gid``
+    are who the program runs as when the caller is root; otherwise it runs as the caller.
     """
 
     def __init__(
