@@ -60,6 +60,14 @@ def test_an_error_goes_back_to_the_model_and_its_fix_is_used():
     assert result.answer == 42 and result.code == "print(6 * 7)"
 
 
+def test_the_error_the_model_sees_is_cut_to_its_last_characters():
+    fn, seen = scripted("raise ValueError('x' * 5000 + ' the end')")
+    program = pot(fn)
+    program.max_error_chars = 100
+    assert program(question="q").answer == 42
+    assert len(seen[1]["error"]) == 100 and seen[1]["error"].endswith("the end")
+
+
 def test_a_limit_hit_is_named_in_the_error_the_model_sees():
     fn, seen = scripted("while True:\n    pass")
     result = pot(fn, cpu_s=1, wall_s=60)(question="q")

@@ -73,7 +73,8 @@ class ProgramOfThought(Module):
     """``ProgramOfThought("question -> answer", max_iters=3)``: up to ``max_iters`` programs
     (one generate, then regenerates) until one runs; then ``answer`` reads its output.
 
-    ``sandbox`` defaults to ``Sandbox()`` with its default limits. The Prediction carries the
+    ``sandbox`` defaults to ``Sandbox()`` with its default limits. The model sees the last
+    ``max_error_chars`` of a failed run's error: a long traceback would swamp its prompt. The Prediction carries the
     signature's outputs plus ``code`` and ``code_output``. When every attempt fails,
     ``ProgramOfThoughtError`` is raised (so a teacher trace with broken code is dropped).
     """
@@ -84,6 +85,7 @@ class ProgramOfThought(Module):
         max_iters: int = 3,
         *,
         sandbox: Any = None,
+        max_error_chars: int = 600,
     ) -> None:
         if not isinstance(max_iters, int) or max_iters < 1:
             raise ValueError(f"max_iters must be a positive integer, got {max_iters!r}")
@@ -120,6 +122,7 @@ class ProgramOfThought(Module):
         self.signature = base
         self.max_iters = max_iters
         self.sandbox = sandbox
+        self.max_error_chars = max_error_chars
 
     def _box(self):
         if self.sandbox is None:
@@ -134,7 +137,7 @@ class ProgramOfThought(Module):
             result = self._box().run(code)
             if result.ok:
                 break
-            error = result.error_message()
+            error = result.error_message(self.max_error_chars)
             if attempt == self.max_iters:
                 raise ProgramOfThoughtError(
                     f"ProgramOfThought: all {self.max_iters} program(s) failed; the last one "

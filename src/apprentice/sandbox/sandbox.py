@@ -102,14 +102,15 @@ class SandboxResult:
     def ok(self) -> bool:
         return self.returncode == 0 and self.limit is None
 
-    def error_message(self) -> str:
-        """A short account of the failure for a person or a model to act on ('' when ok)."""
+    def error_message(self, max_chars: int = 2000) -> str:
+        """A short account of the failure for a person or a model to act on ('' when ok):
+        the limit hit, if any, and the last ``max_chars`` of stderr (the error is last)."""
         if self.ok:
             return ""
         lines = []
         if self.limit:
             lines.append(f"sandbox limit hit: {self.limit} (the program {LIMITS[self.limit]})")
-        tail = self.stderr.strip()[-2000:]
+        tail = self.stderr.strip()[-max_chars:]
         if tail:
             lines.append(tail)
         elif not self.limit:
