@@ -15,19 +15,22 @@ import apprentice as ap
 _NAMES = ("Ana", "Ben", "Chen", "Dara", "Eli", "Farah", "Gus", "Hana")
 _ITEMS = ("apples", "marbles", "stickers", "pencils", "cards", "shells")
 
-# (problem, program): one family of problems each; {a}, {b}, {c} are numbers.
+# (problem, program): one family of problems each; {a}, {b}, {c} are numbers. Each
+# program uses the numbers in the order the problem gives them, a habit a student copies.
 TEMPLATES = (
     (
-        "{name} has {a} {item}. {name} buys {b} more and gives away {c}. How many {item} are left?",
-        "{item} = {a}\n{item} = {item} + {b} - {c}\nprint({item})",
+        "{name} has {a} {item}. {name} buys {b} more and gives away {c}. "
+        "How many {item} are left?",
+        "{item} = {a} + {b} - {c}\nprint({item})",
     ),
     (
         "A box holds {a} {item}. How many {item} are in {b} boxes?",
-        "per_box = {a}\nboxes = {b}\nprint(per_box * boxes)",
+        "total = {a} * {b}\nprint(total)",
     ),
     (
-        "{name} shares {a} {item} equally among {b} friends. How many {item} does each friend get?",
-        "total = {a}\nfriends = {b}\nprint(total // friends)",
+        "{name} shares {a} {item} equally among {b} friends. "
+        "How many {item} does each friend get?",
+        "each = {a} // {b}\nprint(each)",
     ),
     (
         "One of the {item} costs {a} dollars. {name} buys {b} of them and pays with "
