@@ -19,8 +19,7 @@ _ITEMS = ("apples", "marbles", "stickers", "pencils", "cards", "shells")
 # program uses the numbers in the order the problem gives them, a habit a student copies.
 TEMPLATES = (
     (
-        "{name} has {a} {item}. {name} buys {b} more and gives away {c}. "
-        "How many {item} are left?",
+        "{name} has {a} {item}. {name} buys {b} more and gives away {c}. How many {item} are left?",
         "{item} = {a} + {b} - {c}\nprint({item})",
     ),
     (
@@ -28,8 +27,7 @@ TEMPLATES = (
         "total = {a} * {b}\nprint(total)",
     ),
     (
-        "{name} shares {a} {item} equally among {b} friends. "
-        "How many {item} does each friend get?",
+        "{name} shares {a} {item} equally among {b} friends. How many {item} does each friend get?",
         "each = {a} // {b}\nprint(each)",
     ),
     (
