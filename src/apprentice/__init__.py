@@ -37,6 +37,7 @@ from apprentice.optimize import (
 from apprentice.predict import ChainOfThought, MultiChainComparison, Predict, ReAct, Tool
 from apprentice.predict.assertions import Assert, AssertionFailed, Suggest
 from apprentice.predict.best_of_n import BestOfN, Refine
+from apprentice.predict.program_of_thought import ProgramOfThought
 from apprentice.retrieve import BM25Retriever, DenseRetriever, Retrieve, Retriever
 from apprentice.settings import configure, context
 from apprentice.signature import (
@@ -110,6 +111,7 @@ __all__ = [
     "OutputField",
     "ParseError",
     "Predict",
+    "ProgramOfThought",
     "Prediction",
     "Price",
     "ProgramFileError",
