@@ -58,6 +58,10 @@ def test_an_error_goes_back_to_the_model_and_its_fix_is_used():
     assert "NameError: name 'zero' is not defined" in fix_request["error"]
     assert "print(6 * 7 / zero)" in fix_request["error"]  # the failing line is shown
     assert result.answer == 42 and result.code == "print(6 * 7)"
+    # The failed program is kept in the trace but marked: it never becomes a demo or a
+    # training row; the fix (written from the failed code and its error) does.
+    assert [s.rejected for s in steps] == [True, False, False]
+    assert "program 1 failed: NameError" in steps[0].rejection
 
 
 def test_the_error_the_model_sees_is_cut_to_its_last_characters():

@@ -14,11 +14,13 @@ memory, output and wall-clock limits). If no sandbox can be built, the first cal
 
 from __future__ import annotations
 
+import functools
 import re
 from typing import Any
 
 from apprentice.example import Prediction
 from apprentice.module import Module
+from apprentice.predict.assertions import Attempt, attempt_scope
 from apprentice.predict.predict import Predict
 from apprentice.signature import InputField, OutputField, Signature, ensure_signature
 
@@ -132,21 +134,27 @@ class ProgramOfThought(Module):
         return self.sandbox
 
     def forward(self, **inputs: Any) -> Prediction:
-        code = extract_code(self.generate(**inputs).code)
-        for attempt in range(1, self.max_iters + 1):
+        write = functools.partial(self.generate, **inputs)
+        for number in range(1, self.max_iters + 1):
+            attempt = Attempt(f"ProgramOfThought program {number}")
+            with attempt_scope(attempt):
+                code = extract_code(write().code)
             result = self._box().run(code)
             if result.ok:
                 break
             error = result.error_message(self.max_error_chars)
-            if attempt == self.max_iters:
+            # A program that failed is never a demo or a training row (its step is marked
+            # rejected); the call that fixes it, from its code and error, is.
+            last_line = error.strip().splitlines()[-1] if error.strip() else "failed"
+            attempt.reject(f"ProgramOfThought: program {number} failed: {last_line[:200]}")
+            if number == self.max_iters:
                 raise ProgramOfThoughtError(
                     f"ProgramOfThought: all {self.max_iters} program(s) failed; the last one "
                     f"failed with:\n{error}",
                     code,
                     error,
                 )
-            fixed = self.regenerate(**inputs, previous_code=code, error=error)
-            code = extract_code(fixed.code)
+            write = functools.partial(self.regenerate, **inputs, previous_code=code, error=error)
         final = self.answer(**inputs, code=code, code_output=result.stdout.strip())
         outputs = {name: final[name] for name in self.signature.output_fields}
         return Prediction(**outputs, code=code, code_output=result.stdout.strip())
