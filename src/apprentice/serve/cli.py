@@ -51,6 +51,12 @@ def add_serve_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--enable-lora", action="store_true", help="as vllm serve (always on)")
     parser.add_argument("--max-lora-rank", type=int, default=None, help="vllm: largest LoRA rank")
     parser.add_argument("--max-loras", type=int, default=None, help="vllm: adapters per batch")
+    parser.add_argument(
+        "--tensor-parallel-size", type=int, default=1, help="vllm: GPUs each layer is split over"
+    )
+    parser.add_argument(
+        "--pipeline-parallel-size", type=int, default=1, help="vllm: GPUs the layers are split over"
+    )
     parser.add_argument("--log-file", default=None, help="vllm: the server's log file")
 
 

@@ -358,6 +358,19 @@ def run_vllm_backend(args: Any, servable: Any, api_key: str | None) -> int:
         signal.signal(signal.SIGTERM, previous)
 
 
+def _parallel_args(args: Any) -> list[str]:
+    """vLLM's own multi-GPU serving: the flags ``vllm serve`` takes, when above 1."""
+    found = []
+    for name in ("tensor_parallel_size", "pipeline_parallel_size"):
+        size = getattr(args, name, None)
+        size = 1 if size is None else size
+        if size < 1:
+            raise ValueError(f"--{name.replace('_', '-')} must be >= 1, got {size}")
+        if size > 1:
+            found += [f"--{name.replace('_', '-')}", str(size)]
+    return found
+
+
 def start_vllm_backend(
     args: Any,
     servable: Any,
@@ -387,7 +400,7 @@ def start_vllm_backend(
         api_key=private_key,
         served_model_name=args.served_model_name or servable.name,
         command=command,
-        extra_args=extra_args,
+        extra_args=[*_parallel_args(args), *extra_args],
     ).start()
     try:
         gateway = Gateway(
