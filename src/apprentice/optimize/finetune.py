@@ -68,7 +68,9 @@ class BootstrapFinetune(Optimizer):
         from apprentice.train.config import LoraConfig, TrainConfig
 
         self.metric = metric
-        self.student = str(student)
+        # The student's base model (a path, hub name or .gguf); the program to compile is
+        # compile()'s first argument, DSPy's `student`.
+        self.base_model = str(student)
         self.multitask = multitask
         self.train = train or TrainConfig()
         self.lora = lora or LoraConfig()
@@ -86,6 +88,8 @@ class BootstrapFinetune(Optimizer):
         self.results: dict[str, Any] = {}
 
     def compile(self, student, *, trainset, teacher=None, valset=None) -> Module:
+        """``student`` is the program to compile (DSPy's name for it); the model it is
+        distilled into is the constructor's ``student=`` (kept as ``self.base_model``)."""
         from apprentice.pipeline import Pipeline
 
         examples = _check_trainset(trainset)
@@ -111,7 +115,7 @@ class BootstrapFinetune(Optimizer):
             trainset=examples,
             metric=self.metric,
             make_teacher=lambda cache: teacher,
-            student=self.student,
+            student=self.base_model,
             bootstrap=BootstrapConfig(
                 threshold=self.threshold,
                 attempts=self.attempts,
