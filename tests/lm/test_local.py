@@ -374,5 +374,5 @@ def test_a_model_rewritten_in_place_gets_a_fresh_engine(tmp_path):
     second = LocalLM(base, max_new_tokens=MAX_NEW)
     assert second.engine is not first.engine
     fresh = AutoModelForCausalLM.from_pretrained(base)
-    loaded = dict(second.engine.model.named_parameters())
+    loaded = dict(second.engine.network.named_parameters())
     assert all(torch.equal(p, loaded[n]) for n, p in fresh.named_parameters())

@@ -32,7 +32,7 @@ def answers(server) -> dict:
 
 
 def footprint(lm) -> tuple:
-    model = lm.engine.model
+    model = lm.engine.network
     parameters = sum(p.numel() for p in model.parameters())
     return parameters, sorted(getattr(model, "peft_config", {}))
 
@@ -76,13 +76,13 @@ def test_a_failed_load_leaves_the_server_as_it_was(serve, misfits, how):
 @pytest.mark.parametrize("how", ["shape", "targets"])
 def test_a_failed_first_load_leaves_the_plain_base_model(students, misfits, how):
     lm = LocalLM(students["causal"].base, dtype="float64", max_new_tokens=MAX_NEW)  # own engine
-    plain = type(lm.engine.model)
+    plain = type(lm.engine.network)
     before = lm.generate([ask(QUESTIONS[1])])[0].text
-    parameters = sum(p.numel() for p in lm.engine.model.parameters())
+    parameters = sum(p.numel() for p in lm.engine.network.parameters())
     with pytest.raises(AdapterLoadError):
         lm.load_adapter("first", misfits[how])
-    assert type(lm.engine.model) is plain and lm.adapter_names() == []
-    assert sum(p.numel() for p in lm.engine.model.parameters()) == parameters
+    assert type(lm.engine.network) is plain and lm.adapter_names() == []
+    assert sum(p.numel() for p in lm.engine.network.parameters()) == parameters
     assert lm.generate([ask(QUESTIONS[1])])[0].text == before
     lm.load_adapter("first", students["causal"].adapters["a"])  # and a good one loads
     assert lm.with_adapter("first").generate([ask(QUESTIONS[1])])[0].text != before

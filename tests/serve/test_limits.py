@@ -48,7 +48,7 @@ def generate_calls(local_lm, monkeypatch):
     """The KV cache each generate call of the causal engine gets."""
     engine = local_lm("causal").engine
     seen: list[dict] = []
-    original = type(engine.model).generate
+    original = type(engine.network).generate
 
     def spy(model, *args, **kwargs):
         cache = kwargs.get("cache", kwargs.get("past_key_values"))
@@ -62,7 +62,7 @@ def generate_calls(local_lm, monkeypatch):
         )
         return original(model, *args, **kwargs)
 
-    monkeypatch.setattr(type(engine.model), "generate", spy)
+    monkeypatch.setattr(type(engine.network), "generate", spy)
     return engine, seen
 
 
@@ -75,8 +75,8 @@ def test_a_large_max_tokens_does_not_size_the_caches_of_later_calls(serve, gener
     last = seen[-1]
     assert last["implementation"] is None  # generate makes no cache of its own to keep
     assert last["cache_len"] is None or last["cache_len"] <= last["width"] + 4
-    base = engine.model.get_base_model() if hasattr(engine.model, "get_base_model") else None
-    for model in (engine.model, base):
+    base = engine.network.get_base_model() if hasattr(engine.network, "get_base_model") else None
+    for model in (engine.network, base):
         assert getattr(model, "_previous_max_cache_length", -1) <= last["width"] + 4
 
 

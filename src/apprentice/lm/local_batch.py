@@ -70,7 +70,7 @@ def generate_batch(engine: Engine, jobs: list[Job]) -> list[Response]:
         stops = _RowStops(engine, start, limits, [job.stop for job in rows], rows)
         if stops.needed:
             options["stopping_criteria"] = [stops]
-        output = engine.model.generate(input_ids=input_ids, attention_mask=mask, **options)
+        output = engine.network.generate(input_ids=input_ids, attention_mask=mask, **options)
     return _responses(engine, jobs, output[:, start:].tolist(), stops.stopped_at)
 
 
@@ -106,11 +106,11 @@ def _new_cache(engine: Engine, rows: int, length: int):
     per_position = _kv_bytes_per_position(engine)
     if per_position is None or rows * length * per_position > STATIC_CACHE_BYTES:
         return None
-    return StaticCache(config=engine.model.config, max_cache_len=length)
+    return StaticCache(config=engine.network.config, max_cache_len=length)
 
 
 def _kv_bytes_per_position(engine: Engine) -> int | None:
-    config = engine.model.config.get_text_config(decoder=True)
+    config = engine.network.config.get_text_config(decoder=True)
     layers = getattr(config, "num_hidden_layers", None)
     heads = getattr(config, "num_attention_heads", None)
     kv_heads = getattr(config, "num_key_value_heads", None) or heads
@@ -119,7 +119,7 @@ def _kv_bytes_per_position(engine: Engine) -> int | None:
         head_dim = getattr(config, "hidden_size", 0) // heads
     if not (layers and kv_heads and head_dim):
         return None
-    return 2 * layers * kv_heads * head_dim * engine.model.dtype.itemsize
+    return 2 * layers * kv_heads * head_dim * engine.network.dtype.itemsize
 
 
 def _pad(engine: Engine, prompts: list[list[int]], shared: int):
@@ -148,13 +148,13 @@ def _adapter_choice(engine: Engine, names: list[str], options: dict[str, Any]):
         options["adapter_names"] = names
         return contextlib.nullcontext()
     if names[0] == BASE:
-        return engine.model.disable_adapter()
-    engine.model.set_adapter(names[0])
+        return engine.network.disable_adapter()
+    engine.network.set_adapter(names[0])
     return contextlib.nullcontext()
 
 
 def _generation_config(engine: Engine, sampling: Sampling, max_new_tokens: int):
-    config = copy.deepcopy(engine.model.generation_config)
+    config = copy.deepcopy(engine.network.generation_config)
     config.update(
         do_sample=sampling.do_sample,
         temperature=sampling.temperature,
@@ -187,13 +187,13 @@ def _shared_prefix(engine: Engine, prompts, names, max_new_tokens: int):
         return 0, None
     groups = sorted(set(names))  # one prefix computation per adapter
     forward: dict[str, Any] = {"adapter_names": groups} if len(groups) > 1 else {}
-    if _accepts(engine.model, "logits_to_keep"):
+    if _accepts(engine.network, "logits_to_keep"):
         forward["logits_to_keep"] = 1
-    config = engine.model.config
+    config = engine.network.config
     prefix = DynamicCache(config=config)  # sliding-window layers show up as such below
     ids = torch.tensor([prompts[0][:shared]] * len(groups), device=engine.device)
     forward[_cache_argument(engine)] = prefix
-    engine.model(input_ids=ids, use_cache=True, **forward)
+    engine.network(input_ids=ids, use_cache=True, **forward)
     if not prefix.layers or any(type(layer) is not DynamicLayer for layer in prefix.layers):
         engine.share_prefix = False  # sliding windows, recurrent state, ...: not a plain KV cache
         log.info(
@@ -211,7 +211,7 @@ def _shared_prefix(engine: Engine, prompts, names, max_new_tokens: int):
 
 def _cache_argument(engine: Engine) -> str:
     """transformers 5 renamed ``past_key_values`` to ``cache`` (the old name warns)."""
-    return "cache" if _accepts(engine.model, "cache") else "past_key_values"
+    return "cache" if _accepts(engine.network, "cache") else "past_key_values"
 
 
 def _accepts(model: Any, name: str) -> bool:

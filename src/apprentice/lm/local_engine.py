@@ -63,12 +63,12 @@ class LocalEngine(Engine):
         self.kind = "seq2seq" if getattr(config, "is_encoder_decoder", False) else "causal"
         self.tokenizer = AutoTokenizer.from_pretrained(base_model)
         self.max_model_len = context_length(config, self.tokenizer)
-        self.model = self._load_base()
+        self.network = self._load_base()
         # merged: one adapter folded into the weights (faster; no base, no other adapters)
         self.merged: tuple[str, LoadedAdapter] | None = None
         if merged is not None:
             self._merge(*merged)
-        gen = self.model.generation_config
+        gen = self.network.generation_config
         self.eos_ids = _as_set(gen.eos_token_id) or _as_set(self.tokenizer.eos_token_id)
         if not self.eos_ids:
             raise ValueError(f"base model {base_model!r} has no eos token: it could never stop")
@@ -87,7 +87,7 @@ class LocalEngine(Engine):
 
     def _merge(self, name: str, path: str | Path) -> None:
         files = read_adapter(adapter_dir(name, path))
-        self.model = merge_adapter(self.model, files)
+        self.network = merge_adapter(self.network, files)
         self.merged = (name, LoadedAdapter(str(files.path), files.hash, BASE))
 
     def __repr__(self) -> str:
@@ -116,11 +116,11 @@ class LocalEngine(Engine):
     def _install(self, name: str, files: AdapterFiles) -> str:
         self._slots += 1
         slot = f"slot-{self._slots}"
-        self.model = add_slot(self.model, slot, files, self.device)  # raises: unchanged
+        self.network = add_slot(self.network, slot, files, self.device)  # raises: unchanged
         return slot
 
     def _uninstall(self, handle: str) -> None:
-        self.model = remove_slot(self.model, handle)
+        self.network = remove_slot(self.network, handle)
 
     def unload_adapter(self, name: str) -> None:
         if self.merged:
