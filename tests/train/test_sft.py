@@ -212,7 +212,7 @@ def test_training_killed_with_sigkill_resumes_from_its_last_checkpoint(
         proc.send_signal(signal.SIGKILL)
         proc.wait()
     steps_before = max(int(p.name.split("-")[1]) for p in (out / "checkpoints").glob("step-*"))
-    done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
+    done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=1200)
     assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
     assert '"steps": 40' in done.stdout
     log = [e for e in _log(out) if "loss" in e]
@@ -240,7 +240,7 @@ def test_two_processes_on_gloo_through_accelerate_launch(demo_dataset, tiny_caus
         "no",
         *cmd[1:],
     ]
-    done = subprocess.run(launch, env=env, capture_output=True, text=True, timeout=300)
+    done = subprocess.run(launch, env=env, capture_output=True, text=True, timeout=1200)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     # The two processes share stdout, so their lines may interleave: find the JSON objects.
     assert done.stdout.count("RESULT") == 2, done.stdout[-3000:]
