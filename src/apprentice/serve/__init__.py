@@ -2,8 +2,9 @@
 backend (``server``), a supervised ``vllm serve`` (``vllm_server``), binding adapters into
 a running program (``bind``), and what a run directory serves (``registry``).
 
-The names below load on first use, so ``python -m apprentice.serve`` runs the
-module it names rather than a copy imported by this package first.
+The names below load on first use, so importing this package stays light and
+``python -m apprentice.serve.<module>`` runs that module rather than a copy imported by
+this package first. ``python -m apprentice.serve RUN_DIR`` is ``apprentice serve``.
 """
 
 from __future__ import annotations
