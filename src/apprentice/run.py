@@ -38,6 +38,7 @@ import yaml
 
 from apprentice.files import atomic_write
 from apprentice.pipeline import Job, Pipeline, StageError, StageOutcome
+from apprentice.pipeline import _hash as stage_hash
 from apprentice.recipe import Recipe, RecipeError, load_recipe
 
 __all__ = ["STAGES", "Run", "StageOutcome", "recipe_job"]
@@ -51,11 +52,6 @@ SYSTEMS = {
     "fewshot": "student (untrained, few-shot)",
     "trained": "student (trained)",
 }
-
-
-def _hash(*parts: Any) -> str:
-    blob = json.dumps(parts, sort_keys=True, default=str)
-    return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 
 def recipe_job(recipe: Recipe, root: Path) -> Job:
@@ -78,7 +74,7 @@ def recipe_job(recipe: Recipe, root: Path) -> Job:
         lora=recipe.lora,
         train=recipe.train,
         serve=recipe.serve,
-        teacher_key=_hash(recipe.section_hash("teacher"), code),
+        teacher_key=stage_hash(recipe.section_hash("teacher"), code),
         hints={
             "mismatch": "Use a new --run-dir, or move that folder away to start over (the "
             "teacher's replies are cached in the run, so re-running is cheap)",
@@ -187,25 +183,25 @@ class Run(Pipeline):
 
         # The metric's and program's code, not only their import paths: fixing either
         # re-scores every system.
-        base = _hash(
+        base = stage_hash(
             dataset_hash(devset),
             r.section_hash("eval", "metric", "program"),
             code_fingerprint(metric),
             program_hash(r.make_program()),
         )
         keys = {
-            "teacher": _hash(base, self.job.teacher_key),
-            "untrained": _hash(
+            "teacher": stage_hash(base, self.job.teacher_key),
+            "untrained": stage_hash(
                 base, self.student_path(), r.section_hash("student", "serve"), self._tiny_stamp()
             ),
-            "fewshot": _hash(
+            "fewshot": stage_hash(
                 base,
                 self.student_path(),
                 r.section_hash("student", "serve", "teacher", "data", "bootstrap"),
                 self._tiny_stamp(),
             ),
             # The train stage's record changes whenever adapters are retrained in place.
-            "trained": _hash(
+            "trained": stage_hash(
                 base, _file_hash(self.program_file), self.state()["stages"].get("train")
             ),
         }
@@ -251,7 +247,7 @@ class Run(Pipeline):
                 summary[system] = result.score
             return summary
 
-        key = _hash(*[keys[s] for s in wanted])
+        key = stage_hash(*[keys[s] for s in wanted])
         exists = all((out_dir / f"{s}.json").exists() for s in wanted)
         return self._stage("eval", key, run, exists=exists)
 
