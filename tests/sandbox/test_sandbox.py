@@ -1,6 +1,8 @@
 """Adversarial tests: every attack a model-written program could try is contained, and the
 result names the limit that stopped it. Each test runs on both backends (bubblewrap and
-the hand-built namespaces); a backend this machine cannot run is skipped, never passed.
+the hand-built namespaces; the ``box`` fixture in conftest.py); a backend this machine
+cannot run is skipped, never passed. The kernel surface (namespaces, capabilities, the
+command line) is tested in test_kernel_surface.py.
 """
 
 from __future__ import annotations
@@ -23,16 +25,6 @@ from apprentice.sandbox import (
 from apprentice.sandbox import sandbox as sandbox_module
 
 REPO_FILE = Path(__file__).resolve()
-
-
-@pytest.fixture(params=["bwrap", "namespaces"], scope="module")
-def box(request) -> Sandbox:
-    sandbox = Sandbox(SandboxLimits(cpu_s=1, wall_s=60), backend=request.param)
-    try:
-        assert sandbox.backend == request.param
-    except SandboxUnavailableError as exc:
-        pytest.skip(f"{request.param} cannot run here: {exc}")
-    return sandbox
 
 
 def with_limits(box: Sandbox, **limits) -> Sandbox:
