@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from apprentice.sandbox import Sandbox, SandboxUnavailableError
+from apprentice.sandbox import Sandbox, SandboxError, SandboxUnavailableError
 from apprentice.sandbox import sandbox as sandbox_module
 from apprentice.sandbox.syscall_filter import filter_bytes
 
@@ -76,6 +76,13 @@ def test_a_programs_code_is_in_no_command_line_while_it_runs(box):
     assert done and done[0].stdout == "1\n", done
     assert seen_program, "the sandboxed interpreter was never seen running"
     assert seen_code == []
+
+
+@pytest.mark.parametrize("broken", [b"", b"\x06\x00\x00"], ids=["empty", "truncated"])
+def test_a_filter_that_cannot_be_loaded_stops_the_run_before_the_code(box, monkeypatch, broken):
+    monkeypatch.setattr(sandbox_module, "filter_bytes", lambda: broken)
+    with pytest.raises(SandboxError, match="failed to start"):
+        box.run("print('ran without a filter')")
 
 
 def _command_lines():

@@ -123,7 +123,11 @@ def main(argv):
     split = argv.index("--")
     root, tmp_bytes, uid, gid, ro, filter_fd = argv[:split]
     command = argv[split + 1 :]
-    syscall_filter = _read_filter(int(filter_fd))
+    try:
+        syscall_filter = _read_filter(int(filter_fd))
+    except (OSError, ValueError) as exc:
+        print(f"sandbox setup: reading the syscall filter failed: {exc}", file=sys.stderr)
+        sys.exit(EXIT_SETUP)
     flags = CLONE_NEWNS | CLONE_NEWNET | CLONE_NEWPID | CLONE_NEWIPC | CLONE_NEWUTS
     if _libc.unshare(flags) != 0:
         print(f"sandbox setup: unshare failed: {os.strerror(ctypes.get_errno())}", file=sys.stderr)
