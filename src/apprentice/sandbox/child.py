@@ -1,13 +1,16 @@
 """Runs inside the sandbox, as the sandboxed interpreter's ``-c`` program (stdlib only).
 
-argv: cpu_seconds memory_bytes file_bytes open_files code. It sets the limits that the
-kernel enforces on this process (a hard limit cannot be raised again), runs the code, and
-turns an uncaught exception into an exit status that names the limit behind it, so the
-parent can say which limit stopped a program even when the program died of a Python error.
+argv: cpu_seconds memory_bytes file_bytes open_files. The code comes on stdin, never in
+argv, where any user of the host could read it in /proc/PID/cmdline; stdin is /dev/null
+once it is read. It sets the limits that the kernel enforces on this process (a hard limit
+cannot be raised again), runs the code, and turns an uncaught exception into an exit status
+that names the limit behind it, so the parent can say which limit stopped a program even
+when the program died of a Python error.
 """
 
 import errno
 import linecache
+import os
 import resource
 import socket
 import sys
@@ -66,5 +69,13 @@ def _main(cpu, memory, file_bytes, open_files, code):
         sys.exit(EXIT_LIMIT[limit] if limit else EXIT_ERROR)
 
 
+def _read_program():
+    code = sys.stdin.buffer.read().decode("utf-8")
+    null = os.open("/dev/null", os.O_RDONLY)
+    os.dup2(null, 0)
+    os.close(null)
+    return code
+
+
 if __name__ == "__main__":
-    _main(*map(int, sys.argv[1:5]), sys.argv[5])
+    _main(*map(int, sys.argv[1:5]), _read_program())

@@ -1,6 +1,6 @@
 """The sandbox without bubblewrap: Linux namespaces set up by hand (stdlib only, run as root).
 
-    python -I -S launch_ns.py ROOT TMP_BYTES UID GID RO_PATH[:RO_PATH...] -- COMMAND...
+    python -I -S launch_ns.py ROOT TMP_BYTES UID GID RO_PATH[:RO_PATH...] FILTER_FD -- COMMAND...
 
 What bubblewrap would do, in the same order: new mount, network, pid, ipc and uts
 namespaces; a fresh tmpfs as the root with only RO_PATHs bound in read-only, a few device
@@ -8,6 +8,8 @@ nodes and a size-limited tmpfs at /tmp; pivot_root into it and detach the old ro
 host path is reachable; then drop to UID/GID with no groups, no capabilities (lost with
 root) and no_new_privs, and exec COMMAND. Root is needed for the mounts and the uid
 switch; the caller checks that. ROOT is an empty host folder used as the mount point.
+FILTER_FD is a pipe holding the seccomp filter (``syscall_filter.py``), loaded last of all,
+after the capability bounding set is emptied: no new namespaces, no mounts from inside.
 """
 
 import ctypes
@@ -22,6 +24,7 @@ MS_RDONLY, MS_NOSUID, MS_NODEV, MS_REMOUNT = 1, 2, 4, 32
 MS_BIND, MS_REC, MS_PRIVATE = 4096, 16384, 1 << 18
 MNT_DETACH = 2
 PR_SET_PDEATHSIG, PR_SET_NO_NEW_PRIVS = 1, 38
+PR_SET_SECCOMP, SECCOMP_MODE_FILTER, PR_CAPBSET_DROP = 22, 2, 24
 EXIT_SETUP = 90
 SYS_PIVOT_ROOT = {"x86_64": 155, "aarch64": 41}
 DEVICES = ("null", "zero", "random", "urandom")
@@ -80,11 +83,30 @@ def _pivot(root):
     os.chdir("/tmp")
 
 
-def _drop_privileges(uid, gid):
+class _SockFprog(ctypes.Structure):
+    _fields_ = [("len", ctypes.c_ushort), ("filter", ctypes.c_void_p)]
+
+
+def _read_filter(fd):
+    chunks = []
+    while chunk := os.read(fd, 65536):
+        chunks.append(chunk)
+    os.close(fd)
+    return b"".join(chunks)
+
+
+def _drop_privileges(uid, gid, syscall_filter):
+    cap = 0
+    while _libc.prctl(PR_CAPBSET_DROP, cap, 0, 0, 0) == 0:  # EINVAL past the last one
+        cap += 1
     os.setgroups([])
     os.setresgid(gid, gid, gid)
     os.setresuid(uid, uid, uid)  # from root to another uid: every capability is gone
     _check(_libc.prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0), "no_new_privs")
+    code = ctypes.create_string_buffer(syscall_filter, len(syscall_filter))
+    program = _SockFprog(len(syscall_filter) // 8, ctypes.cast(code, ctypes.c_void_p))
+    mode = ctypes.c_ulong(SECCOMP_MODE_FILTER)
+    _check(_libc.prctl(PR_SET_SECCOMP, mode, ctypes.byref(program), 0, 0), "seccomp filter")
 
 
 def _wait_and_mirror(pid):
@@ -99,8 +121,13 @@ def _wait_and_mirror(pid):
 
 def main(argv):
     split = argv.index("--")
-    root, tmp_bytes, uid, gid, ro = argv[:split]
+    root, tmp_bytes, uid, gid, ro, filter_fd = argv[:split]
     command = argv[split + 1 :]
+    try:
+        syscall_filter = _read_filter(int(filter_fd))
+    except (OSError, ValueError) as exc:
+        print(f"sandbox setup: reading the syscall filter failed: {exc}", file=sys.stderr)
+        sys.exit(EXIT_SETUP)
     flags = CLONE_NEWNS | CLONE_NEWNET | CLONE_NEWPID | CLONE_NEWIPC | CLONE_NEWUTS
     if _libc.unshare(flags) != 0:
         print(f"sandbox setup: unshare failed: {os.strerror(ctypes.get_errno())}", file=sys.stderr)
@@ -130,7 +157,7 @@ def main(argv):
         code = os.waitstatus_to_exitcode(status)
         os._exit(128 - code if code < 0 else code)
     try:
-        _drop_privileges(int(uid), int(gid))
+        _drop_privileges(int(uid), int(gid), syscall_filter)
     except OSError as exc:
         print(f"sandbox setup: {exc}", file=sys.stderr, flush=True)
         os._exit(EXIT_SETUP)

@@ -5,8 +5,11 @@ a read-only Python and /usr, a few device nodes and an empty size-limited /tmp (
 folder), nothing else: no /etc, /home, /root, no repository, no host /tmp. It runs as an
 unprivileged uid (65534 when the caller is root: root would not be held to RLIMIT_NPROC),
 with no_new_privs, an empty environment and kernel limits on CPU time, memory, file size,
-open files and processes (none: every fork fails). The parent enforces the wall clock and
-the output size, and names the limit that stopped a program.
+open files and processes (none: every fork fails), no capabilities (the bounding set
+empty too) and a seccomp filter that refuses new namespaces and mounts
+(``syscall_filter.py``). The code goes in on stdin, so no other process sees it in its
+command line. The parent enforces the wall clock and the output size, and names the limit
+that stopped a program.
 
 Two backends build the same box: bubblewrap (``bwrap``) when installed, else, as root,
 ``launch_ns.py`` with the namespaces set up by hand. Where neither can run, ``run`` raises
@@ -30,6 +33,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from apprentice.sandbox.child import EXIT_ERROR, EXIT_LIMIT
+from apprentice.sandbox.commands import bwrap_argv, child_argv, interpreter, namespaces_argv
+from apprentice.sandbox.syscall_filter import filter_bytes
 
 __all__ = [
     "LIMITS",
@@ -42,11 +47,7 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 
-_HERE = Path(__file__).resolve().parent
-_CHILD = (_HERE / "child.py").read_text()
-_LAUNCH_NS = _HERE / "launch_ns.py"
 EXIT_SETUP = 90  # launch_ns.py: the box could not be built
-_DEVICES = ("null", "zero", "random", "urandom")
 _SETUP_PREFIXES = ("bwrap:", "setpriv:", "sandbox setup:")
 _LIMIT_OF_EXIT = {code: name for name, code in EXIT_LIMIT.items()}
 _LIMIT_OF_SIGNAL = {signal.SIGXCPU: "cpu_time", signal.SIGXFSZ: "disk"}
@@ -156,70 +157,6 @@ class Sandbox:
         return _execute(self.backend, self.limits, self.uid, self.gid, code)
 
 
-# -- building the command ------------------------------------------------------------------
-def _interpreter() -> str:
-    return os.path.realpath(getattr(sys, "_base_executable", None) or sys.executable)
-
-
-def _readonly_paths() -> list[str]:
-    """/usr plus the Python installation (when it lives elsewhere, e.g. under /root)."""
-    paths = ["/usr"]
-    for path in (
-        os.path.realpath(sys.base_prefix),
-        os.path.dirname(os.path.dirname(_interpreter())),
-    ):
-        if not any(path == p or path.startswith(p + "/") for p in paths):
-            paths.append(path)
-    return paths
-
-
-def _child_argv(limits: SandboxLimits, code: str) -> list[str]:
-    numbers = (limits.cpu_s, limits.memory_bytes, limits.disk_bytes, limits.open_files)
-    return [_interpreter(), "-I", "-S", "-c", _CHILD, *map(str, numbers), code]
-
-
-def _drop_to(uid: int, gid: int) -> list[str]:
-    setpriv = shutil.which("setpriv") or "setpriv"
-    ids = ["--reuid", str(uid), "--regid", str(gid), "--clear-groups"]
-    return [setpriv, *ids, "--no-new-privs", "--inh-caps=-all"]
-
-
-def _bwrap_argv(limits: SandboxLimits, uid: int, gid: int) -> list[str]:
-    root = os.geteuid() == 0
-    argv = [shutil.which("bwrap") or "bwrap"]
-    argv += ["--unshare-ipc", "--unshare-pid", "--unshare-net", "--unshare-uts"]
-    argv += ["--unshare-cgroup-try"] + ([] if root else ["--unshare-user", "--disable-userns"])
-    argv += ["--die-with-parent", "--new-session", "--clearenv"]
-    argv += ["--setenv", "PATH", "/usr/bin:/bin", "--setenv", "HOME", "/tmp"]
-    argv += ["--setenv", "LANG", "C.UTF-8"]
-    made = set()
-    for path in _readonly_paths():
-        for parent in reversed(Path(path).parents[:-1]):  # bwrap would make them 0700
-            if parent not in made:
-                made.add(parent)
-                argv += ["--perms", "0755", "--dir", str(parent)]
-        argv += ["--ro-bind", path, path]
-    for name in sorted(os.listdir("/")):  # merged-/usr links such as /lib -> usr/lib
-        if os.path.islink("/" + name):
-            argv += ["--symlink", os.readlink("/" + name), "/" + name]
-    argv += ["--perms", "0755", "--dir", "/dev"]
-    for name in _DEVICES:  # not --dev: its /dev and /dev/shm are writable, unbounded tmpfs
-        argv += ["--dev-bind", f"/dev/{name}", f"/dev/{name}"]
-    argv += ["--perms", "1777", "--size", str(limits.disk_bytes)]
-    argv += ["--tmpfs", "/tmp", "--remount-ro", "/", "--chdir", "/tmp"]
-    if root:  # bwrap as root keeps the host uids: drop to uid inside, after the mounts
-        argv += ["--cap-add", "CAP_SETUID", "--cap-add", "CAP_SETGID", "--", *_drop_to(uid, gid)]
-    else:
-        argv += ["--"]
-    return argv
-
-
-def _namespaces_argv(limits: SandboxLimits, uid: int, gid: int, mount_point: str) -> list[str]:
-    ro = ":".join(_readonly_paths())
-    launcher = [sys.executable, "-I", "-S", str(_LAUNCH_NS), mount_point]
-    return [*launcher, str(limits.disk_bytes), str(uid), str(gid), ro, "--"]
-
-
 # -- choosing a backend --------------------------------------------------------------------
 _RESOLVED: dict[tuple[str, int, int], str] = {}
 _RESOLVE_LOCK = threading.Lock()
@@ -260,7 +197,7 @@ def _probe(requested: str, uid: int, gid: int) -> str:
             except SandboxError as exc:
                 reason = str(exc)
             else:
-                expected = f"42 {os.path.dirname(os.path.dirname(_interpreter()))}"
+                expected = f"42 {os.path.dirname(os.path.dirname(interpreter()))}"
                 if result.stdout.strip() == expected:  # its own standard library, not another
                     log.info("sandbox backend: %s", backend)
                     return backend
@@ -276,30 +213,53 @@ def _probe(requested: str, uid: int, gid: int) -> str:
 # -- running -------------------------------------------------------------------------------
 def _execute(backend: str, limits: SandboxLimits, uid: int, gid: int, code: str) -> SandboxResult:
     mount_point = None
-    if backend == "bwrap":
-        argv = _bwrap_argv(limits, uid, gid)
-    else:
-        mount_point = tempfile.mkdtemp(prefix="apprentice-sandbox-")
-        argv = _namespaces_argv(limits, uid, gid, mount_point)
-    argv += _child_argv(limits, code)
+    with contextlib.ExitStack() as fds:
+        program = fds.enter_context(_read_only_file(code.encode(), "program"))
+        syscall_filter = fds.enter_context(_read_only_file(filter_bytes(), "syscall-filter"))
+        if backend == "bwrap":
+            argv = bwrap_argv(limits, uid, gid, syscall_filter)
+        else:
+            mount_point = tempfile.mkdtemp(prefix="apprentice-sandbox-")
+            argv = namespaces_argv(limits, uid, gid, mount_point, syscall_filter)
+        argv += child_argv(limits)
+        try:
+            return _supervise(argv, limits, program, syscall_filter)
+        finally:
+            if mount_point is not None:
+                os.rmdir(mount_point)
+
+
+@contextlib.contextmanager
+def _read_only_file(data: bytes, name: str):
+    """An fd, read-only and at offset 0, of an anonymous in-memory file holding ``data``:
+    no path on disk, nothing in any command line, and no pipe buffer to fill."""
+    memfd = os.memfd_create(name, os.MFD_CLOEXEC)
     try:
-        return _supervise(argv, limits)
+        with open(memfd, "wb", closefd=False) as writer:
+            writer.write(data)
+        fd = os.open(f"/proc/self/fd/{memfd}", os.O_RDONLY | os.O_CLOEXEC)
     finally:
-        if mount_point is not None:
-            os.rmdir(mount_point)
+        os.close(memfd)
+    try:
+        yield fd
+    finally:
+        os.close(fd)
 
 
-def _supervise(argv: list[str], limits: SandboxLimits) -> SandboxResult:
+def _supervise(
+    argv: list[str], limits: SandboxLimits, program: int, syscall_filter: int
+) -> SandboxResult:
     """Starts the box, reads its output within the limits, and says how it ended."""
     start = time.perf_counter()
     proc = subprocess.Popen(
         argv,
-        stdin=subprocess.DEVNULL,
+        stdin=program,
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         env={"PATH": "/usr/bin:/bin", "LANG": "C.UTF-8"},
         cwd="/",
         start_new_session=True,
+        pass_fds=(syscall_filter,),
     )
     out, err, limit = _read_bounded(proc, limits, start)
     returncode = proc.wait()
