@@ -108,7 +108,12 @@ class Recipe(ConfigSection):
             raise RecipeError(f"metric {self.metric!r} is not callable")
         return metric
 
-    def make_teacher(self, *, cache_dir: str | os.PathLike | None = None):
+    def make_teacher(
+        self, *, cache_dir: str | os.PathLike | None = None, allow_key_hosts: tuple[str, ...] = ()
+    ):
+        """The teacher LM. An ``openai`` teacher whose ``base_url`` is neither a known
+        provider's API nor this machine is refused unless its host is in ``allow_key_hosts``
+        or ``$APPRENTICE_ALLOW_KEY_HOSTS``: the recipe must not send a key elsewhere silently."""
         from apprentice.lm.usage import Price
 
         t = self.teacher
@@ -118,8 +123,13 @@ class Recipe(ConfigSection):
             from apprentice.lm.scripted import ScriptedLM
 
             return ScriptedLM(import_object(t.script, "teacher.script"), price=price, cache=cache)
+        from apprentice.lm.key_hosts import key_host_refusal
         from apprentice.lm.openai import OpenAILM
 
+        if t.base_url is not None:  # None: the user's own $OPENAI_BASE_URL, else OpenAI's
+            refusal = key_host_refusal(t.base_url, t.api_key_env, allow_key_hosts)
+            if refusal:
+                raise RecipeError(refusal)
         key = os.environ.get(t.api_key_env)
         if not key:
             raise RecipeError(
