@@ -111,11 +111,25 @@ class Cache:
         return value
 
     def put(self, key: str, value: dict[str, Any]) -> None:
+        """Stores ``value``; one that is not valid Unicode (a lone surrogate) is not stored,
+        so a reply that no trace can hold is not served again on every later run."""
         if not self.enabled:
             return
-        self._connect().execute(
-            "INSERT OR REPLACE INTO responses (key, value) VALUES (?, ?)", (key, json.dumps(value))
-        )
+        # Not ASCII-escaped: SQLite's UTF-8 encoding then refuses what no file can hold.
+        text = json.dumps(value, ensure_ascii=False)
+        try:
+            self._connect().execute(
+                "INSERT OR REPLACE INTO responses (key, value) VALUES (?, ?)", (key, text)
+            )
+        except UnicodeEncodeError as exc:
+            logger.warning(
+                "LM cache %s: not caching the reply for %s: it holds %r, which is not valid "
+                "Unicode (%s)",
+                self.path,
+                key[:16],
+                exc.object[exc.start : exc.end],
+                exc.reason,
+            )
 
     def __len__(self) -> int:
         return self._connect().execute("SELECT COUNT(*) FROM responses").fetchone()[0]
