@@ -207,3 +207,27 @@ def test_a_reply_no_file_can_hold_fails_its_example_alone_and_is_not_cached(tmp_
     )
     rows = cache._connect().execute("SELECT value FROM responses").fetchall()
     assert rows and not any("\\ud800" in value or "\ud800" in value for (value,) in rows)
+
+
+def test_close_releases_the_folder_even_when_the_last_write_hits_a_full_disk(tmp_path):
+    import errno
+    import io
+
+    class FullDisk(io.FileIO):
+        def write(self, data):
+            raise OSError(errno.ENOSPC, "No space left on device")
+
+    store = TraceStore(tmp_path, flush_every=100, flush_interval=3600)  # held in the buffer
+    store.open(manifest())
+    store.append(Trace(example_id="a", inputs={"q": 1}))
+    store._handle.close()
+    store._handle = io.BufferedWriter(FullDisk(store.file, "ab"))  # the disk fills up now
+    with pytest.raises(OSError) as full:
+        store.close()
+    assert full.value.errno == errno.ENOSPC
+    # Before: the folder stayed locked, so no later run could open the store until exit.
+    again = TraceStore(tmp_path)
+    assert again.open(manifest()) == set()  # the lost batch's example simply runs again
+    again.append(Trace(example_id="a", inputs={"q": 1}))
+    again.close()
+    assert [t.example_id for t in TraceStore(tmp_path)] == ["a"]

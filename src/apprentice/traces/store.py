@@ -230,23 +230,33 @@ class TraceStore:
     def flush(self) -> None:
         if self._handle is None:
             raise RuntimeError(f"trace store {self.path} is not open: call open() first")
+        self._flush_to(self._handle)
+
+    def _flush_to(self, handle) -> None:
         with self._lock:
             if not self._buffer:
                 return
-            self._handle.write(b"".join(self._buffer))
-            self._handle.flush()
+            handle.write(b"".join(self._buffer))
+            handle.flush()
             self._buffer.clear()
             self._last_flush = time.monotonic()
-            os.fsync(self._handle.fileno())
+            os.fsync(handle.fileno())
 
     def close(self) -> None:
-        if self._handle is not None:
+        """Writes what is buffered and releases the folder. A failed write (a full disk)
+        is raised, but the file is closed and the folder released all the same: the lost
+        batch's examples have no trace and run again next time."""
+        if self._handle is None:
+            return
+        handle, self._handle = self._handle, None
+        try:
             try:
-                self.flush()
+                self._flush_to(handle)
             finally:
-                self._handle.close()
-                self._handle = None
-                self._folder_lock.release()
+                self._buffer.clear()
+                handle.close()  # retries the buffered bytes, so it may raise ENOSPC again
+        finally:
+            self._folder_lock.release()
 
     def __enter__(self) -> TraceStore:
         return self
