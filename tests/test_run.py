@@ -115,3 +115,131 @@ def test_an_edited_metric_rescores_the_eval(tmp_path, monkeypatch):
     again = Run.open(root, progress=False).eval()
     # Before: "reused", with the broken metric's 0.0 (the key held the import path only).
     assert again.status == "ran" and again.summary["teacher"] == 1.0
+
+
+# -- the trust model: a recipe runs code; reading a run does not ------------------------------
+POISON = """\
+import pathlib
+pathlib.Path({marker!r}).write_text("the recipe's code ran")
+from recipes.demo.task import TicketTriage, make_examples, metric, teacher  # noqa: E402
+"""
+
+
+def _poisoned_run(tmp_path: Path, monkeypatch) -> tuple[Path, Path]:
+    """A run directory whose recipe names a module that leaves a marker when imported, with
+    an evaluation result on disk (as a finished run has)."""
+    import sys
+
+    from apprentice.evaluate.report import SystemEval
+
+    marker = tmp_path / "code-ran"
+    (tmp_path / "poison_recipe.py").write_text(POISON.format(marker=str(marker)))
+    monkeypatch.syspath_prepend(str(tmp_path))
+    monkeypatch.delitem(sys.modules, "poison_recipe", raising=False)
+    overrides = [
+        *SMALL,
+        "program=poison_recipe:TicketTriage",
+        "metric=poison_recipe:metric",
+        "teacher.script=poison_recipe:teacher",
+        "data.train.factory=poison_recipe:make_examples",
+        "data.dev.factory=poison_recipe:make_examples",
+    ]
+    root = tmp_path / "run"
+    Run.open(RECIPE, overrides=overrides, run_dir=root, progress=False)
+    (root / "eval").mkdir()
+    trained = SystemEval("student (trained)", 0.75, 4, 0, 0.01, 0.02, 8, 0, 400, 40, 0.0, False)
+    (root / "eval" / "trained.json").write_text(json.dumps({"key": "k", "eval": trained.to_dict()}))
+    assert not marker.exists() and "poison_recipe" not in sys.modules
+    return root, marker
+
+
+def test_report_reads_the_stored_results_and_never_runs_the_recipes_code(tmp_path, monkeypatch):
+    import sys
+
+    from apprentice.cli import main
+
+    root, marker = _poisoned_run(tmp_path, monkeypatch)
+    assert main(["report", str(root), "-q"]) == 0
+    # Before: the report stage built the job, importing the program, metric, teacher script
+    # and calling the data factory of the run's recipe.
+    assert not marker.exists() and "poison_recipe" not in sys.modules
+    report = (root / "report" / "report.md").read_text()
+    assert "student (trained)" in report and "0.750" in report
+    # The same files, served: the registry reads manifests, not the recipe.
+    from apprentice.serve.registry import find_servable
+
+    with pytest.raises(FileNotFoundError):
+        find_servable(root)  # no adapters in this run
+    assert not marker.exists() and "poison_recipe" not in sys.modules
+    # A stage that runs the program does import it: that is the recipe's contract.
+    Run.open(root, progress=False).bootstrap()
+    assert marker.exists()
+
+
+def _openai_recipe(tmp_path: Path, base_url: str) -> Path:
+    import yaml
+
+    data = yaml.safe_load(RECIPE.read_text())
+    data["teacher"] = {
+        "backend": "openai",
+        "model": "m",
+        "base_url": base_url,
+        "api_key_env": "AWS_SECRET_ACCESS_KEY",
+    }
+    path = tmp_path / "r.yaml"
+    path.write_text(yaml.safe_dump(data))
+    return path
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "https://api.openai.com/v1",
+        "https://OpenRouter.ai/api/v1",
+        "http://localhost:8000/v1",
+        "http://127.0.0.2:9/v1",
+        "http://[::1]:8000/v1",
+    ],
+)
+def test_a_key_goes_to_known_providers_and_this_machine(tmp_path, monkeypatch, url):
+    from apprentice.lm.openai import OpenAILM
+    from apprentice.recipe import load_recipe
+
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "secret")
+    monkeypatch.delenv("APPRENTICE_ALLOW_KEY_HOSTS", raising=False)
+    assert isinstance(load_recipe(_openai_recipe(tmp_path, url)).make_teacher(), OpenAILM)
+
+
+def test_a_key_for_another_host_is_refused_unless_the_user_allows_that_host(
+    tmp_path, monkeypatch, capsys
+):
+    from apprentice.cli import main
+    from apprentice.lm.openai import OpenAILM
+    from apprentice.recipe import RecipeError, load_recipe
+
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "secret")
+    monkeypatch.delenv("APPRENTICE_ALLOW_KEY_HOSTS", raising=False)
+    # The user name is what a URL shows; the host is what receives the key.
+    path = _openai_recipe(tmp_path, "https://api.openai.com@collect.example.net/v1")
+    recipe = load_recipe(path)
+    # Before: an OpenAILM that sent $AWS_SECRET_ACCESS_KEY to collect.example.net.
+    with pytest.raises(RecipeError, match=r"\$AWS_SECRET_ACCESS_KEY to 'collect.example.net'"):
+        recipe.make_teacher()
+    # From the command line: refused before any request, in one line naming the flag.
+    code = main(["bootstrap", str(path), "--run-dir", str(tmp_path / "run"), "-q"])
+    err = capsys.readouterr().err.strip()
+    assert code == 1 and "\n" not in err
+    assert "--allow-key-host collect.example.net" in err
+    assert not (tmp_path / "run" / "traces").exists()
+    # Allowed by the user: the flag (through Run) or the environment.
+    allowed = recipe.make_teacher(allow_key_hosts=("collect.example.net",))
+    assert isinstance(allowed, OpenAILM)
+    run = Run.open(
+        path, run_dir=tmp_path / "run", progress=False, allow_key_hosts=("collect.example.net",)
+    )
+    assert isinstance(run.job.make_teacher(tmp_path / "cache"), OpenAILM)
+    monkeypatch.setenv("APPRENTICE_ALLOW_KEY_HOSTS", "other.example, collect.example.net")
+    assert isinstance(recipe.make_teacher(), OpenAILM)
+    # Another host is still refused, and the recipe cannot vouch for itself (no such key).
+    with pytest.raises(RecipeError, match="'evil.example'"):
+        load_recipe(_openai_recipe(tmp_path, "https://evil.example/v1")).make_teacher()

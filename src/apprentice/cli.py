@@ -28,6 +28,15 @@ recipes/ for examples. Re-running a command reuses finished stages and resumes
 interrupted ones: no teacher call is made twice for the same example.
 """
 
+_TRUST = """\
+A recipe is code: its program, metric, data factory and teacher script are Python
+import paths, and running it runs them, with your permissions, the way
+`python script.py` does. Run only recipes you would run as scripts. `apprentice
+report` and `apprentice serve` read a run directory's files and never run its
+recipe's code. The teacher's API key goes only to a known provider's API or to this
+machine unless you name the recipe's host with --allow-key-host HOST.
+"""
+
 _STAGE_HELP = {
     "distill": "run every stage: bootstrap, dataset, train, bind, eval, report",
     "bootstrap": "run the teacher over the training data and record traces",
@@ -56,6 +65,15 @@ def _add_run_arguments(parser: argparse.ArgumentParser) -> None:
         default=[],
         metavar="KEY=VALUE",
         help="override a recipe value, e.g. --set train.epochs=3 (repeatable)",
+    )
+    parser.add_argument(
+        "--allow-key-host",
+        dest="allow_key_hosts",
+        action="append",
+        default=[],
+        metavar="HOST",
+        help="let the teacher's API key go to this host although it is neither a known "
+        "provider's API nor this machine (repeatable; also $APPRENTICE_ALLOW_KEY_HOSTS)",
     )
     parser.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
 
@@ -116,7 +134,13 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     sub.required = True
     for name, text in _STAGE_HELP.items():
-        p = sub.add_parser(name, help=text, description=text)
+        p = sub.add_parser(
+            name,
+            help=text,
+            description=text,
+            epilog=_TRUST if name != "report" else None,
+            formatter_class=argparse.RawDescriptionHelpFormatter,
+        )
         _add_run_arguments(p)
         if name in ("train", "distill"):
             _add_launcher_arguments(p)
@@ -190,7 +214,13 @@ def _run_stage(args) -> int:
     from apprentice.run import STAGES, Run
 
     overrides = args.overrides + _launcher_overrides(args)
-    run = Run.open(args.target, overrides=overrides, run_dir=args.run_dir, progress=not args.quiet)
+    run = Run.open(
+        args.target,
+        overrides=overrides,
+        run_dir=args.run_dir,
+        progress=not args.quiet,
+        allow_key_hosts=tuple(args.allow_key_hosts),
+    )
     start = time.perf_counter()
     if args.command == "distill":
         run.distill()

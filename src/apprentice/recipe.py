@@ -108,7 +108,12 @@ class Recipe(ConfigSection):
             raise RecipeError(f"metric {self.metric!r} is not callable")
         return metric
 
-    def make_teacher(self, *, cache_dir: str | os.PathLike | None = None):
+    def make_teacher(
+        self, *, cache_dir: str | os.PathLike | None = None, allow_key_hosts: tuple[str, ...] = ()
+    ):
+        """The teacher LM. An ``openai`` teacher whose ``base_url`` is neither a known
+        provider's API nor this machine is refused unless its host is in ``allow_key_hosts``
+        or ``$APPRENTICE_ALLOW_KEY_HOSTS``: the recipe must not send a key elsewhere silently."""
         from apprentice.lm.usage import Price
 
         t = self.teacher
@@ -118,8 +123,13 @@ class Recipe(ConfigSection):
             from apprentice.lm.scripted import ScriptedLM
 
             return ScriptedLM(import_object(t.script, "teacher.script"), price=price, cache=cache)
+        from apprentice.lm.key_hosts import key_host_refusal
         from apprentice.lm.openai import OpenAILM
 
+        if t.base_url is not None:  # None: the user's own $OPENAI_BASE_URL, else OpenAI's
+            refusal = key_host_refusal(t.base_url, t.api_key_env, allow_key_hosts)
+            if refusal:
+                raise RecipeError(refusal)
         key = os.environ.get(t.api_key_env)
         if not key:
             raise RecipeError(
@@ -254,7 +264,7 @@ def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any
                 raise RecipeError(f"--set {item!r}: {part!r} is a value, not a section")
             node = child
         try:
-            node[parts[-1]] = yaml.safe_load(raw)
+            node[parts[-1]] = read_yaml(raw, f"--set {key.strip()}")
         except yaml.YAMLError:
             node[parts[-1]] = raw
     return data
@@ -262,13 +272,62 @@ def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any
 
 _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
 
+# A recipe is a few hundred values; aliases may repeat a block, not multiply it a million
+# times (the "billion laughs" shape: 400 bytes that expand to 10^9 values).
+MAX_YAML_VALUES = 100_000
+
+
+def read_yaml(text: str, what: str) -> Any:
+    """``yaml.safe_load`` that refuses, before building anything, a document whose aliases
+    expand to more than ``MAX_YAML_VALUES`` values (counted over the composed node graph,
+    each shared node once, so the count itself is cheap)."""
+    loader = yaml.SafeLoader(text)
+    try:
+        node = loader.get_single_node()
+        if node is None:
+            return None
+        size = _expanded_size(node, {}, set())
+        if size > MAX_YAML_VALUES:
+            raise RecipeError(
+                f"{what}: its YAML aliases expand to more than {MAX_YAML_VALUES:,} values; "
+                "write the values out, or use fewer nested aliases"
+            )
+        return loader.construct_document(node)
+    finally:
+        loader.dispose()
+
+
+def _expanded_size(node: yaml.Node, sizes: dict[int, int], open_: set[int]) -> int:
+    """How many values ``node`` becomes once every alias is copied out (capped just above the
+    bound). A node inside itself counts once here; ``_circular_key`` names it later."""
+    if isinstance(node, yaml.ScalarNode):
+        return 1
+    if id(node) in sizes:
+        return sizes[id(node)]
+    if id(node) in open_:
+        return 1
+    open_.add(id(node))
+    children = (
+        [part for pair in node.value for part in pair]
+        if isinstance(node, yaml.MappingNode)
+        else node.value
+    )
+    total = 1
+    for child in children:
+        total += _expanded_size(child, sizes, open_)
+        if total > MAX_YAML_VALUES:
+            break
+    open_.discard(id(node))
+    sizes[id(node)] = total
+    return total
+
 
 def load_recipe(path: str | os.PathLike, overrides: list[str] | None = None) -> Recipe:
     path = Path(path)
     if not path.exists():
         raise RecipeError(f"recipe {str(path)!r} does not exist")
     try:
-        data = yaml.safe_load(path.read_text())
+        data = read_yaml(path.read_text(), f"recipe {path}")
     except yaml.YAMLError as exc:
         raise RecipeError(
             f"recipe {path} is not valid YAML: {' '.join(str(exc).split())}"

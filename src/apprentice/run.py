@@ -37,7 +37,7 @@ from typing import Any
 import yaml
 
 from apprentice.files import atomic_write
-from apprentice.pipeline import Job, Pipeline, StageError, StageOutcome
+from apprentice.pipeline import Job, Pipeline, StageOutcome
 from apprentice.pipeline import _hash as stage_hash
 from apprentice.recipe import Recipe, RecipeError, load_recipe
 
@@ -54,8 +54,20 @@ SYSTEMS = {
 }
 
 
-def recipe_job(recipe: Recipe, root: Path) -> Job:
-    """The pipeline's job as a recipe describes it; messages name recipe keys."""
+HINTS = {
+    "mismatch": "Use a new --run-dir, or move that folder away to start over (the "
+    "teacher's replies are cached in the run, so re-running is cheap)",
+    "reused": "set bootstrap.retry_failed: true (or --set bootstrap.retry_failed=true) "
+    "to run the failed ones again",
+    "require": "run 'apprentice {stage} {root}' (or 'apprentice distill') first",
+}
+
+
+def recipe_job(recipe: Recipe, root: Path, allow_key_hosts: tuple[str, ...] = ()) -> Job:
+    """The pipeline's job as a recipe describes it; messages name recipe keys.
+
+    Building it imports the recipe's program, metric, teacher script and data factory: the
+    recipe's code runs here, as a script's would."""
     from apprentice.fingerprint import code_fingerprint
     from apprentice.recipe import import_object
 
@@ -66,7 +78,9 @@ def recipe_job(recipe: Recipe, root: Path) -> Job:
         make_program=recipe.make_program,
         trainset=recipe.load_split("train"),
         metric=recipe.make_metric(),
-        make_teacher=lambda cache: recipe.make_teacher(cache_dir=cache),
+        make_teacher=lambda cache: recipe.make_teacher(
+            cache_dir=cache, allow_key_hosts=allow_key_hosts
+        ),
         student=recipe.student.model or str(root / "student"),
         tiny=recipe.student.tiny,
         bootstrap=recipe.bootstrap,
@@ -75,22 +89,41 @@ def recipe_job(recipe: Recipe, root: Path) -> Job:
         train=recipe.train,
         serve=recipe.serve,
         teacher_key=stage_hash(recipe.section_hash("teacher"), code),
-        hints={
-            "mismatch": "Use a new --run-dir, or move that folder away to start over (the "
-            "teacher's replies are cached in the run, so re-running is cheap)",
-            "reused": "set bootstrap.retry_failed: true (or --set bootstrap.retry_failed=true) "
-            "to run the failed ones again",
-            "require": "run 'apprentice {stage} {root}' (or 'apprentice distill') first",
-        },
+        hints=HINTS,
     )
 
 
 class Run(Pipeline):
-    """``Run.open("recipes/demo/causal.yaml")`` or ``Run.open("runs/demo-causal")``."""
+    """``Run.open("recipes/demo/causal.yaml")`` or ``Run.open("runs/demo-causal")``.
 
-    def __init__(self, recipe: Recipe, root: Path, *, progress: bool = True) -> None:
-        super().__init__(root, recipe_job(recipe, Path(root)), progress=progress)
+    The job (and so the recipe's code) is built when a stage first needs it: ``report``
+    reads the run's stored results only, and never imports the recipe's modules."""
+
+    def __init__(
+        self,
+        recipe: Recipe,
+        root: Path,
+        *,
+        progress: bool = True,
+        allow_key_hosts: tuple[str, ...] = (),
+    ) -> None:
         self.recipe = recipe
+        self.allow_key_hosts = tuple(allow_key_hosts)
+        self._job: Job | None = None
+        super().__init__(root, None, progress=progress)  # type: ignore[arg-type]
+
+    @property
+    def job(self) -> Job:
+        if self._job is None:
+            self._job = recipe_job(self.recipe, self.root, self.allow_key_hosts)
+        return self._job
+
+    @job.setter
+    def job(self, job: Job | None) -> None:
+        self._job = job
+
+    def student_path(self) -> str:
+        return self.recipe.student.model or str(self.root / "student")
 
     # -- opening ----------------------------------------------------------------------------
     @classmethod
@@ -101,6 +134,7 @@ class Run(Pipeline):
         overrides: list[str] | None = None,
         run_dir: str | os.PathLike | None = None,
         progress: bool = True,
+        allow_key_hosts: tuple[str, ...] = (),
     ) -> Run:
         target = Path(target)
         if target.is_dir():
@@ -117,7 +151,7 @@ class Run(Pipeline):
             root = Path(run_dir or recipe.run_dir or Path("runs") / recipe.name)
         recipe.check_data_files()
         root.mkdir(parents=True, exist_ok=True)
-        run = cls(recipe, root, progress=progress)
+        run = cls(recipe, root, progress=progress, allow_key_hosts=allow_key_hosts)
         with run._exclusive():
             run._write_recipe()
         return run
@@ -143,10 +177,9 @@ class Run(Pipeline):
             raise RecipeError(str(exc)) from None
 
     def require(self, path: Path, stage: str) -> None:
-        try:
-            super().require(path, stage)
-        except StageError as exc:
-            raise RecipeError(str(exc)) from None
+        if not path.exists():  # the pipeline's check, without building the job for its hint
+            hint = HINTS["require"].format(stage=stage, root=self.root)
+            raise RecipeError(f"{path} is missing: {hint}")
 
     def _tiny_stamp(self) -> str | None:
         stamp = Path(self.student_path()) / "apprentice_tiny.json"
@@ -167,7 +200,9 @@ class Run(Pipeline):
         return optimizer.compile(
             r.make_program(),
             trainset=r.load_split("train"),
-            teacher=r.make_teacher(cache_dir=self.root / "cache"),
+            teacher=r.make_teacher(
+                cache_dir=self.root / "cache", allow_key_hosts=self.allow_key_hosts
+            ),
         )
 
     def eval(self) -> StageOutcome:
@@ -225,7 +260,10 @@ class Run(Pipeline):
                         continue
                 if system == "teacher":
                     program = r.make_program()
-                    program.set_lm(r.make_teacher(cache_dir=self.root / "cache"))
+                    teacher = r.make_teacher(
+                        cache_dir=self.root / "cache", allow_key_hosts=self.allow_key_hosts
+                    )
+                    program.set_lm(teacher)
                 elif system in ("untrained", "fewshot"):
                     program = r.make_program() if system == "untrained" else self._fewshot()
                     cap = r.eval.untrained_max_new_tokens

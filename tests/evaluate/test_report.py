@@ -304,3 +304,21 @@ def test_missing_training_log_is_noted_not_fatal(teacher_run, tmp_path):
     assert f"- classify: no training log at `{tmp_path / 'nowhere'}`" in text
     with pytest.raises(ValueError, match="at least one SystemEval"):
         write_report(tmp_path, [])
+
+
+def test_a_system_whose_every_run_failed_shows_no_latency_not_zero_ms(devset, tmp_path):
+    def down(signature, inputs):
+        raise RuntimeError("backend down")
+
+    program = TicketTriage()
+    program.set_lm(ap.ScriptedLM(down))
+    broken = evaluate_system("broken", program, devset, metric, display_progress=False)
+    assert broken.errors == 30 and broken.latency_p50_s is None and broken.latency_p95_s is None
+    fine = handmade("teacher", 1.0, 2.0, 0.5)
+    again = SystemEval.from_dict(json.loads(json.dumps(broken.to_dict())))
+    assert again.latency_p50_s is None
+    text = write_report(tmp_path, [fine, again], baseline="teacher", candidate="broken").read_text()
+    row = next(line for line in text.splitlines() if line.startswith("| broken |"))
+    # Before: "| 0 ms | 0 ms |", as if the failed system answered instantly.
+    assert "| n/a | n/a |" in row and "0 ms" not in row
+    assert "latency" not in text.splitlines()[2]  # no latency ratio in the headline

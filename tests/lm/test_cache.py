@@ -271,3 +271,17 @@ def test_a_well_formed_row_from_an_older_version_still_reads(tmp_path):
     _overwrite_row(lm.cache, '{"texts": ["old"]}')
     response = lm.generate([ask("a")])[0]
     assert response.texts == ["old"] and response.cached and response.usage.prompt_tokens == 0
+
+
+def test_a_cache_file_whose_table_has_another_schema_is_named_with_the_way_out(tmp_path):
+    import sqlite3
+
+    other = tmp_path / "other.sqlite"
+    with sqlite3.connect(other) as conn:  # another program's (or version's) table
+        conn.execute("CREATE TABLE responses (id INTEGER PRIMARY KEY, body BLOB)")
+    # Before: the file opened, then every lookup raised sqlite3.OperationalError
+    # ("no such column: value").
+    with pytest.raises(OSError, match=r"other\.sqlite has a 'responses' table with columns") as err:
+        Cache(other)
+    assert "['id', 'body']" in str(err.value) and "Move the file away" in str(err.value)
+    assert not isinstance(err.value, sqlite3.Error)

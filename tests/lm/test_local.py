@@ -376,3 +376,36 @@ def test_a_model_rewritten_in_place_gets_a_fresh_engine(tmp_path):
     fresh = AutoModelForCausalLM.from_pretrained(base)
     loaded = dict(second.engine.network.named_parameters())
     assert all(torch.equal(p, loaded[n]) for n, p in fresh.named_parameters())
+
+
+def test_the_engine_stops_on_the_tokenizers_eos_as_well_as_the_generation_configs(tmp_path):
+    """Training appends the tokenizer's eos to every target; a generation config that names
+    another end token (a chat model's end-of-turn) must not make the student run on."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer, GenerationConfig
+
+    from apprentice.train.tiny import make_tiny_student
+
+    base = make_tiny_student("causal", TEXTS, tmp_path / "m", hidden_size=64, num_layers=2)
+    eos = AutoTokenizer.from_pretrained(base).eos_token_id
+    other = eos + 1  # the generation config's own end token
+    # A model that emits the tokenizer's eos first, whatever the prompt: every block adds
+    # nothing (zero weights), every token embeds to the same vector, and only eos's output
+    # row matches it.
+    model = AutoModelForCausalLM.from_pretrained(base, tie_word_embeddings=False)
+    with torch.no_grad():
+        for weight in model.parameters():
+            weight.zero_()
+        model.model.embed_tokens.weight.fill_(1.0)
+        model.model.norm.weight.fill_(1.0)
+        model.lm_head.weight[eos] = 1.0
+    model.config.tie_word_embeddings = False
+    model.generation_config = GenerationConfig(eos_token_id=other, pad_token_id=0)
+    model.save_pretrained(base)
+
+    lm = LocalLM(base, max_new_tokens=MAX_NEW)
+    assert lm.engine.eos_ids == {eos, other}
+    reply = lm.generate([ask("Order A12345 never came.")])[0]
+    # Before: eos_ids was {other} only, so it generated MAX_NEW eos tokens ("length").
+    assert reply.finish_reasons == ["stop"] and reply.usage.completion_tokens == 1
+    assert reply.texts == [""]

@@ -838,3 +838,32 @@ def test_bad_requests_and_configs_are_named(make_lm):
     with pytest.raises(ValueError, match=r"unknown option\(s\) \['colour'\]"):
         lm_from_config({"backend": "openai", "model": "m", "colour": "red"})
     assert lm.generate([]) == []
+
+
+def test_a_reply_with_a_lone_surrogate_fails_that_request_and_is_never_cached(
+    stub, make_lm, tmp_path
+):
+    # JSON's "\ud800" escape reads as a str that no UTF-8 file can hold.
+    surrogate = b'{"choices": [{"message": {"content": "ok \\ud800 then"}}]}'
+    stub.respond = lambda seen: (
+        Reply(raw=surrogate) if "bad" in seen.body["messages"][-1]["content"] else Reply("fine")
+    )
+    lm = make_lm(max_retries=1, cache=str(tmp_path / "cache.sqlite"))
+    good, bad = lm.generate([ask("good"), ask("bad")], return_exceptions=True)
+    assert good.texts == ["fine"]
+    # Before: a Response holding '\ud800', cached, which then failed every trace write.
+    assert isinstance(bad, LMError)
+    assert "lone surrogate '\\ud800' at character 3" in str(bad)
+    assert len(lm.cache) == 1  # the good reply only
+
+
+def test_a_reply_nested_100000_deep_is_an_lm_error_not_a_recursion_error(stub, make_lm):
+    deep = b"[" * 100_000 + b"]" * 100_000
+    stub.default = Reply(raw=deep)
+    # Before: RecursionError escaped from json.loads (only ValueError was caught).
+    with pytest.raises(LMUnavailableError, match="nested too deeply"):
+        make_lm(max_retries=0).generate([ask("q")])
+    # The same body as an error document: the status is reported, the body quoted as text.
+    stub.default = Reply(raw=b'{"error": ' + deep + b"}", status=400)
+    with pytest.raises(LMRequestError, match="HTTP 400"):
+        make_lm(max_retries=0).generate([ask("q")])

@@ -26,6 +26,8 @@ def test_bootstrap_few_shot_turns_passing_teacher_steps_into_demos():
     assert all("reasoning" in d for d in classify[:3])
     assert all(set(d.keys()) == {"ticket", "category", "order_id"} for d in extract[:3])
     assert optimizer.stats["bootstrapped"] == 3
+    # Every run passed, so it stopped after 3 of the 10 examples (before: "tried" said 10).
+    assert optimizer.stats["tried"] == 3 and len(lm.history) == 3 * 2
     compiled.set_lm(lm)
     assert compiled(ticket=make_examples(1, seed=9)[0].ticket).order_id.startswith("A")
 

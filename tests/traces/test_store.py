@@ -172,3 +172,62 @@ def test_a_second_writer_on_one_store_is_refused_until_the_first_closes(tmp_path
     second = TraceStore(tmp_path)
     assert second.open(manifest()) == set()
     second.close()
+
+
+def test_a_reply_no_file_can_hold_fails_its_example_alone_and_is_not_cached(tmp_path):
+    from apprentice.lm.cache import Cache
+
+    def lone_surrogate_for_one(sig, inputs):
+        outputs = teacher(sig, inputs)
+        if inputs["ticket"] == examples[2].ticket:
+            outputs = {name: f"{value}\ud800" for name, value in outputs.items()}
+        return outputs
+
+    examples = make_examples(6)
+    cache = Cache(tmp_path / "cache.sqlite")
+    for attempt in range(2):  # the second run must not be served the bad reply from the cache
+        result = bootstrap_traces(
+            TicketTriage(),
+            examples,
+            teacher=ap.ScriptedLM(lone_surrogate_for_one, cache=cache),
+            metric=metric,
+            store=tmp_path / "traces",
+            progress=False,
+            retry_failed=True,
+        )
+        # Before: UnicodeEncodeError from the store's write ended the whole bootstrap.
+        assert (result.ran, result.kept, result.failed) == (
+            (6, 5, 1) if attempt == 0 else (1, 0, 1)
+        )
+    traces = {t.example_id: t for t in TraceStore(tmp_path / "traces")}
+    failed = [t for t in traces.values() if not t.ok]
+    assert len(traces) == 6 and len(failed) == 1
+    assert (
+        "not valid Unicode" in failed[0].error and failed[0].inputs["ticket"] == examples[2].ticket
+    )
+    rows = cache._connect().execute("SELECT value FROM responses").fetchall()
+    assert rows and not any("\\ud800" in value or "\ud800" in value for (value,) in rows)
+
+
+def test_close_releases_the_folder_even_when_the_last_write_hits_a_full_disk(tmp_path):
+    import errno
+    import io
+
+    class FullDisk(io.FileIO):
+        def write(self, data):
+            raise OSError(errno.ENOSPC, "No space left on device")
+
+    store = TraceStore(tmp_path, flush_every=100, flush_interval=3600)  # held in the buffer
+    store.open(manifest())
+    store.append(Trace(example_id="a", inputs={"q": 1}))
+    store._handle.close()
+    store._handle = io.BufferedWriter(FullDisk(store.file, "ab"))  # the disk fills up now
+    with pytest.raises(OSError) as full:
+        store.close()
+    assert full.value.errno == errno.ENOSPC
+    # Before: the folder stayed locked, so no later run could open the store until exit.
+    again = TraceStore(tmp_path)
+    assert again.open(manifest()) == set()  # the lost batch's example simply runs again
+    again.append(Trace(example_id="a", inputs={"q": 1}))
+    again.close()
+    assert [t.example_id for t in TraceStore(tmp_path)] == ["a"]

@@ -57,8 +57,8 @@ class SystemEval:
     score: float
     n: int
     errors: int
-    latency_p50_s: float
-    latency_p95_s: float
+    latency_p50_s: float | None  # None: no run returned (every example failed)
+    latency_p95_s: float | None
     lm_calls: int
     cached_calls: int
     prompt_tokens: int
@@ -240,8 +240,8 @@ def evaluate_system(
         score=result.score,
         n=len(result.results),
         errors=result.errors,
-        latency_p50_s=_percentile(latencies, 0.50),
-        latency_p95_s=_percentile(latencies, 0.95),
+        latency_p50_s=_percentile(latencies, 0.50) if latencies else None,
+        latency_p95_s=_percentile(latencies, 0.95) if latencies else None,
         lm_calls=calls,
         cached_calls=cached,
         prompt_tokens=prompt_tokens,
@@ -265,7 +265,9 @@ def _money(x: float) -> str:
     return "$0" if x == 0 else f"${x:,.0f}" if x >= 100 else f"${x:.3g}"
 
 
-def _seconds(x: float) -> str:
+def _seconds(x: float | None) -> str:
+    if x is None:
+        return "n/a"  # no run returned: there is no latency to show, not a fast one
     return f"{x:.2f} s" if x >= 1 else f"{x * 1000:.3g} ms"
 
 
@@ -299,7 +301,7 @@ def headline(
     else:
         cost = f"at {costs}"
     sentence = f"**{candidate}** {quality} {cost}"
-    if ref.latency_p50_s > 0 and new.latency_p50_s > 0:
+    if (ref.latency_p50_s or 0) > 0 and (new.latency_p50_s or 0) > 0:
         ratio = ref.latency_p50_s / new.latency_p50_s
         which = f"{ratio:.1f}x lower" if ratio >= 1 else f"{1 / ratio:.1f}x higher"
         sentence += (

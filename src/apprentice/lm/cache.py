@@ -20,7 +20,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any, TypeVar
 
-__all__ = ["Cache", "cache_config", "default_cache_path", "resolve_cache"]
+__all__ = ["Cache", "CacheFileError", "cache_config", "default_cache_path", "resolve_cache"]
 
 logger = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -29,6 +29,10 @@ T = TypeVar("T")
 def default_cache_path() -> Path:
     root = os.environ.get("APPRENTICE_CACHE_DIR") or Path.home() / ".cache" / "apprentice"
     return Path(root) / "lm_cache.sqlite"
+
+
+class CacheFileError(OSError):
+    """A cache file that is not an LM cache this version can use."""
 
 
 class Cache:
@@ -46,6 +50,8 @@ class Cache:
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
             self._connect()
+        except CacheFileError:
+            raise
         except (OSError, sqlite3.Error) as exc:
             raise OSError(
                 f"cannot open the LM cache at {str(self.path)!r}: {exc}; point "
@@ -65,6 +71,15 @@ class Cache:
             conn.execute(
                 "CREATE TABLE IF NOT EXISTS responses (key TEXT PRIMARY KEY, value TEXT NOT NULL)"
             )
+            columns = [row[1] for row in conn.execute("PRAGMA table_info(responses)")]
+            if not {"key", "value"} <= set(columns):
+                conn.close()
+                raise CacheFileError(
+                    f"{self.path} has a 'responses' table with columns {columns}, not the LM "
+                    "cache's (key, value): it is another program's database or another "
+                    "version's cache. Move the file away (a new cache is made in its place), "
+                    "point APPRENTICE_CACHE_DIR elsewhere, or pass cache=False"
+                )
             self._local.conn = conn
         return conn
 
@@ -111,11 +126,25 @@ class Cache:
         return value
 
     def put(self, key: str, value: dict[str, Any]) -> None:
+        """Stores ``value``; one that is not valid Unicode (a lone surrogate) is not stored,
+        so a reply that no trace can hold is not served again on every later run."""
         if not self.enabled:
             return
-        self._connect().execute(
-            "INSERT OR REPLACE INTO responses (key, value) VALUES (?, ?)", (key, json.dumps(value))
-        )
+        # Not ASCII-escaped: SQLite's UTF-8 encoding then refuses what no file can hold.
+        text = json.dumps(value, ensure_ascii=False)
+        try:
+            self._connect().execute(
+                "INSERT OR REPLACE INTO responses (key, value) VALUES (?, ?)", (key, text)
+            )
+        except UnicodeEncodeError as exc:
+            logger.warning(
+                "LM cache %s: not caching the reply for %s: it holds %r, which is not valid "
+                "Unicode (%s)",
+                self.path,
+                key[:16],
+                exc.object[exc.start : exc.end],
+                exc.reason,
+            )
 
     def __len__(self) -> int:
         return self._connect().execute("SELECT COUNT(*) FROM responses").fetchone()[0]

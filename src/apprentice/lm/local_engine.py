@@ -69,7 +69,9 @@ class LocalEngine(Engine):
         if merged is not None:
             self._merge(*merged)
         gen = self.network.generation_config
-        self.eos_ids = _as_set(gen.eos_token_id) or _as_set(self.tokenizer.eos_token_id)
+        # Both: the generation config may name the chat template's end-of-turn token, while
+        # training appends the tokenizer's eos to every target (dataset/tokenize.py).
+        self.eos_ids = _as_set(gen.eos_token_id) | _as_set(self.tokenizer.eos_token_id)
         if not self.eos_ids:
             raise ValueError(f"base model {base_model!r} has no eos token: it could never stop")
         pad = gen.pad_token_id if gen.pad_token_id is not None else self.tokenizer.pad_token_id

@@ -101,7 +101,9 @@ def read_reply(
         )
     try:
         texts, usage, named, finish_reasons = read_completion(content, model_type, n)
-    except ValueError as exc:  # json's errors included
+    except (ValueError, RecursionError) as exc:  # json's errors, and a body nested too deep
+        if isinstance(exc, RecursionError):
+            exc = ValueError("the body is nested too deeply to read")
         raise Retryable(
             f"malformed reply from {url}: {exc}; the body began {content[:200]!r}"
         ) from None
@@ -122,7 +124,7 @@ def server_message(content: bytes) -> str:
         message = error.get("message") if isinstance(error, dict) else error
         if isinstance(message, str) and message:
             return message
-    except (ValueError, AttributeError):
+    except (ValueError, AttributeError, RecursionError):
         pass
     return text.strip()[:2000] or "(empty body)"
 
@@ -172,4 +174,19 @@ def _text(value: Any, what: str) -> str:
         raise ValueError(
             f"{what} must be a string or null, got {type(value).__name__} {value!r:.80}"
         )
+    bad = unstorable_at(value)
+    if bad is not None:  # JSON's "\ud800" escape: no UTF-8 file (trace, cache) can hold it
+        raise ValueError(
+            f"{what} holds a lone surrogate {value[bad]!r} at character {bad}, which is not "
+            "text that can be stored"
+        )
     return value
+
+
+def unstorable_at(text: str) -> int | None:
+    """The index of the first character UTF-8 cannot encode (a lone surrogate), or None."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        return exc.start
+    return None

@@ -109,7 +109,7 @@ class BootstrapFewShot(Optimizer):
             own = demos[path][: self.max_bootstrapped_demos]
             labeled = rest[: max(0, self.max_labeled_demos - len(own))]
             predictor.demos = own + labeled
-        self.stats = {"bootstrapped": len(used), "errors": errors, "tried": len(examples)}
+        self.stats = {"bootstrapped": len(used), "errors": errors, "tried": tried}
         log.info("BootstrapFewShot: %s", self.stats)
         return program
 

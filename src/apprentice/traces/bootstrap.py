@@ -285,13 +285,13 @@ def bootstrap_traces(
             in_flight -= len(batch)
             for future in batch:
                 trace, calls = future.result()  # run_traced never raises for an example
+                if trace_store is not None:
+                    trace = trace_store.append(trace)  # one it cannot hold comes back failed
+                else:
+                    result.traces.append(trace)
                 _count(result, trace, calls, threshold)
                 if not trace.ok and result.failed <= 3:  # a broken teacher or metric shows at once
                     log.warning("bootstrap: example %s failed: %s", trace.example_id, trace.error)
-                if trace_store is not None:
-                    trace_store.append(trace)
-                else:
-                    result.traces.append(trace)
             bar.update(len(batch))
             bar.set_postfix(kept=f"{result.kept}/{result.ran}", failed=result.failed, refresh=False)
     finally:

@@ -59,6 +59,31 @@ class StoreManifest:
         return asdict(self)
 
 
+def _line(trace: Trace) -> bytes:
+    return (json.dumps(trace.to_dict(), ensure_ascii=False) + "\n").encode()
+
+
+def _failed_instead(trace: Trace, exc: UnicodeEncodeError) -> Trace:
+    bad = exc.object[exc.start : exc.end]
+    log.warning(
+        "trace of example %s holds %r (not valid Unicode); stored as failed", trace.example_id, bad
+    )
+    failed = Trace(
+        example_id=trace.example_id,
+        inputs=trace.inputs,
+        error=f"the run's text holds {bad!r}, which is not valid Unicode (a lone surrogate, "
+        "from the teacher's reply or a script) and cannot be stored; the example failed",
+        attempt=trace.attempt,
+        latency_s=trace.latency_s,
+        example=trace.example,
+    )
+    try:
+        _line(failed)
+    except UnicodeEncodeError:  # the example's own data holds it: keep only the id
+        failed.inputs, failed.example = {}, None
+    return failed
+
+
 class TraceStore:
     """``TraceStore(run_dir / "traces")`` holds ``traces.jsonl`` and ``manifest.json``."""
 
@@ -182,8 +207,16 @@ class TraceStore:
             return size - keep
 
     # -- writing ---------------------------------------------------------------------------
-    def append(self, trace: Trace) -> None:
-        line = (json.dumps(trace.to_dict(), ensure_ascii=False) + "\n").encode()
+    def append(self, trace: Trace) -> Trace:
+        """Buffers ``trace`` (flushed in batches); returns what was stored: ``trace``, or,
+        when it holds text that UTF-8 cannot encode (a lone surrogate from a reply or a
+        script), a failed trace of the same example that says so, so that example fails
+        alone and the run goes on."""
+        try:
+            line = _line(trace)
+        except UnicodeEncodeError as exc:
+            trace = _failed_instead(trace, exc)
+            line = _line(trace)
         with self._lock:
             self._buffer.append(line)
             due = (
@@ -192,27 +225,38 @@ class TraceStore:
             )
         if due:
             self.flush()
+        return trace
 
     def flush(self) -> None:
         if self._handle is None:
             raise RuntimeError(f"trace store {self.path} is not open: call open() first")
+        self._flush_to(self._handle)
+
+    def _flush_to(self, handle) -> None:
         with self._lock:
             if not self._buffer:
                 return
-            self._handle.write(b"".join(self._buffer))
-            self._handle.flush()
+            handle.write(b"".join(self._buffer))
+            handle.flush()
             self._buffer.clear()
             self._last_flush = time.monotonic()
-            os.fsync(self._handle.fileno())
+            os.fsync(handle.fileno())
 
     def close(self) -> None:
-        if self._handle is not None:
+        """Writes what is buffered and releases the folder. A failed write (a full disk)
+        is raised, but the file is closed and the folder released all the same: the lost
+        batch's examples have no trace and run again next time."""
+        if self._handle is None:
+            return
+        handle, self._handle = self._handle, None
+        try:
             try:
-                self.flush()
+                self._flush_to(handle)
             finally:
-                self._handle.close()
-                self._handle = None
-                self._folder_lock.release()
+                self._buffer.clear()
+                handle.close()  # retries the buffered bytes, so it may raise ENOSPC again
+        finally:
+            self._folder_lock.release()
 
     def __enter__(self) -> TraceStore:
         return self

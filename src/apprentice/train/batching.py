@@ -63,6 +63,7 @@ def collate_padded(features: list[dict[str, list[int]]], pad_id: int, kind: str)
         for row, f in enumerate(features):
             labels[row, : len(f["labels"])] = torch.tensor(f["labels"])
     batch = {"input_ids": input_ids, "attention_mask": attention, "labels": labels}
+    _add_rows(batch, features)
     if kind == "causal":
         batch["use_cache"] = False  # training never needs the KV cache
     return batch
@@ -91,10 +92,21 @@ def collate_padding_free(
         row_labels[0] = IGNORE_INDEX
         labels.extend(row_labels)
         positions.extend(range(len(f["input_ids"])))
-    return {
+    batch = {
         "input_ids": torch.tensor([input_ids]),
         "labels": torch.tensor([labels]),
         "position_ids": torch.tensor([positions]),
         # transformers detects packed rows from position ids only without a KV cache.
         "use_cache": False,
     }
+    _add_rows(batch, features)
+    return batch
+
+
+def _add_rows(batch: dict[str, Any], features: list[dict[str, Any]]) -> None:
+    """Rows tagged with their dataset index (validation) keep it as ``batch["rows"]``, so
+    losses gathered from several processes can be de-duplicated (train/val_loss.py)."""
+    if features and "row" in features[0]:
+        import torch
+
+        batch["rows"] = torch.tensor([f["row"] for f in features])

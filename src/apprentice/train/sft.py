@@ -39,6 +39,7 @@ from apprentice.train.launch import in_launched_process, launch_training
 from apprentice.train.model import resolve_targets, use_bf16, use_packing, wrap_lora
 from apprentice.train.resume import check_out_dir, run_fingerprint, save_checkpoint
 from apprentice.train.students import load_student, model_hash
+from apprentice.train.val_loss import combine_row_losses, row_losses
 
 __all__ = ["AdapterTrainer", "TrainResult", "train_adapter"]
 
@@ -164,6 +165,9 @@ class AdapterTrainer:
         self.features, self.reports = tokenize_splits(
             rows, self.tokenizer, self.kind, self.train_config
         )
+        # Each validation row carries its index, so processes' losses are counted once each.
+        validation = self.features.get("validation") or []
+        self.features["validation"] = [{**f, "row": i} for i, f in enumerate(validation)]
         self.packing = use_packing(self.train_config.packing, self.kind, self.device_type)
 
     def fingerprint(self) -> dict[str, Any]:
@@ -305,21 +309,22 @@ class AdapterTrainer:
             save_checkpoint(self.accelerator, self.out_dir, self.state, train.save_total_limit)
 
     def evaluate(self) -> float | None:
-        """Mean loss per target token over the validation rows (None without any)."""
+        """Mean loss per target token over the validation rows (None without any), over
+        every process's shard, each row once (train/val_loss.py)."""
         import torch
+        from accelerate.utils import gather_object
 
         if not self.features["validation"]:
             return None
         self.model.eval()
-        total, count = 0.0, 0
+        seen = []
         autocast = torch.autocast(self.device_type, dtype=torch.bfloat16, enabled=self.bf16)
         with torch.no_grad(), autocast:
             for batch in self.accelerator.prepare(self._loader("validation", 0, shuffle=False)):
-                tokens = int((batch["labels"] != -100).sum())
-                total += float(self.model(**batch).loss) * tokens
-                count += tokens
+                logits = self.model(**{k: v for k, v in batch.items() if k != "rows"}).logits
+                seen += row_losses(logits, batch, shift=self.kind == "causal")
         self.model.train()
-        return total / max(count, 1)
+        return combine_row_losses(gather_object(seen))
 
     # -- export -----------------------------------------------------------------------------
     def export(self) -> TrainResult:
