@@ -138,12 +138,17 @@ def _finish_tool(signature: type[Signature]) -> Tool:
     )
 
 
-def _instructions(signature: type[Signature], tools: Iterable[Tool]) -> str:
+_AGENT_INTRO = "You work as an agent, one turn at a time."
+
+
+def _instructions(task: str, signature: type[Signature], tools: Iterable[Tool]) -> str:
+    """The react step's instructions: the task's own (``task``), then how to work as an
+    agent and the tools, which are derived from the tools and rebuilt on load."""
     inputs = ", ".join(f"`{n}`" for n in signature.input_fields)
     listed = "\n".join(f"({i}) {tool.describe()}" for i, tool in enumerate(tools, 1))
     return (
-        f"{signature.instructions}\n\n"
-        f"You work as an agent, one turn at a time. You get {inputs} and your trajectory so "
+        f"{task}\n\n"
+        f"{_AGENT_INTRO} You get {inputs} and your trajectory so "
         "far. Each turn, write your next thought, then choose one tool and its arguments as "
         "a JSON object; the tool's result is added to your trajectory as an observation. "
         f"Call `{FINISH}` once you have gathered enough.\n\nTools:\n{listed}"
@@ -246,8 +251,41 @@ class ReAct(Module):
             .append("next_thought", OutputField(desc="what you know and what to do next"))
             .append("next_tool_name", OutputField(), Literal[names])
             .append("next_tool_args", OutputField(desc="the tool's arguments"), dict[str, Any])
-            .with_instructions(_instructions(self.signature, self.tools.values()))
+            .with_instructions(
+                _instructions(self.signature.instructions, self.signature, self.tools.values())
+            )
         )
+
+    def _rebuild_after_load(self) -> None:
+        """A loaded program keeps the saved task instructions but lists this ReAct's tools:
+        the file's tool list is that of the program that saved it."""
+        loaded = self.react.signature.instructions
+        task, intro, _ = loaded.rpartition(f"\n\n{_AGENT_INTRO}")
+        if not intro:
+            log.warning(
+                "ReAct(%r): the loaded instructions of its `react` step are not in the form "
+                "ReAct writes, so its tool list could not be rebuilt; they are kept as "
+                "written and may name other tools than this ReAct's %s",
+                self.signature.signature_string(),
+                list(self.tools),
+            )
+        else:
+            rebuilt = _instructions(task, self.signature, self.tools.values())
+            if rebuilt != loaded:
+                log.info(
+                    "ReAct: loaded instructions now list the current tools %s", list(self.tools)
+                )
+                self.react.signature = self.react.signature.with_instructions(rebuilt)
+        stale = sorted(
+            {str(d.get("next_tool_name")) for d in self.react.demos} - set(self.tools) - {"None"}
+        )
+        if stale:
+            log.warning(
+                "ReAct: loaded demos of `react` call tools this ReAct does not have %s (its "
+                "tools: %s); re-run the optimizer to replace them",
+                stale,
+                list(self.tools),
+            )
 
     def render(self, turns: list[Mapping[str, Any]]) -> str:
         return render_trajectory(
