@@ -3,6 +3,7 @@ wrong, max_iters, the truncation policy, and the rows a ReAct trace becomes."""
 
 from __future__ import annotations
 
+import json
 import re
 
 import pytest
@@ -313,3 +314,35 @@ def test_react_instructions_not_in_reacts_form_are_kept_and_the_load_says_so(tmp
         restored.load(path)
     assert restored.react.signature.instructions == "Do it your way."
     assert "tool list could not be rebuilt" in caplog.text
+
+
+def dump(n: int) -> str:
+    """A tool whose result is huge."""
+    return "y" * n
+
+
+def test_a_12_mb_tool_result_stores_what_the_model_saw_and_what_was_cut(tmp_path):
+    def teach(signature, inputs):
+        if "next_tool_name" in signature.output_fields:
+            if inputs["trajectory"] == "(no turns yet)":
+                return _turn("dump", {"n": 12_000_000})
+            return _turn("finish", {})
+        return {"reasoning": "r", "answer": "a"}
+
+    program = ap.ReAct("question -> answer", tools=[dump])
+    bootstrap_traces(
+        program,
+        [ap.Example(question="big?", answer="a").with_inputs("question")],
+        teacher=ap.ScriptedLM(teach),
+        store=tmp_path / "traces",
+        progress=False,
+    )
+    lines = (tmp_path / "traces" / "traces.jsonl").read_text().splitlines()
+    assert len(lines) == 1
+    assert len(lines[0]) < 100_000  # was > 12,000,000: the whole result in the trajectory
+    trace = ap.Trace.from_dict(json.loads(lines[0]))
+    turn = trace.prediction["trajectory"][0]
+    assert turn["observation"] == "y" * 1500 and turn["observation_cut"] == 12_000_000 - 1500
+    shown = trace.steps[1].inputs["trajectory"]  # the second turn's prompt
+    assert "y" * 1500 + "... [11998500 more characters cut]" in shown
+    assert "y" * 1501 not in shown
