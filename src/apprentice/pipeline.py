@@ -173,9 +173,19 @@ class Pipeline:
         return {name: self.root / "adapters" / name for name in groups}
 
     def require(self, path: Path, stage: str) -> None:
+        """``path``, the output of ``stage``, exists and ``stage`` finished: a stage that was
+        killed or failed half-way is not read by the stages after it."""
+        hint = self.job.hints.get("require", "run the {stage} stage first")
+        hint = hint.format(stage=stage, root=self.root)
+        entry = self.state()["stages"].get(stage)
+        if entry is not None and entry.get("status") != "done":
+            raise StageError(
+                f"the {stage} stage in {self.root} did not finish (status "
+                f"{entry.get('status')!r} since {time.ctime(entry.get('updated', 0))}: it was "
+                f"killed or failed), so its output may be partial: {hint}"
+            )
         if not path.exists():
-            hint = self.job.hints.get("require", "run the {stage} stage first")
-            raise StageError(f"{path} is missing: " + hint.format(stage=stage, root=self.root))
+            raise StageError(f"{path} is missing: {hint}")
 
     # -- stages -----------------------------------------------------------------------------
     def bootstrap(self) -> StageOutcome:
