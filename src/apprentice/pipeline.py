@@ -58,7 +58,7 @@ class Job:
     """What the stages need, however it was given (a recipe or Python objects).
 
     ``make_program`` and ``make_teacher`` give fresh objects on each call (the teacher gets
-    the run's cache folder). ``student`` is the base model (a path, hub name or ``.gguf``);
+    the folder for its reply cache, ``Pipeline.teacher_cache_dir``). ``student`` is the base model (a path, hub name or ``.gguf``);
     with ``tiny`` it is the folder a tiny student is built in. The ``hints`` finish error
     messages with the way out in the caller's terms (recipe keys or Python arguments).
     """
@@ -156,6 +156,17 @@ class Pipeline:
         return outcome
 
     # -- paths ------------------------------------------------------------------------------
+    def teacher_cache_dir(self) -> Path:
+        """Where the teacher's replies are cached: the user's cache folder
+        (``APPRENTICE_CACHE_DIR``, else ``~/.cache/apprentice``), shared by every run and
+        keyed by the request and the teacher's identity, so a new run directory (or
+        ``reset_traces``) does not pay the teacher again for a call it made before. A run
+        directory made before this has its own ``cache/`` folder, and keeps using it."""
+        from apprentice.lm.cache import default_cache_path
+
+        legacy = self.root / "cache"
+        return legacy if legacy.is_dir() else default_cache_path().parent
+
     @property
     def traces_dir(self) -> Path:
         return self.root / "traces"
@@ -205,7 +216,7 @@ class Pipeline:
         )
 
         def run() -> dict[str, Any]:
-            teacher = job.make_teacher(self.root / "cache")
+            teacher = job.make_teacher(self.teacher_cache_dir())
             try:
                 result = bootstrap_traces(
                     program,

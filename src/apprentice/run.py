@@ -7,7 +7,6 @@ evaluation of every system on the dev set, and the report.
     runs/<name>/
       recipe.yaml        the recipe as run (overrides applied)
       run.json           each stage's input hash, status, time and summary
-      cache/             the teacher's response cache (re-runs never pay twice)
       traces/            bootstrap: append-only trace store + manifest
       dataset/           dataset: HF datasets on disk + manifest
       student/           a tiny student built from config (offline demos only)
@@ -15,6 +14,9 @@ evaluation of every system on the dev set, and the report.
       program.json       bind: the compiled program, bound to the student's backend
       eval/<system>.json eval: teacher, untrained student, trained student on the dev set
       report/            report.md + PNG plots
+
+The teacher's replies are cached outside the run, in ``APPRENTICE_CACHE_DIR`` (default
+``~/.cache/apprentice``), so a new run directory never pays twice for the same call.
 
 Every stage records the hash of its inputs. Re-running skips a stage whose hash is
 unchanged and whose output exists, and resumes an interrupted one: the bootstrap skips
@@ -54,7 +56,7 @@ SYSTEMS = {
 }
 
 
-def recipe_job(recipe: Recipe, root: Path) -> Job:
+def recipe_job(recipe: Recipe, root: Path, *, reset_traces: bool = False) -> Job:
     """The pipeline's job as a recipe describes it; messages name recipe keys."""
     from apprentice.fingerprint import code_fingerprint
     from apprentice.recipe import import_object
@@ -75,9 +77,12 @@ def recipe_job(recipe: Recipe, root: Path) -> Job:
         train=recipe.train,
         serve=recipe.serve,
         teacher_key=stage_hash(recipe.section_hash("teacher"), code),
+        reset_traces=reset_traces,
         hints={
-            "mismatch": "Use a new --run-dir, or move that folder away to start over (the "
-            "teacher's replies are cached in the run, so re-running is cheap)",
+            "mismatch": "Pass --reset-traces to move the old traces aside and run the "
+            "teacher again, or use a new --run-dir (the teacher's replies are cached in "
+            "APPRENTICE_CACHE_DIR, default ~/.cache/apprentice, so calls made before cost "
+            "nothing)",
             "reused": "set bootstrap.retry_failed: true (or --set bootstrap.retry_failed=true) "
             "to run the failed ones again",
             "require": "run 'apprentice {stage} {root}' (or 'apprentice distill') first",
@@ -88,8 +93,11 @@ def recipe_job(recipe: Recipe, root: Path) -> Job:
 class Run(Pipeline):
     """``Run.open("recipes/demo/causal.yaml")`` or ``Run.open("runs/demo-causal")``."""
 
-    def __init__(self, recipe: Recipe, root: Path, *, progress: bool = True) -> None:
-        super().__init__(root, recipe_job(recipe, Path(root)), progress=progress)
+    def __init__(
+        self, recipe: Recipe, root: Path, *, progress: bool = True, reset_traces: bool = False
+    ) -> None:
+        job = recipe_job(recipe, Path(root), reset_traces=reset_traces)
+        super().__init__(root, job, progress=progress)
         self.recipe = recipe
 
     # -- opening ----------------------------------------------------------------------------
@@ -101,7 +109,10 @@ class Run(Pipeline):
         overrides: list[str] | None = None,
         run_dir: str | os.PathLike | None = None,
         progress: bool = True,
+        reset_traces: bool = False,
     ) -> Run:
+        """The run of a recipe YAML or of a run directory; ``reset_traces`` moves the trace
+        store's traces aside at the next bootstrap, so the teacher runs again."""
         target = Path(target)
         if target.is_dir():
             recipe_file = target / "recipe.yaml"
@@ -117,7 +128,7 @@ class Run(Pipeline):
             root = Path(run_dir or recipe.run_dir or Path("runs") / recipe.name)
         recipe.check_data_files()
         root.mkdir(parents=True, exist_ok=True)
-        run = cls(recipe, root, progress=progress)
+        run = cls(recipe, root, progress=progress, reset_traces=reset_traces)
         with run._exclusive():
             run._write_recipe()
         return run
@@ -167,7 +178,7 @@ class Run(Pipeline):
         return optimizer.compile(
             r.make_program(),
             trainset=r.load_split("train"),
-            teacher=r.make_teacher(cache_dir=self.root / "cache"),
+            teacher=r.make_teacher(cache_dir=self.teacher_cache_dir()),
         )
 
     def eval(self) -> StageOutcome:
@@ -225,7 +236,7 @@ class Run(Pipeline):
                         continue
                 if system == "teacher":
                     program = r.make_program()
-                    program.set_lm(r.make_teacher(cache_dir=self.root / "cache"))
+                    program.set_lm(r.make_teacher(cache_dir=self.teacher_cache_dir()))
                 elif system in ("untrained", "fewshot"):
                     program = r.make_program() if system == "untrained" else self._fewshot()
                     cap = r.eval.untrained_max_new_tokens
