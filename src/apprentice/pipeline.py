@@ -23,8 +23,10 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import re
 import shutil
 import time
+from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -91,11 +93,23 @@ def _section(config: Any) -> Any:
 
 def adapter_groups(program: Any, multitask: bool) -> dict[str, list[str]]:
     """Adapter name -> the predictor paths it is trained on: one ``multitask`` adapter, or one
-    per predictor (named by its path with dots as underscores)."""
+    per predictor, named by its path with every character other than a letter, digit or
+    ``_`` written as ``_`` (``hops.0.generate`` -> ``hops_0_generate``). Paths whose names
+    would be the same (``a.b`` and ``a_b``) each get ``-`` and a hash of the exact path
+    (``a_b-3f2c9e1a``); a plain name has no ``-``, so no two names can be the same."""
     paths = [path for path, _ in program.named_predictors()]
     if multitask:
         return {"multitask": paths}
-    return {path.replace(".", "_"): [path] for path in paths}
+    slugs = {path: re.sub(r"[^A-Za-z0-9_]", "_", path) for path in paths}
+    taken = Counter(slugs.values())
+    groups = {}
+    for path, slug in slugs.items():
+        if taken[slug] > 1:
+            slug = f"{slug}-{hashlib.sha256(path.encode()).hexdigest()[:8]}"
+        groups[slug] = [path]
+    if len(groups) != len(paths):  # two 32-bit hashes alike: say so rather than overwrite
+        raise StageError(f"predictor paths {paths} give adapter names that collide: rename one")
+    return groups
 
 
 class Pipeline:
