@@ -114,3 +114,43 @@ def test_bootstrap_finetune_runs_the_same_stages_and_reuses_them(tmp_path, count
     assert counted_training == ["multitask"]
     assert rebound.classify.lm.max_new_tokens == 12
     assert _lm_config(tmp_path / "run")["max_new_tokens"] == 12
+
+
+def test_train_refuses_a_dataset_whose_rebuild_was_killed(tmp_path, monkeypatch, counted_training):
+    from datasets import Dataset
+
+    from apprentice.dataset import load_dataset_dir
+    from apprentice.recipe import RecipeError
+
+    root = tmp_path / "run"
+    run = Run.open(RECIPE, overrides=SHORT, run_dir=root, progress=False)
+    run.bootstrap()
+    run.dataset()
+    _, old = load_dataset_dir(root / "dataset")
+
+    class Killed(BaseException):
+        pass
+
+    real = Dataset.save_to_disk
+
+    def save_then_die(self, path, *args, **kwargs):
+        real(self, path, *args, **kwargs)
+        raise Killed(path)  # after the first split is on disk
+
+    monkeypatch.setattr(Dataset, "save_to_disk", save_then_die)
+    rebuild = Run.open(root, overrides=[*SHORT, "dataset.val_fraction=0.5"], progress=False)
+    with pytest.raises(Killed):
+        rebuild.dataset()
+    monkeypatch.setattr(Dataset, "save_to_disk", real)
+
+    again = Run.open(root, overrides=[*SHORT, "dataset.val_fraction=0.5"], progress=False)
+    with pytest.raises(
+        RecipeError, match="the dataset stage .* did not finish .* 'apprentice data"
+    ):
+        again.train()  # before: trained on mixed splits, recording the old dataset's hash
+    assert counted_training == []
+    _, kept = load_dataset_dir(root / "dataset")
+    assert kept.content_hash == old.content_hash  # the old dataset is whole, not mixed
+    assert again.dataset().status == "resumed"  # the same inputs, built again whole
+    _, new = load_dataset_dir(root / "dataset")
+    assert new.val_fraction == 0.5 and new.content_hash != old.content_hash

@@ -243,3 +243,36 @@ def test_a_key_for_another_host_is_refused_unless_the_user_allows_that_host(
     # Another host is still refused, and the recipe cannot vouch for itself (no such key).
     with pytest.raises(RecipeError, match="'evil.example'"):
         load_recipe(_openai_recipe(tmp_path, "https://evil.example/v1")).make_teacher()
+
+
+# -- the teacher's cache outlives the run directory ------------------------------------------
+def _cached(root: Path) -> list[bool]:
+    from apprentice.traces import TraceStore
+
+    return [step.cached for trace in TraceStore(root / "traces") for step in trace.steps]
+
+
+def test_a_new_run_dir_or_reset_traces_does_not_pay_the_teacher_again(tmp_path):
+    from apprentice.cli import main
+
+    first = Run.open(RECIPE, overrides=SMALL, run_dir=tmp_path / "a", progress=False)
+    first.bootstrap()
+    assert _cached(tmp_path / "a") == [False] * 12  # 6 examples, 2 steps each
+
+    # Before: the cache was runs/<name>/cache/, so the advice "use a new --run-dir" paid again.
+    Run.open(RECIPE, overrides=SMALL, run_dir=tmp_path / "b", progress=False).bootstrap()
+    assert _cached(tmp_path / "b") == [True] * 12
+    assert not (tmp_path / "a" / "cache").exists()
+
+    argv = ["bootstrap", str(tmp_path / "a"), "--reset-traces", "-q"]
+    assert main(argv) == 0
+    assert _cached(tmp_path / "a") == [True] * 12
+    assert len(list((tmp_path / "a" / "traces").glob("traces.*.jsonl"))) == 1  # set aside
+
+
+def test_a_larger_training_set_adds_traces_instead_of_refusing(tmp_path):
+    root = tmp_path / "run"
+    Run.open(RECIPE, overrides=SMALL, run_dir=root, progress=False).bootstrap()
+    # Before: "holds traces for a different dataset ... use a new --run-dir".
+    grown = Run.open(root, overrides=["data.train.args.n=9"], progress=False).bootstrap()
+    assert (grown.summary["skipped"], grown.summary["ran"], grown.summary["traces"]) == (6, 3, 9)

@@ -144,6 +144,13 @@ def build_parser() -> argparse.ArgumentParser:
         _add_run_arguments(p)
         if name in ("train", "distill"):
             _add_launcher_arguments(p)
+        if name in ("bootstrap", "distill"):
+            p.add_argument(
+                "--reset-traces",
+                action="store_true",
+                help="move the run's traces aside (traces/traces.<time>.jsonl, never deleted) "
+                "and run the teacher again; replies it gave before come from the cache",
+            )
     serve = sub.add_parser(
         "serve",
         help="serve a run's student over an OpenAI-compatible HTTP API",
@@ -220,6 +227,7 @@ def _run_stage(args) -> int:
         run_dir=args.run_dir,
         progress=not args.quiet,
         allow_key_hosts=tuple(args.allow_key_hosts),
+        reset_traces=getattr(args, "reset_traces", False),
     )
     start = time.perf_counter()
     if args.command == "distill":

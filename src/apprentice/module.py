@@ -8,6 +8,7 @@ import copy
 import json
 import logging
 import os
+import sys
 from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -76,6 +77,22 @@ class Module:
         visit("", self)
         return found
 
+    def _all_modules(self) -> list[Module]:
+        """This module and every module under it, each once, parents first."""
+        found: list[Module] = []
+        seen: set[int] = set()
+
+        def visit(module: Module) -> None:
+            if id(module) in seen:
+                return
+            seen.add(id(module))
+            found.append(module)
+            for _, child in module.named_children():
+                visit(child)
+
+        visit(self)
+        return found
+
     def predictors(self) -> list[Predictor]:
         return [p for _, p in self.named_predictors()]
 
@@ -122,16 +139,29 @@ class Module:
     ) -> Module:
         """Restores ``state`` (``dump_state()``'s dict); ``trusted`` and ``allowed_endpoints``
         as in ``load``. Every check runs before anything changes."""
+        if not isinstance(state, dict):
+            raise ProgramFileError(
+                f"{source} is not a saved apprentice program (a JSON {type(state).__name__}, "
+                "not an object)"
+            )
         if state.get("schema") != PROGRAM_SCHEMA:
             raise ProgramFileError(
-                f"{source} is not a saved apprentice program (schema {state.get('schema')!r})"
+                f"{source} is not a saved apprentice program (schema {state.get('schema')!r:.80})"
             )
-        if state.get("version", 0) > PROGRAM_VERSION:
+        version = state.get("version", 0)
+        if not isinstance(version, int) or isinstance(version, bool):
+            raise ProgramFileError(f"{source}: version must be an integer, got {version!r:.80}")
+        if version > PROGRAM_VERSION:
             raise ProgramFileError(
-                f"{source} has program version {state['version']}; this apprentice reads up to "
+                f"{source} has program version {version}; this apprentice reads up to "
                 f"{PROGRAM_VERSION}: upgrade apprentice"
             )
         saved = state.get("predictors", {})
+        if not isinstance(saved, dict):
+            raise ProgramFileError(
+                f"{source}: predictors must be an object of path -> state, got "
+                f"{type(saved).__name__}"
+            )
         ours = dict(self.named_predictors())
         missing, extra = sorted(set(ours) - set(saved)), sorted(set(saved) - set(ours))
         if missing or extra:
@@ -139,24 +169,27 @@ class Module:
                 f"{source} does not match {type(self).__name__}: predictors missing from the file "
                 f"{missing}, in the file but not in the program {extra}"
             )
-        from apprentice.lm.registry import check_lm_config
-
-        for path in ours:
-            if saved[path].get("lm") is not None:
-                check_lm_config(
-                    saved[path]["lm"],
-                    trusted=trusted,
-                    allowed_endpoints=allowed_endpoints,
-                    where=f"{source}:{path}",
-                )
-        for path, predictor in ours.items():
-            predictor.load_predictor_state(
+        # Check and build everything first, then set it: a file that is wrong anywhere
+        # leaves the program as it was.
+        prepared = {
+            path: predictor.prepare_predictor_state(
                 saved[path],
                 where=f"{source}:{path}",
                 trusted=trusted,
                 allowed_endpoints=allowed_endpoints,
             )
+            for path, predictor in ours.items()
+        }
+        for path, predictor in ours.items():
+            predictor.apply_predictor_state(prepared[path])
+        for module in self._all_modules():
+            module._rebuild_after_load()
         return self
+
+    def _rebuild_after_load(self) -> None:
+        """Called on every module of a program after ``load_state`` set its predictors:
+        a module whose predictors hold something derived from the module's own
+        construction (ReAct's tool list) re-derives it here. Must not fail."""
 
     def save(self, path: str | os.PathLike) -> Path:
         """Writes demos, instructions, sampling config and LM bindings as JSON (atomically)."""
@@ -188,6 +221,11 @@ class Module:
             raise FileNotFoundError(f"no saved program at {path}") from None
         except ValueError as exc:
             raise ProgramFileError(f"{path} is not valid JSON: {exc}") from None
+        except RecursionError:
+            raise ProgramFileError(
+                f"{path} is nested too deeply to be a saved program (JSON deeper than "
+                f"Python's recursion limit, {sys.getrecursionlimit()})"
+            ) from None
         return self.load_state(
             state, source=str(path), trusted=trusted, allowed_endpoints=allowed_endpoints
         )

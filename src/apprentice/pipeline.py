@@ -23,8 +23,10 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import re
 import shutil
 import time
+from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -58,7 +60,7 @@ class Job:
     """What the stages need, however it was given (a recipe or Python objects).
 
     ``make_program`` and ``make_teacher`` give fresh objects on each call (the teacher gets
-    the run's cache folder). ``student`` is the base model (a path, hub name or ``.gguf``);
+    the folder for its reply cache, ``Pipeline.teacher_cache_dir``). ``student`` is the base model (a path, hub name or ``.gguf``);
     with ``tiny`` it is the folder a tiny student is built in. The ``hints`` finish error
     messages with the way out in the caller's terms (recipe keys or Python arguments).
     """
@@ -91,11 +93,23 @@ def _section(config: Any) -> Any:
 
 def adapter_groups(program: Any, multitask: bool) -> dict[str, list[str]]:
     """Adapter name -> the predictor paths it is trained on: one ``multitask`` adapter, or one
-    per predictor (named by its path with dots as underscores)."""
+    per predictor, named by its path with every character other than a letter, digit or
+    ``_`` written as ``_`` (``hops.0.generate`` -> ``hops_0_generate``). Paths whose names
+    would be the same (``a.b`` and ``a_b``) each get ``-`` and a hash of the exact path
+    (``a_b-3f2c9e1a``); a plain name has no ``-``, so no two names can be the same."""
     paths = [path for path, _ in program.named_predictors()]
     if multitask:
         return {"multitask": paths}
-    return {path.replace(".", "_"): [path] for path in paths}
+    slugs = {path: re.sub(r"[^A-Za-z0-9_]", "_", path) for path in paths}
+    taken = Counter(slugs.values())
+    groups = {}
+    for path, slug in slugs.items():
+        if taken[slug] > 1:
+            slug = f"{slug}-{hashlib.sha256(path.encode()).hexdigest()[:8]}"
+        groups[slug] = [path]
+    if len(groups) != len(paths):  # two 32-bit hashes alike: say so rather than overwrite
+        raise StageError(f"predictor paths {paths} give adapter names that collide: rename one")
+    return groups
 
 
 class Pipeline:
@@ -156,6 +170,17 @@ class Pipeline:
         return outcome
 
     # -- paths ------------------------------------------------------------------------------
+    def teacher_cache_dir(self) -> Path:
+        """Where the teacher's replies are cached: the user's cache folder
+        (``APPRENTICE_CACHE_DIR``, else ``~/.cache/apprentice``), shared by every run and
+        keyed by the request and the teacher's identity, so a new run directory (or
+        ``reset_traces``) does not pay the teacher again for a call it made before. A run
+        directory made before this has its own ``cache/`` folder, and keeps using it."""
+        from apprentice.lm.cache import default_cache_path
+
+        legacy = self.root / "cache"
+        return legacy if legacy.is_dir() else default_cache_path().parent
+
     @property
     def traces_dir(self) -> Path:
         return self.root / "traces"
@@ -172,10 +197,24 @@ class Pipeline:
         groups = adapter_groups(self.job.make_program(), self.job.dataset.multitask)
         return {name: self.root / "adapters" / name for name in groups}
 
+    def hints(self) -> dict[str, str]:
+        """The job's advice for the errors the stages raise."""
+        return self.job.hints
+
     def require(self, path: Path, stage: str) -> None:
+        """``path``, the output of ``stage``, exists and ``stage`` finished: a stage that was
+        killed or failed half-way is not read by the stages after it."""
+        hint = self.hints().get("require", "run the {stage} stage first")
+        hint = hint.format(stage=stage, root=self.root)
+        entry = self.state()["stages"].get(stage)
+        if entry is not None and entry.get("status") != "done":
+            raise StageError(
+                f"the {stage} stage in {self.root} did not finish (status "
+                f"{entry.get('status')!r} since {time.ctime(entry.get('updated', 0))}: it was "
+                f"killed or failed), so its output may be partial: {hint}"
+            )
         if not path.exists():
-            hint = self.job.hints.get("require", "run the {stage} stage first")
-            raise StageError(f"{path} is missing: " + hint.format(stage=stage, root=self.root))
+            raise StageError(f"{path} is missing: {hint}")
 
     # -- stages -----------------------------------------------------------------------------
     def bootstrap(self) -> StageOutcome:
@@ -195,7 +234,7 @@ class Pipeline:
         )
 
         def run() -> dict[str, Any]:
-            teacher = job.make_teacher(self.root / "cache")
+            teacher = job.make_teacher(self.teacher_cache_dir())
             try:
                 result = bootstrap_traces(
                     program,

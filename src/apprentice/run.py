@@ -7,7 +7,6 @@ evaluation of every system on the dev set, and the report.
     runs/<name>/
       recipe.yaml        the recipe as run (overrides applied)
       run.json           each stage's input hash, status, time and summary
-      cache/             the teacher's response cache (re-runs never pay twice)
       traces/            bootstrap: append-only trace store + manifest
       dataset/           dataset: HF datasets on disk + manifest
       student/           a tiny student built from config (offline demos only)
@@ -15,6 +14,9 @@ evaluation of every system on the dev set, and the report.
       program.json       bind: the compiled program, bound to the student's backend
       eval/<system>.json eval: teacher, untrained student, trained student on the dev set
       report/            report.md + PNG plots
+
+The teacher's replies are cached outside the run, in ``APPRENTICE_CACHE_DIR`` (default
+``~/.cache/apprentice``), so a new run directory never pays twice for the same call.
 
 Every stage records the hash of its inputs. Re-running skips a stage whose hash is
 unchanged and whose output exists, and resumes an interrupted one: the bootstrap skips
@@ -37,7 +39,7 @@ from typing import Any
 import yaml
 
 from apprentice.files import atomic_write
-from apprentice.pipeline import Job, Pipeline, StageOutcome
+from apprentice.pipeline import Job, Pipeline, StageError, StageOutcome
 from apprentice.pipeline import _hash as stage_hash
 from apprentice.recipe import Recipe, RecipeError, load_recipe
 
@@ -55,15 +57,22 @@ SYSTEMS = {
 
 
 HINTS = {
-    "mismatch": "Use a new --run-dir, or move that folder away to start over (the "
-    "teacher's replies are cached in the run, so re-running is cheap)",
+    "mismatch": "Pass --reset-traces to move the old traces aside and run the teacher again, "
+    "or use a new --run-dir (the teacher's replies are cached in APPRENTICE_CACHE_DIR, default "
+    "~/.cache/apprentice, so calls made before cost nothing)",
     "reused": "set bootstrap.retry_failed: true (or --set bootstrap.retry_failed=true) "
     "to run the failed ones again",
     "require": "run 'apprentice {stage} {root}' (or 'apprentice distill') first",
 }
 
 
-def recipe_job(recipe: Recipe, root: Path, allow_key_hosts: tuple[str, ...] = ()) -> Job:
+def recipe_job(
+    recipe: Recipe,
+    root: Path,
+    allow_key_hosts: tuple[str, ...] = (),
+    *,
+    reset_traces: bool = False,
+) -> Job:
     """The pipeline's job as a recipe describes it; messages name recipe keys.
 
     Building it imports the recipe's program, metric, teacher script and data factory: the
@@ -89,6 +98,7 @@ def recipe_job(recipe: Recipe, root: Path, allow_key_hosts: tuple[str, ...] = ()
         train=recipe.train,
         serve=recipe.serve,
         teacher_key=stage_hash(recipe.section_hash("teacher"), code),
+        reset_traces=reset_traces,
         hints=HINTS,
     )
 
@@ -106,16 +116,20 @@ class Run(Pipeline):
         *,
         progress: bool = True,
         allow_key_hosts: tuple[str, ...] = (),
+        reset_traces: bool = False,
     ) -> None:
         self.recipe = recipe
         self.allow_key_hosts = tuple(allow_key_hosts)
+        self.reset_traces = reset_traces
         self._job: Job | None = None
         super().__init__(root, None, progress=progress)  # type: ignore[arg-type]
 
     @property
     def job(self) -> Job:
         if self._job is None:
-            self._job = recipe_job(self.recipe, self.root, self.allow_key_hosts)
+            self._job = recipe_job(
+                self.recipe, self.root, self.allow_key_hosts, reset_traces=self.reset_traces
+            )
         return self._job
 
     @job.setter
@@ -135,7 +149,10 @@ class Run(Pipeline):
         run_dir: str | os.PathLike | None = None,
         progress: bool = True,
         allow_key_hosts: tuple[str, ...] = (),
+        reset_traces: bool = False,
     ) -> Run:
+        """The run of a recipe YAML or of a run directory; ``reset_traces`` moves the trace
+        store's traces aside at the next bootstrap, so the teacher runs again."""
         target = Path(target)
         if target.is_dir():
             recipe_file = target / "recipe.yaml"
@@ -151,7 +168,13 @@ class Run(Pipeline):
             root = Path(run_dir or recipe.run_dir or Path("runs") / recipe.name)
         recipe.check_data_files()
         root.mkdir(parents=True, exist_ok=True)
-        run = cls(recipe, root, progress=progress, allow_key_hosts=allow_key_hosts)
+        run = cls(
+            recipe,
+            root,
+            progress=progress,
+            allow_key_hosts=allow_key_hosts,
+            reset_traces=reset_traces,
+        )
         with run._exclusive():
             run._write_recipe()
         return run
@@ -176,10 +199,14 @@ class Run(Pipeline):
         except TraceStoreMismatch as exc:  # a recipe's errors are RecipeErrors, one line each
             raise RecipeError(str(exc)) from None
 
+    def hints(self) -> dict[str, str]:
+        return HINTS  # the same as the job's, without building the job (and running its code)
+
     def require(self, path: Path, stage: str) -> None:
-        if not path.exists():  # the pipeline's check, without building the job for its hint
-            hint = HINTS["require"].format(stage=stage, root=self.root)
-            raise RecipeError(f"{path} is missing: {hint}")
+        try:
+            super().require(path, stage)
+        except StageError as exc:  # a recipe's errors are RecipeErrors, one line each
+            raise RecipeError(str(exc)) from None
 
     def _tiny_stamp(self) -> str | None:
         stamp = Path(self.student_path()) / "apprentice_tiny.json"
@@ -201,7 +228,7 @@ class Run(Pipeline):
             r.make_program(),
             trainset=r.load_split("train"),
             teacher=r.make_teacher(
-                cache_dir=self.root / "cache", allow_key_hosts=self.allow_key_hosts
+                cache_dir=self.teacher_cache_dir(), allow_key_hosts=self.allow_key_hosts
             ),
         )
 
@@ -261,7 +288,7 @@ class Run(Pipeline):
                 if system == "teacher":
                     program = r.make_program()
                     teacher = r.make_teacher(
-                        cache_dir=self.root / "cache", allow_key_hosts=self.allow_key_hosts
+                        cache_dir=self.teacher_cache_dir(), allow_key_hosts=self.allow_key_hosts
                     )
                     program.set_lm(teacher)
                 elif system in ("untrained", "fewshot"):

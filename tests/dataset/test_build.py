@@ -162,3 +162,47 @@ def test_the_dataset_does_not_depend_on_the_order_traces_were_stored(flaky_store
     a = build_dataset(original, TicketTriage(), tmp_path / "a", threshold=1.0)
     b = build_dataset(shuffled, TicketTriage(), tmp_path / "b", threshold=1.0)
     assert a.content_hash == b.content_hash and a.drops == b.drops
+
+
+class _Killed(BaseException):
+    """Stands for kill -9: nothing after it runs, not even ``except Exception``."""
+
+
+def _die_after_the_first_split(monkeypatch):
+    from datasets import Dataset
+
+    original = Dataset.save_to_disk
+    written: list[str] = []
+
+    def save_then_die(self, path, *args, **kwargs):
+        original(self, path, *args, **kwargs)
+        written.append(str(path))
+        raise _Killed(path)
+
+    monkeypatch.setattr(Dataset, "save_to_disk", save_then_die)
+    return written
+
+
+def test_a_rebuild_killed_after_its_first_split_leaves_the_old_dataset_whole(
+    flaky_store, tmp_path, monkeypatch
+):
+    store, _, _ = flaky_store
+    out = tmp_path / "ds"
+    old = build_dataset(store, TicketTriage(), out, val_fraction=0.1, seed=0)
+    written = _die_after_the_first_split(monkeypatch)
+    with pytest.raises(_Killed):
+        build_dataset(store, TicketTriage(), out, val_fraction=0.5, seed=1)
+    assert len(written) == 1  # the new train split was on disk when it died
+    data, manifest = load_dataset_dir(out)
+    assert manifest.content_hash == old.content_hash
+    assert {n: len(data[n]) for n in data} == {
+        n: sum(old.counts[n].values()) for n in ("train", "validation")
+    }
+    train_ids, val_ids = ({r["example_id"] for r in data[n]} for n in ("train", "validation"))
+    assert not train_ids & val_ids  # before: the new train split beside the old validation
+
+    monkeypatch.undo()  # the next build clears what the killed one left and switches in
+    new = build_dataset(store, TicketTriage(), out, val_fraction=0.5, seed=1)
+    _, manifest = load_dataset_dir(out)
+    assert manifest.content_hash == new.content_hash != old.content_hash
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["ds", "traces"]

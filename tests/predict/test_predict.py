@@ -200,3 +200,62 @@ def test_loading_into_a_different_program_fails_clearly(tmp_path):
         MultiHop().load(tmp_path / "bad.json")
     with pytest.raises(FileNotFoundError, match="no saved program"):
         MultiHop().load(tmp_path / "missing.json")
+
+
+def _saved_multihop(tmp_path):
+    program = MultiHop()
+    program.answer.signature = program.answer.signature.with_instructions("Saved.")
+    program.answer.demos = [ap.Example(context=["c"], question="q", reasoning="r", answer="a")]
+    program.answer.update_config(temperature=0.5)
+    return program.dump_state()
+
+
+def _break_last_predictor(state, **entry):
+    state["predictors"]["helpers.rank"] = {**state["predictors"]["helpers.rank"], **entry}
+    return json.dumps(state)
+
+
+# Each: a file whose last predictor (or whole) is malformed, and what the error names.
+MALFORMED = {
+    "unknown sampling option": (
+        lambda s: _break_last_predictor(s, config={"bogus": 1}),
+        r"helpers.rank: config.bogus: Extra inputs",
+    ),
+    "n of 0": (lambda s: _break_last_predictor(s, config={"n": 0}), r"helpers.rank: config.n"),
+    "temperature as text": (
+        lambda s: _break_last_predictor(s, config={"temperature": "hot"}),
+        r"config.temperature",
+    ),
+    "demo not an object": (lambda s: _break_last_predictor(s, demos=[1]), r"demos.0"),
+    "field not an object": (
+        lambda s: _break_last_predictor(s, signature={"fields": [1]}),
+        r"signature.fields.0",
+    ),
+    "lm not an object": (lambda s: _break_last_predictor(s, lm=5), r"helpers.rank: lm"),
+    "lm of unknown backend": (
+        lambda s: _break_last_predictor(s, lm={"backend": "nope"}),
+        r"helpers.rank: saved LM has backend 'nope'",
+    ),
+    "predictor not an object": (
+        lambda s: json.dumps({**s, "predictors": {**s["predictors"], "helpers.rank": 7}}),
+        r"helpers.rank: a saved predictor is a JSON object, got int",
+    ),
+    "predictors a list": (lambda s: json.dumps({**s, "predictors": []}), r"predictors must be"),
+    "version as text": (lambda s: json.dumps({**s, "version": "x"}), r"version must be an int"),
+    "a JSON list": (lambda s: "[]", r"a JSON list, not an object"),
+    "nested 100,000 deep": (lambda s: "[" * 100_000 + "]" * 100_000, r"nested too deeply"),
+}
+
+
+@pytest.mark.parametrize("case", list(MALFORMED))
+def test_a_malformed_program_file_raises_program_file_error_and_changes_nothing(tmp_path, case):
+    make, names = MALFORMED[case]
+    path = tmp_path / "program.json"
+    path.write_text(make(_saved_multihop(tmp_path)))
+    program = MultiHop()
+    program.answer.update_config(max_tokens=9)
+    before = program.dump_state()
+    with pytest.raises(ap.ProgramFileError, match=names):
+        program.load(path, trusted=True)
+    assert program.dump_state() == before  # the predictors before the bad one were not loaded
+    assert issubclass(ap.ProgramFileError, ValueError)

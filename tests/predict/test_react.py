@@ -3,6 +3,7 @@ wrong, max_iters, the truncation policy, and the rows a ReAct trace becomes."""
 
 from __future__ import annotations
 
+import json
 import re
 
 import pytest
@@ -258,3 +259,90 @@ def test_tools_are_described_by_name_docstring_and_hints():
     program = ap.ReAct("q -> a", tools=[renamed])
     assert list(program.tools) == ["to_km", "finish"]
     assert "(1) to_km: Distance in km. Arguments:" in program.react.signature.instructions
+
+
+def triple(n: int) -> int:
+    """Three times n."""
+    return 3 * n
+
+
+def test_a_saved_react_loaded_with_other_tools_lists_the_current_tools(tmp_path, caplog):
+    program, _ = _agent([])
+    task = "Answer with a number of thousands."
+    program.react.signature = program.react.signature.with_instructions(
+        program.react.signature.instructions.replace(program.signature.instructions, task, 1)
+    )
+    program.react.demos = [
+        ap.Example(
+            question="q",
+            trajectory="t",
+            next_thought="n",
+            next_tool_name="double",
+            next_tool_args={"n": 1},
+        )
+    ]
+    path = program.save(tmp_path / "agent.json")
+    assert "double" in path.read_text()
+
+    restored = ap.ReAct("question -> answer", tools=[lookup, triple])
+    restored.set_lm(
+        ap.ScriptedLM(
+            lambda sig, inp: (
+                _turn("finish", {})
+                if "next_tool_name" in sig.output_fields
+                else {"reasoning": "r", "answer": "1"}
+            )
+        )
+    )
+    with caplog.at_level("WARNING", logger="apprentice.predict.react"):
+        restored.load(path)
+    with ap.capture(restored) as steps:
+        restored(question="?")
+    system = steps[0].messages[0]["content"]
+    assert "triple: Three times n." in system
+    assert "double" not in system and "Twice n." not in system
+    assert task in system  # the saved task instructions are kept
+    assert "call tools this ReAct does not have ['double']" in caplog.text
+
+
+def test_react_instructions_not_in_reacts_form_are_kept_and_the_load_says_so(tmp_path, caplog):
+    program, _ = _agent([])
+    program.react.signature = program.react.signature.with_instructions("Do it your way.")
+    path = program.save(tmp_path / "agent.json")
+    restored = ap.ReAct("question -> answer", tools=[lookup, triple])
+    with caplog.at_level("WARNING", logger="apprentice.predict.react"):
+        restored.load(path)
+    assert restored.react.signature.instructions == "Do it your way."
+    assert "tool list could not be rebuilt" in caplog.text
+
+
+def dump(n: int) -> str:
+    """A tool whose result is huge."""
+    return "y" * n
+
+
+def test_a_12_mb_tool_result_stores_what_the_model_saw_and_what_was_cut(tmp_path):
+    def teach(signature, inputs):
+        if "next_tool_name" in signature.output_fields:
+            if inputs["trajectory"] == "(no turns yet)":
+                return _turn("dump", {"n": 12_000_000})
+            return _turn("finish", {})
+        return {"reasoning": "r", "answer": "a"}
+
+    program = ap.ReAct("question -> answer", tools=[dump])
+    bootstrap_traces(
+        program,
+        [ap.Example(question="big?", answer="a").with_inputs("question")],
+        teacher=ap.ScriptedLM(teach),
+        store=tmp_path / "traces",
+        progress=False,
+    )
+    lines = (tmp_path / "traces" / "traces.jsonl").read_text().splitlines()
+    assert len(lines) == 1
+    assert len(lines[0]) < 100_000  # was > 12,000,000: the whole result in the trajectory
+    trace = ap.Trace.from_dict(json.loads(lines[0]))
+    turn = trace.prediction["trajectory"][0]
+    assert turn["observation"] == "y" * 1500 and turn["observation_cut"] == 12_000_000 - 1500
+    shown = trace.steps[1].inputs["trajectory"]  # the second turn's prompt
+    assert "y" * 1500 + "... [11998500 more characters cut]" in shown
+    assert "y" * 1501 not in shown

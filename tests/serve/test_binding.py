@@ -11,6 +11,7 @@ import pytest
 from serve_helpers import MAX_NEW
 from test_bind import QA, QUESTIONS, answers
 
+import apprentice as ap
 from apprentice.lm.local import LocalLM
 from apprentice.lm.openai import OpenAILM
 from apprentice.serve.bind import served_adapters
@@ -98,3 +99,31 @@ def test_untrained_students_come_from_the_same_binding(students):
     student = students["causal"]
     lm = student_lm(ServeConfig(max_new_tokens=7), str(student.base))
     assert isinstance(lm, LocalLM) and lm.max_new_tokens == 7 and lm.adapter is None
+
+
+class Twins(ap.Module):
+    """Two predictors whose paths, dots as underscores, are the same name: ``a.b``, ``a_b``."""
+
+    def __init__(self) -> None:
+        self.a = {"b": ap.Predict("question -> answer")}
+        self.a_b = ap.Predict("question -> answer")
+
+
+def test_predictors_a_dot_b_and_a_underscore_b_get_their_own_adapters(students):
+    from apprentice.pipeline import adapter_groups
+
+    groups = adapter_groups(Twins(), multitask=False)
+    # Before: {"a_b": ["a_b"]}: one name for both, the second overwrote the first.
+    assert sorted(groups.values()) == [["a.b"], ["a_b"]]
+    assert all(name.startswith("a_b-") and len(name) == len("a_b-") + 8 for name in groups)
+    assert adapter_groups(Twins(), multitask=False) == groups  # stable across runs
+    assert adapter_groups(QA(), multitask=False) == {"answer": ["answer"], "check": ["check"]}
+
+    student = students["causal"]
+    dot, under = (next(n for n, g in groups.items() if g == [p]) for p in ("a.b", "a_b"))
+    dirs = {dot: student.adapters["a"], under: student.adapters["b"]}
+    config = ServeConfig(backend="local", max_new_tokens=MAX_NEW)
+    program = bind_student(Twins(), groups, dirs, str(student.base), config)
+    assert program.a["b"].lm.adapter == dot and program.a_b.lm.adapter == under
+    with pytest.raises(ValueError, match=r"no adapter group holds the predictor\(s\) \['a_b'\]"):
+        bind_student(Twins(), {dot: ["a.b"]}, {dot: dirs[dot]}, str(student.base), config)

@@ -142,3 +142,39 @@ def test_retry_failed_runs_only_the_examples_whose_trace_failed(tmp_path, caplog
     assert (retried.skipped, retried.ran, retried.kept) == (2, 2, 2)
     assert sorted(set(calls[before:])) == sorted(tickets[:2])
     assert all(t.ok for t in TraceStore(tmp_path)) and len(TraceStore(tmp_path)) == 4
+
+
+def test_a_grown_training_set_adds_traces_for_the_new_examples_only(tmp_path):
+    calls: list[str] = []
+
+    def counted(sig, inputs):
+        calls.append(inputs["ticket"])
+        return teacher(sig, inputs)
+
+    def run(examples):
+        return bootstrap_traces(
+            TicketTriage(),
+            examples,
+            teacher=ap.ScriptedLM(counted),  # no cache: every call reaches the teacher
+            metric=metric,
+            store=tmp_path / "traces",
+            progress=False,
+        )
+
+    run(make_examples(8))
+    assert len(set(calls)) == 8
+    calls.clear()
+    # Before: TraceStoreMismatch "holds traces for a different dataset".
+    grown = run(make_examples(12))
+    assert (grown.skipped, grown.ran) == (8, 4)
+    assert set(calls) == {e.ticket for e in make_examples(12)[8:]}
+    assert len(list(TraceStore(tmp_path / "traces"))) == 12
+    assert run(make_examples(12)).ran == 0  # the manifest now records the grown set
+
+    # Fewer examples, or one changed under the same id, is not growth: still refused.
+    with pytest.raises(TraceStoreMismatch, match="different dataset"):
+        run(make_examples(10))
+    changed = make_examples(12)
+    changed[0] = ap.Example(changed[0], category="other").with_inputs("ticket")
+    with pytest.raises(TraceStoreMismatch, match="different dataset"):
+        run(changed)

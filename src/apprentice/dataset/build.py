@@ -12,6 +12,7 @@ import hashlib
 import json
 import logging
 import os
+import shutil
 import time
 from collections import Counter, defaultdict
 from collections.abc import Iterable
@@ -126,6 +127,11 @@ def build_dataset(
     Rows carry ``example_id``, ``predictor``, ``messages`` and ``completion``; with
     ``multitask=False`` each predictor is trained apart by filtering on ``predictor``.
     Steps of one example always land in the same split.
+
+    The dataset is written into a new folder beside ``out_dir`` and switched in by renames
+    once complete, so a build killed half-way leaves the previous dataset whole (or, killed
+    between the two renames, none), never new splits beside old ones or an old manifest
+    over new rows.
     """
     from datasets import Dataset, DatasetDict
 
@@ -162,6 +168,8 @@ def build_dataset(
         splits["validation"] = [r for r in splits["train"] if r["example_id"] == moved]
         splits["train"] = [r for r in splits["train"] if r["example_id"] != moved]
     out_dir = Path(out_dir)
+    building = _sibling(out_dir, "building")
+    _remove(building)  # a build that was killed earlier
     columns = ["example_id", "predictor", "messages", "completion"]
     data = DatasetDict(
         {
@@ -172,7 +180,7 @@ def build_dataset(
         }
     )
     # An empty split would otherwise be written as zero shards, which load_from_disk rejects.
-    data.save_to_disk(str(out_dir / "data"), num_shards={n: 1 for n in data})
+    data.save_to_disk(str(building / "data"), num_shards={n: 1 for n in data})
     counts = {
         name: dict(sorted(Counter(r["predictor"] for r in splits.get(name, [])).items()))
         for name in ("train", "validation")
@@ -193,9 +201,30 @@ def build_dataset(
         seed=seed,
         content_hash=content,
     )
-    (out_dir / "manifest.json").write_text(json.dumps(manifest.to_dict(), indent=2))
+    (building / "manifest.json").write_text(json.dumps(manifest.to_dict(), indent=2))
+    _switch(building, out_dir)
     log.info("dataset: %s rows %s, dropped %s", out_dir, counts, dict(drops))
     return manifest
+
+
+def _sibling(out_dir: Path, what: str) -> Path:
+    return out_dir.parent / f".{out_dir.name}.{what}"
+
+
+def _remove(path: Path) -> None:
+    if path.exists():
+        shutil.rmtree(path)
+
+
+def _switch(building: Path, out_dir: Path) -> None:
+    """Puts the finished ``building`` folder at ``out_dir``: each rename is atomic, and the
+    old dataset is deleted only once the new one is in place."""
+    old = _sibling(out_dir, "old")
+    _remove(old)
+    if out_dir.exists():
+        os.rename(out_dir, old)
+    os.rename(building, out_dir)
+    _remove(old)
 
 
 def load_dataset_dir(path: str | os.PathLike) -> tuple[Any, DatasetManifest]:

@@ -67,6 +67,16 @@ class StepRecord:
     extra: dict[str, Any] = field(default_factory=dict)
 
 
+@dataclass(frozen=True)
+class _PreparedState:
+    """A saved predictor's state, checked and built, ready to be set."""
+
+    signature: type[Signature]
+    demos: list[Example]
+    config: dict[str, Any]
+    lm: Any
+
+
 class Predict(Predictor):
     """Calls an LM with a signature: renders the prompt, sends it, parses the reply."""
 
@@ -245,35 +255,61 @@ class Predict(Predictor):
         trusted: bool = False,
         allowed_endpoints: Mapping[str, str] | None = None,
     ) -> Predict:
-        saved = state.get("signature", {})
-        saved_fields = {f["name"]: f for f in saved.get("fields", [])}
-        if list(saved_fields) != list(self.signature.fields):
+        """Restores one predictor's saved state; checks all of it before changing anything."""
+        prepared = self.prepare_predictor_state(
+            state, where=where, trusted=trusted, allowed_endpoints=allowed_endpoints
+        )
+        return self.apply_predictor_state(prepared)
+
+    def prepare_predictor_state(
+        self,
+        state: Any,
+        *,
+        where: str = "state",
+        trusted: bool = False,
+        allowed_endpoints: Mapping[str, str] | None = None,
+    ) -> _PreparedState:
+        """Everything ``apply_predictor_state`` will set, built and checked; changes nothing.
+        A malformed entry raises ProgramFileError; an LM the file may not choose,
+        UntrustedLMError."""
+        from apprentice.lm.registry import UntrustedLMError, lm_from_config
+        from apprentice.predict.saved_state import read_predictor_state
+
+        saved = read_predictor_state(state, where)
+        names = [f.name for f in saved.signature.fields]
+        if names != list(self.signature.fields):
             raise ProgramFileError(
-                f"{where}: saved fields {list(saved_fields)} differ from the program's "
+                f"{where}: saved fields {names} differ from the program's "
                 f"{list(self.signature.fields)}"
             )
-        lm = None
-        if state.get("lm") is not None:  # before any change: a refused LM changes nothing
-            from apprentice.lm.registry import lm_from_config
-
-            lm = lm_from_config(
-                state["lm"], trusted=trusted, allowed_endpoints=allowed_endpoints, where=where
-            )
         signature = self.signature
-        if (
-            saved.get("instructions") is not None
-            and saved["instructions"] != signature._instructions
-        ):
-            signature = signature.with_instructions(saved["instructions"])
-        for name, spec in saved_fields.items():
-            if spec.get("desc", "") != signature.fields[name].desc:
-                signature = signature.with_field_desc(name, spec.get("desc", ""))
-        self.signature = signature
-        self.demos = [Example(d) for d in state.get("demos", [])]
-        self.config = {}
-        self.update_config(**state.get("config", {}))
-        if lm is not None:
-            self.lm = lm
+        instructions = saved.signature.instructions
+        if instructions is not None and instructions != signature._instructions:
+            signature = signature.with_instructions(instructions)
+        for spec in saved.signature.fields:
+            if spec.desc != signature.fields[spec.name].desc:
+                signature = signature.with_field_desc(spec.name, spec.desc)
+        lm = None
+        if saved.lm is not None:
+            try:
+                lm = lm_from_config(
+                    saved.lm, trusted=trusted, allowed_endpoints=allowed_endpoints, where=where
+                )
+            except UntrustedLMError:
+                raise
+            except (TypeError, ValueError) as exc:
+                text = str(exc) if str(exc).startswith(where) else f"{where}: lm: {exc}"
+                raise ProgramFileError(text) from None
+        config = saved.config.model_dump(exclude_none=True)
+        return _PreparedState(signature, [Example(d) for d in saved.demos], config, lm)
+
+    def apply_predictor_state(self, prepared: _PreparedState) -> Predict:
+        """Sets what ``prepare_predictor_state`` built; cannot fail."""
+        self.signature = prepared.signature
+        self.demos = prepared.demos
+        self.config = dict(prepared.config)
+        if prepared.lm is not None:
+            self.lm = prepared.lm
         return self
 
     def __repr__(self) -> str:

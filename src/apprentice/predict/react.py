@@ -15,11 +15,12 @@ come back to the model as an observation that says what was wrong, and the turn 
 toward ``max_iters``. Only the tools' own exceptions and those are caught; an LM that
 cannot be reached raises as in any predictor.
 
-Truncation policy, for the trajectory shown to the model (the full one is kept in
-``Prediction.trajectory``):
+Truncation policy, for the trajectory shown to the model (every turn is kept in
+``Prediction.trajectory``, and so in the trace):
 
 1. each observation is cut to ``max_observation_chars`` characters, its head kept, with a
-   note of how many characters were cut;
+   note of how many characters were cut; the turn stores only that head, with the count in
+   ``observation_cut``, so a huge tool result never reaches the trace store;
 2. the turns shown are the newest ones whose rendering fits ``max_trajectory_chars``;
    older turns are dropped oldest first and replaced by one line that says which turns
    were left out (turns keep their numbers); the newest turn is always shown;
@@ -138,22 +139,30 @@ def _finish_tool(signature: type[Signature]) -> Tool:
     )
 
 
-def _instructions(signature: type[Signature], tools: Iterable[Tool]) -> str:
+_AGENT_INTRO = "You work as an agent, one turn at a time."
+
+
+def _instructions(task: str, signature: type[Signature], tools: Iterable[Tool]) -> str:
+    """The react step's instructions: the task's own (``task``), then how to work as an
+    agent and the tools, which are derived from the tools and rebuilt on load."""
     inputs = ", ".join(f"`{n}`" for n in signature.input_fields)
     listed = "\n".join(f"({i}) {tool.describe()}" for i, tool in enumerate(tools, 1))
     return (
-        f"{signature.instructions}\n\n"
-        f"You work as an agent, one turn at a time. You get {inputs} and your trajectory so "
+        f"{task}\n\n"
+        f"{_AGENT_INTRO} You get {inputs} and your trajectory so "
         "far. Each turn, write your next thought, then choose one tool and its arguments as "
         "a JSON object; the tool's result is added to your trajectory as an observation. "
         f"Call `{FINISH}` once you have gathered enough.\n\nTools:\n{listed}"
     )
 
 
-def _clip(text: str, limit: int) -> str:
-    if len(text) <= limit:
+def _clip(text: str, limit: int, already_cut: int = 0) -> str:
+    """``text`` cut to ``limit`` characters, with a note of how many were cut, counting
+    ``already_cut`` characters that a turn dropped before it was stored."""
+    cut = already_cut + max(0, len(text) - limit)
+    if not cut:
         return text
-    return f"{text[:limit]}... [{len(text) - limit} more characters cut]"
+    return f"{text[:limit]}... [{cut} more characters cut]"
 
 
 def _render_turn(number: int, turn: Mapping[str, Any], max_observation_chars: int) -> str:
@@ -161,7 +170,10 @@ def _render_turn(number: int, turn: Mapping[str, Any], max_observation_chars: in
     if turn.get("tool_name") is not None:
         args = json.dumps(to_jsonable(turn.get("tool_args") or {}), ensure_ascii=False)
         lines += [f"thought: {turn.get('thought', '')}", f"tool: {turn['tool_name']}({args})"]
-    lines.append(f"observation: {_clip(str(turn.get('observation', '')), max_observation_chars)}")
+    observation = _clip(
+        str(turn.get("observation", "")), max_observation_chars, turn.get("observation_cut", 0)
+    )
+    lines.append(f"observation: {observation}")
     return "\n".join(lines)
 
 
@@ -246,8 +258,41 @@ class ReAct(Module):
             .append("next_thought", OutputField(desc="what you know and what to do next"))
             .append("next_tool_name", OutputField(), Literal[names])
             .append("next_tool_args", OutputField(desc="the tool's arguments"), dict[str, Any])
-            .with_instructions(_instructions(self.signature, self.tools.values()))
+            .with_instructions(
+                _instructions(self.signature.instructions, self.signature, self.tools.values())
+            )
         )
+
+    def _rebuild_after_load(self) -> None:
+        """A loaded program keeps the saved task instructions but lists this ReAct's tools:
+        the file's tool list is that of the program that saved it."""
+        loaded = self.react.signature.instructions
+        task, intro, _ = loaded.rpartition(f"\n\n{_AGENT_INTRO}")
+        if not intro:
+            log.warning(
+                "ReAct(%r): the loaded instructions of its `react` step are not in the form "
+                "ReAct writes, so its tool list could not be rebuilt; they are kept as "
+                "written and may name other tools than this ReAct's %s",
+                self.signature.signature_string(),
+                list(self.tools),
+            )
+        else:
+            rebuilt = _instructions(task, self.signature, self.tools.values())
+            if rebuilt != loaded:
+                log.info(
+                    "ReAct: loaded instructions now list the current tools %s", list(self.tools)
+                )
+                self.react.signature = self.react.signature.with_instructions(rebuilt)
+        stale = sorted(
+            {str(d.get("next_tool_name")) for d in self.react.demos} - set(self.tools) - {"None"}
+        )
+        if stale:
+            log.warning(
+                "ReAct: loaded demos of `react` call tools this ReAct does not have %s (its "
+                "tools: %s); re-run the optimizer to replace them",
+                stale,
+                list(self.tools),
+            )
 
     def render(self, turns: list[Mapping[str, Any]]) -> str:
         return render_trajectory(
@@ -263,16 +308,25 @@ class ReAct(Module):
                 step = self.react(**inputs, trajectory=self.render(turns))
             except ParseError as exc:
                 log.debug("ReAct: unusable reply, told the model: %s", exc)
-                turns.append({"observation": _explain(exc, list(self.tools))})
+                turns.append(self._observed({}, _explain(exc, list(self.tools))))
                 continue
             name, args = step.next_tool_name, step.next_tool_args
             turn = {"thought": step.next_thought, "tool_name": name, "tool_args": args}
-            turn["observation"] = self.call_tool(name, args)
-            turns.append(turn)
+            turns.append(self._observed(turn, self.call_tool(name, args)))
             if name == FINISH:
                 break
         out = self.extract(**inputs, trajectory=self.render(turns))
         return Prediction(trajectory=turns, **out.to_dict())
+
+    def _observed(self, turn: dict[str, Any], observation: str) -> dict[str, Any]:
+        """``turn`` with the observation as the model is shown it: cut to
+        ``max_observation_chars``, and ``observation_cut`` saying how many characters were
+        dropped (a 12 MB tool result must not become a 12 MB trace)."""
+        limit = self.max_observation_chars
+        turn["observation"] = observation[:limit]
+        if len(observation) > limit:
+            turn["observation_cut"] = len(observation) - limit
+        return turn
 
     def call_tool(self, name: str, args: Mapping[str, Any]) -> str:
         """Runs one tool call; what it returns, or why it failed, as observation text."""

@@ -178,6 +178,12 @@ def bind_student(
         shared = student_lm(serve, base, adapters=adapters, **engine_options)
     program = program.deepcopy()
     by_path = {path: name for name, group in groups.items() for path in group}
+    unbound = [path for path, _ in program.named_predictors() if path not in by_path]
+    if unbound:
+        raise ValueError(
+            f"no adapter group holds the predictor(s) {unbound} (groups: {groups}); the "
+            "groups must come from adapter_groups() over this same program"
+        )
     for path, predictor in program.named_predictors():
         name = by_path[path]
         if name in lora:

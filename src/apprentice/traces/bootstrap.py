@@ -226,7 +226,8 @@ def bootstrap_traces(
             dataset_hash(e for _, e in examples),
             code_fingerprint(metric) if metric is not None else None,
         )
-        done = trace_store.open(manifest, reset=reset)
+        grown = not reset and _grown(trace_store, manifest, examples)
+        done = trace_store.open(manifest, reset=reset, grown=grown)
         try:
             done -= _report_reuse(trace_store, done, retry_failed)
         except BaseException:
@@ -302,6 +303,40 @@ def bootstrap_traces(
     result.elapsed_s = time.perf_counter() - start
     log.info("bootstrap: %s", result.summary())
     return result
+
+
+def _grown(store: TraceStore, manifest: StoreManifest, examples: list[tuple[str, Example]]) -> bool:
+    """Whether ``store`` differs from ``manifest`` only in its dataset, and every trace in it
+    is of one of ``examples``, unchanged: the training set grew (a larger ``limit``, more
+    examples), so its traces are kept and only the new examples run."""
+    try:
+        existing = store.manifest()
+    except ValueError:  # a broken manifest: ``open`` says what is wrong with it
+        return False
+    if existing is None or existing.dataset_hash == manifest.dataset_hash:
+        return False
+    if any(
+        getattr(existing, name) != getattr(manifest, name)
+        for name in ("program_hash", "teacher", "metric")
+    ):
+        return False
+    wanted = {eid: _canonical(to_jsonable(ex.to_dict())) for eid, ex in examples}
+    kept = 0
+    for trace in store:
+        if trace.example is None or wanted.get(trace.example_id) != _canonical(trace.example):
+            return False  # a trace of an example that is gone or changed
+        kept += 1
+    log.info(
+        "bootstrap: the training set grew; keeping the %d traces in %s and running the new "
+        "examples",
+        kept,
+        store.path,
+    )
+    return True
+
+
+def _canonical(value: Any) -> str:
+    return json.dumps(value, sort_keys=True)
 
 
 def _report_reuse(store: TraceStore, done: set[str], retry_failed: bool) -> set[str]:

@@ -126,14 +126,18 @@ class TraceStore:
             )
         return StoreManifest(**data)
 
-    def open(self, manifest: StoreManifest, *, reset: bool = False) -> set[str]:
+    def open(
+        self, manifest: StoreManifest, *, reset: bool = False, grown: bool = False
+    ) -> set[str]:
         """Starts or resumes the store for ``manifest``; returns the ids already done.
 
         Resuming a store made for another program, teacher, dataset or metric, or traces
         without a manifest that says whose they are, is refused unless ``reset=True``, which
         moves the old traces and manifest aside (``traces.<time>.jsonl``; never deleted or
-        overwritten). One process at a time writes a store: a second ``open`` elsewhere
-        raises ``DirectoryBusy`` until this one is closed.
+        overwritten). ``grown=True`` (the caller checked that every stored trace is of an
+        unchanged example of the new dataset) accepts another dataset and records it. One
+        process at a time writes a store: a second ``open`` elsewhere raises
+        ``DirectoryBusy`` until this one is closed.
         """
         if self._handle is not None:
             raise RuntimeError(f"trace store {self.path} is already open")
@@ -142,14 +146,14 @@ class TraceStore:
             self._folder_lock = folder_lock(self.path)
         acquire(self._folder_lock, f"trace store {self.path}")
         try:
-            done = self._start(manifest, reset)
+            done = self._start(manifest, reset, grown)
             self._handle = open(self.file, "ab")  # noqa: SIM115 - closed in close()
         except BaseException:
             self._folder_lock.release()
             raise
         return done
 
-    def _start(self, manifest: StoreManifest, reset: bool) -> set[str]:
+    def _start(self, manifest: StoreManifest, reset: bool, grown: bool = False) -> set[str]:
         if reset:
             for path in (self.file, self.manifest_file):
                 if path.exists():
@@ -164,6 +168,8 @@ class TraceStore:
             )
         if existing is not None:
             for name in _IDENTITY:
+                if grown and name == "dataset_hash":
+                    continue
                 if getattr(existing, name) != getattr(manifest, name):
                     older = (
                         f" (made by an older apprentice, store version {existing.version}, "
@@ -176,6 +182,9 @@ class TraceStore:
                         f"({getattr(existing, name)!r}, now {getattr(manifest, name)!r}){older}; "
                         "use a new store directory, or reset=True to move the old traces aside"
                     )
+            if grown and existing.dataset_hash != manifest.dataset_hash:
+                manifest.created = existing.created
+                atomic_write(self.manifest_file, json.dumps(manifest.to_dict(), indent=2))
         else:
             manifest.created = manifest.created or time.time()
             atomic_write(self.manifest_file, json.dumps(manifest.to_dict(), indent=2))
