@@ -129,6 +129,9 @@ class Engine:
         self._lock = threading.RLock()  # guards the model and the adapter table
         self._tokenizer_lock = threading.Lock()  # a fast tokenizer is not thread-safe
         self._queue: queue.SimpleQueue[list[Job] | None] = queue.SimpleQueue()
+        # Guards starting and stopping the batching thread against submits: a submit either
+        # queues before the thread checks for last work, or starts a new thread.
+        self._thread_lock = threading.Lock()
         self._thread: threading.Thread | None = None
 
     # -- the hooks ----------------------------------------------------------------------------
@@ -249,8 +252,9 @@ class Engine:
             except Exception as exc:  # a bad request fails alone
                 future.set_exception(exc)
         if jobs:
-            self._ensure_thread()
-            self._queue.put(jobs)
+            with self._thread_lock:
+                self._ensure_thread()
+                self._queue.put(jobs)
         return futures
 
     def _job(
@@ -304,42 +308,80 @@ class Engine:
 
     # -- the batching thread ------------------------------------------------------------------
     def _ensure_thread(self) -> None:
-        if self._thread is None or not self._thread.is_alive():
-            with self._lock:
-                if self._thread is None or not self._thread.is_alive():
-                    self._thread = threading.Thread(
-                        target=self._serve,
-                        name=f"{self.label}-lm:{Path(self.base_model).name}",
-                        daemon=True,
-                    )
-                    self._thread.start()
+        """Starts the batching thread unless it runs (under ``_thread_lock``)."""
+        if self._thread is None:
+            self._thread = threading.Thread(
+                target=self._serve,
+                name=f"{self.label}-lm:{Path(self.base_model).name}",
+                daemon=True,
+            )
+            self._thread.start()
 
     def close(self) -> None:
-        """Stops the batching thread once the queued requests are answered."""
-        if self._thread is not None and self._thread.is_alive():
+        """Stops the batching thread once the queued requests are answered. A request
+        submitted meanwhile is answered too: by this thread before it stops, or by a new one."""
+        with self._thread_lock:
+            thread = self._thread
+            if thread is None:
+                return
             self._queue.put(None)
-            self._thread.join()
+        thread.join()
 
     def _serve(self) -> None:
         pending: deque[Job] = deque()
+        batch: list[Job] = []
+        stopping = False
+        try:
+            while True:
+                if not pending:
+                    if stopping:
+                        if self._stop_if_idle(pending):
+                            return
+                    else:
+                        item = self._queue.get()
+                        if item is None:
+                            stopping = True
+                            continue
+                        pending.extend(item)
+                if not self._gather(pending):
+                    stopping = True  # finish what is pending, then stop
+                batch = self._take_batch(pending)
+                try:
+                    self._run_batch(batch)
+                except Exception as exc:  # never let the thread die with requests waiting on it
+                    log.exception("the %s batching thread failed on a batch", self.label)
+                    self._fail(batch, exc)
+        except BaseException as exc:  # the thread dies (e.g. KeyboardInterrupt): nobody waits
+            with self._thread_lock:
+                self._thread = None
+                self._fail([*batch, *pending, *self._drain()], exc)
+            raise
+
+    def _stop_if_idle(self, pending: deque[Job]) -> bool:
+        """True, with the thread marked stopped, when nothing is queued; else the queued jobs
+        move to ``pending``. Under ``_thread_lock``: a later submit starts a new thread."""
+        with self._thread_lock:
+            pending.extend(self._drain())
+            if pending:
+                return False
+            self._thread = None
+            return True
+
+    def _drain(self) -> list[Job]:
+        jobs: list[Job] = []
         while True:
-            if not pending:
-                item = self._queue.get()
-                if item is None:
-                    return
-                pending.extend(item)
-            if not self._gather(pending):
-                self._queue.put(None)  # finish what is pending, then stop
-            batch = self._take_batch(pending)
             try:
-                self._run_batch(batch)
-            except Exception as exc:  # never let the thread die with requests waiting on it
-                log.exception("the %s batching thread failed on a batch", self.label)
-                for job in batch:
-                    if not job.future.done():
-                        job.future.set_exception(
-                            LMError(f"{self.label} backend failed: {type(exc).__name__}: {exc}")
-                        )
+                item = self._queue.get_nowait()
+            except queue.Empty:
+                return jobs
+            jobs.extend(item or ())  # a second close's None: stopping already
+
+    def _fail(self, jobs, exc: BaseException) -> None:
+        for job in jobs:
+            if not job.future.done():
+                job.future.set_exception(
+                    LMError(f"{self.label} backend failed: {type(exc).__name__}: {exc}")
+                )
 
     def _gather(self, pending: deque[Job]) -> bool:
         """Adds queued jobs to ``pending`` until the oldest one's batch is full, no request
