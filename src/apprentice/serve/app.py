@@ -84,6 +84,12 @@ class ServingApp:
     ) -> tuple[int, Any]:
         """``target`` is the request's path (a query is ignored); ``client_gone`` tells
         whether the client has left: a generation then stops and ClientGone is raised."""
+        return self.admit(method, target, headers)(body, client_gone)
+
+    def admit(self, method: str, target: str, headers: Any) -> Callable:
+        """The route that answers this request, from its head alone (the HTTP layer calls
+        this before it reads a byte of the body): a 401 without the API key, a 404 or 405
+        for a route this server does not have."""
         path = urlsplit(target).path
         if path.startswith("/v1/"):
             authorize(headers.get("Authorization"), self.api_key)
@@ -93,7 +99,7 @@ class ServingApp:
                 raise HTTPError(405, f"{path} does not take {method}")
             known = sorted({p for _, p in self.routes})
             raise HTTPError(404, f"no route {method} {path}; this server serves {known}")
-        return route(body, client_gone)
+        return route
 
     # -- models ------------------------------------------------------------------------
     def health(self, body: bytes, client_gone=None) -> tuple[int, Any]:
