@@ -82,3 +82,54 @@ def test_a_thread_that_dies_fails_what_waits_on_it(monkeypatch):
     [again] = engine.submit([ask("again")], [None], batch_wait_ms=0)  # a new thread
     assert again.result(WAIT_S).text == "batch 1"
     engine.close()
+
+
+def test_a_large_request_delays_a_small_one_by_one_batch_not_all_of_its_own():
+    engine = StubEngine()
+    engine.gate.clear()
+    big = engine.submit([ask(f"big{i}") for i in range(6)], [None] * 6, max_batch_size=1)
+    assert engine.running.wait(WAIT_S)  # big0 runs, held at the gate
+    [small] = engine.submit([ask("small")], [None], max_batch_size=1)
+    engine.gate.set()
+    assert small.result(WAIT_S).text == "batch 2"  # before: batch 7, after all of big's
+    assert [f.result(WAIT_S).text for f in big] == ["batch 1", *(f"batch {i}" for i in range(3, 8))]
+    engine.close()
+
+
+def test_one_long_encode_does_not_hold_up_the_others():
+    """Each thread borrows a tokenizer copy: a long encode no longer holds one lock for all."""
+    from apprentice.lm.engine import Engine
+
+    slow_started, release = threading.Event(), threading.Event()
+
+    class Tokenizer:
+        def __call__(self, text, add_special_tokens):
+            if text == "slow":
+                slow_started.set()
+                release.wait(WAIT_S)
+            return {"input_ids": [len(text)]}
+
+        def __deepcopy__(self, memo):
+            return Tokenizer()
+
+    engine = StubEngine()
+    engine.tokenizer = Tokenizer()
+    import apprentice.formats.prompt as prompt
+
+    original = prompt.render_prompt
+    prompt.render_prompt = lambda messages, tokenizer, kind: messages[-1]["content"]
+    try:
+        slow = threading.Thread(target=Engine.encode, args=(engine, ask("slow").messages))
+        slow.start()
+        assert slow_started.wait(WAIT_S)
+        done = []
+        fast = threading.Thread(
+            target=lambda: done.append(Engine.encode(engine, ask("fast").messages)), daemon=True
+        )
+        fast.start()
+        fast.join(WAIT_S)
+        assert done == [[4]]  # before: waited on the slow one's lock
+    finally:
+        release.set()
+        slow.join(WAIT_S)
+        prompt.render_prompt = original

@@ -32,6 +32,7 @@ from apprentice.serve.protocol import (
     HTTPError,
     authorize,
     chat_messages,
+    check_request_size,
     choice_texts,
     completion_body,
     json_object,
@@ -190,6 +191,8 @@ class ServingApp:
         return 200, completion_body("cmpl", "text_completion", name, choices, responses)
 
     def _generate(self, conversations, adapter, name: str, sampling: dict, client_gone) -> list:
+        n, max_tokens = sampling["n"], sampling["max_tokens"]
+        check_request_size(len(conversations), n, max_tokens, self.lm.max_new_tokens)
         try:
             requests = [Request(messages=tuple(m), **sampling) for m in conversations]
         except ValueError as exc:
