@@ -192,7 +192,8 @@ class ServingApp:
 
     def _generate(self, conversations, adapter, name: str, sampling: dict, client_gone) -> list:
         n, max_tokens = sampling["n"], sampling["max_tokens"]
-        check_request_size(len(conversations), n, max_tokens, self.lm.max_new_tokens)
+        default, context = self.lm.max_new_tokens, self.engine.max_model_len
+        check_request_size(len(conversations), n, max_tokens, default, context)
         try:
             requests = [Request(messages=tuple(m), **sampling) for m in conversations]
         except ValueError as exc:

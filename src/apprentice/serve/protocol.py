@@ -124,9 +124,10 @@ def json_object(body: bytes) -> dict[str, Any]:
     elements = skeleton.count(b",") + skeleton.count(b"{") + skeleton.count(b"[")
     if elements > MAX_JSON_ELEMENTS:
         raise HTTPError(
-            413,
-            f"request body holds about {elements} JSON elements; at most {MAX_JSON_ELEMENTS} "
-            "are read: send fewer messages or prompts",
+            400,
+            f"request body holds about {elements} JSON elements (members, arrays, objects); "
+            f"at most {MAX_JSON_ELEMENTS} are read, nested at most {MAX_JSON_DEPTH} levels: "
+            "send fewer messages or prompts",
         )
     try:
         data = json.loads(body, parse_constant=_refuse_constant)
@@ -312,11 +313,14 @@ def _stops(value) -> tuple[str, ...] | None:
     return tuple(s for s in stops if s) or None
 
 
-def check_request_size(prompts: int, n: int | None, max_tokens: int | None, default: int) -> None:
+def check_request_size(
+    prompts: int, n: int | None, max_tokens: int | None, default: int, context: int
+) -> None:
     """A 400 when one request asks for more than ``MAX_ROWS`` sequences or more than
-    ``MAX_REQUEST_TOKENS`` generated tokens (``max_tokens`` else the server's ``default``)."""
+    ``MAX_REQUEST_TOKENS`` generated tokens (``max_tokens`` else the server's ``default``,
+    at most ``context``: a longer one gets the engine's own 400, which says why)."""
     n = n or 1
-    tokens = max_tokens or default
+    tokens = min(max_tokens or default, context)
     rows = prompts * n
     if rows <= MAX_ROWS and rows * tokens <= MAX_REQUEST_TOKENS:
         return
