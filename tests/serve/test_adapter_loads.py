@@ -187,3 +187,33 @@ def test_a_request_whose_adapter_is_unloaded_while_it_waits_is_a_404(serve, stud
     asking.join(60)
     status, _, error = reply["r"]
     assert status == 404 and "`brief` does not exist" in error["error"]["message"]
+
+
+@pytest.mark.parametrize("fifo", ["adapter_config.json", "adapter_model.safetensors"])
+def test_a_fifo_in_an_adapter_is_refused_without_blocking(serve, students, fifo):
+    """Opening a FIFO for reading waits for a writer: a load would hold its thread forever."""
+    student = students["causal"]
+    folder = student.run_dir / "adapters" / f"fifo-{fifo}"
+    shutil.copytree(student.adapters["a"], folder)
+    (folder / fifo).unlink()
+    os.mkfifo(folder / fifo)
+    try:
+        server = serve()
+        outcome: list = []
+        body = {"lora_name": "piped", "lora_path": str(folder.relative_to(student.run_dir))}
+        loader = threading.Thread(
+            target=lambda: outcome.append(call(server, "POST", "/v1/load_lora_adapter", body)),
+            daemon=True,
+        )
+        loader.start()
+        loader.join(30)  # far above the milliseconds a refusal takes
+        hung = loader.is_alive()
+        if hung:  # free the stuck reader before failing
+            os.close(os.open(folder / fifo, os.O_WRONLY | os.O_NONBLOCK))
+            loader.join(30)
+        assert not hung, "the load waited on the FIFO"
+        status, _, reply = outcome[0]
+        assert status == 400 and f"{fifo} is not a regular file" in reply["error"]["message"]
+        assert "piped" not in server.lm.adapter_names()
+    finally:
+        shutil.rmtree(folder)

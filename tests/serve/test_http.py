@@ -94,23 +94,41 @@ def test_internal_errors_do_not_show_their_details(serve, monkeypatch):
     assert str(server.lm.model) not in json.dumps(reply)
 
 
-def test_connections_are_bounded_and_idle_ones_are_closed(serve):
+def test_requests_in_progress_are_bounded_and_idle_connections_are_closed(serve, monkeypatch):
     server = serve(max_connections=8, idle_timeout=2.0)
+    release, started = threading.Event(), threading.Semaphore(0)
+
+    def hold(body, gone):
+        started.release()
+        release.wait(60)
+        return 200, None
+
+    monkeypatch.setitem(server.app.routes, ("GET", "/health"), hold)
     threads_before = threading.active_count()
+    held = [socket.create_connection(server.address, timeout=30) for _ in range(8)]
     idle = [socket.create_connection(server.address, timeout=30) for _ in range(8)]
     try:
+        for connection in held:
+            connection.sendall(b"GET /health HTTP/1.1\r\nHost: x\r\n\r\n")
+        for _ in held:
+            assert started.acquire(timeout=30)
         refused = exchange(server, b"GET /health HTTP/1.1\r\nHost: x\r\n\r\n")
         assert refused.startswith(b"HTTP/1.1 503") and b"Retry-After" in refused
         assert threading.active_count() <= threads_before + 8
-        for connection in idle:  # the server closes each after its idle timeout
+        for connection in idle:  # silent: the server closes each after its idle timeout
             assert connection.recv(1024) == b""
+        release.set()
+        for connection in held:
+            assert connection.recv(1024).startswith(b"HTTP/1.1 200")
     finally:
-        for connection in idle:
+        release.set()
+        for connection in held + idle:
             connection.close()
     deadline = time.monotonic() + 30
     while server._httpd.open_connections() and time.monotonic() < deadline:
         time.sleep(0.05)
     assert server._httpd.open_connections() == 0
+    monkeypatch.undo()
     assert call(server, "GET", "/health")[0] == 200  # a slot is free again
 
 

@@ -61,7 +61,7 @@ def read_adapter(path: str | os.PathLike, *, root: Path | None = None) -> Adapte
             # Refused before anything is opened, so a client cannot probe what exists outside.
             if not folder.resolve().is_relative_to(root):
                 raise OutsideRootError(_outside(shown))
-        dir_fd = os.open(folder, os.O_RDONLY | os.O_DIRECTORY)
+        dir_fd = os.open(folder, os.O_RDONLY | os.O_DIRECTORY | os.O_NONBLOCK)
     except (FileNotFoundError, NotADirectoryError):
         raise FileNotFoundError(_missing(shown, "does not exist or is not a directory")) from None
     except (OSError, ValueError, RuntimeError) as exc:  # a NUL byte, a symlink loop, ...
@@ -85,12 +85,14 @@ def read_adapter(path: str | os.PathLike, *, root: Path | None = None) -> Adapte
 
 def _read(name: str, dir_fd: int, root: Path | None, shown: str) -> bytes:
     try:
-        fd = os.open(name, os.O_RDONLY, dir_fd=dir_fd)
+        # Non-blocking: opening a FIFO for reading would otherwise wait for a writer forever.
+        fd = os.open(name, os.O_RDONLY | os.O_NONBLOCK, dir_fd=dir_fd)
     except OSError as exc:  # a dangling link, no permission
         raise ValueError(f"adapter {shown!r}: cannot open {name}: {exc.strerror}") from None
     with os.fdopen(fd, "rb") as file:
-        if not stat.S_ISREG(os.fstat(fd).st_mode):
+        if not stat.S_ISREG(os.fstat(fd).st_mode):  # a FIFO, a device, a socket
             raise ValueError(f"adapter {shown!r}: {name} is not a regular file")
+        os.set_blocking(fd, True)
         _check_inside(fd, root, f"{shown}/{name}")
         return file.read()
 

@@ -16,13 +16,15 @@ loop and the guard that fails a batch's requests, never the thread.
 
 from __future__ import annotations
 
+import copy
 import logging
 import queue
 import threading
 import time
 from collections import deque
 from concurrent.futures import CancelledError, Future
-from dataclasses import dataclass
+from contextlib import contextmanager
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -45,6 +47,12 @@ log = logging.getLogger(__name__)
 
 BASE = "__base__"  # the adapter name of requests that use none (peft's name for it)
 MAX_NAME_CHARS = 256
+# A token covers at most this many characters (long runs of spaces or punctuation included):
+# a prompt longer than the context times this cannot fit, and is refused before tokenizing.
+MAX_CHARS_PER_TOKEN = 64
+TOKENIZER_COPIES = (
+    4  # threads that can encode or decode at once (a fast tokenizer is not thread-safe)
+)
 
 
 @dataclass
@@ -94,6 +102,7 @@ class Job:
     submitted: float
     cancel: threading.Event | None = None  # set: the client is gone, stop this request
     slot: Any = BASE  # the adapter's handle, set when the batch runs
+    turns: list[int] = field(default_factory=lambda: [0])  # batches its submit call has had
 
 
 def check_adapter_name(name: Any) -> None:
@@ -127,8 +136,13 @@ class Engine:
         self.stats = EngineStats()
         self._adapters: dict[str, LoadedAdapter] = {}
         self._lock = threading.RLock()  # guards the model and the adapter table
-        self._tokenizer_lock = threading.Lock()  # a fast tokenizer is not thread-safe
+        self._tokenizers: queue.SimpleQueue = queue.SimpleQueue()  # copies not in use
+        self._tokenizer_copies = 0
+        self._tokenizer_lock = threading.Lock()  # guards making copies
         self._queue: queue.SimpleQueue[list[Job] | None] = queue.SimpleQueue()
+        # Guards starting and stopping the batching thread against submits: a submit either
+        # queues before the thread checks for last work, or starts a new thread.
+        self._thread_lock = threading.Lock()
         self._thread: threading.Thread | None = None
 
     # -- the hooks ----------------------------------------------------------------------------
@@ -214,13 +228,45 @@ class Engine:
         """The prompt's token ids, exactly as ``dataset.tokenize.tokenize_rows`` makes them."""
         from apprentice.formats.prompt import render_prompt
 
-        prompt = render_prompt(messages, self.tokenizer, self.kind)
-        with self._tokenizer_lock:
-            return self.tokenizer(prompt, add_special_tokens=self.kind == "seq2seq")["input_ids"]
+        limit = self.max_model_len * MAX_CHARS_PER_TOKEN
+        chars = sum(len(m.get("content") or "") for m in messages)
+        if chars <= limit:  # cheap: the template adds a few characters per message
+            prompt = render_prompt(messages, self.tokenizer, self.kind)
+            chars = len(prompt)
+        if chars > limit:
+            raise ValueError(
+                f"the prompt has {chars} characters; this model's context is "
+                f"{self.max_model_len} tokens (max_model_len), which hold at most {limit} "
+                f"characters at {MAX_CHARS_PER_TOKEN} per token: send a shorter prompt"
+            )
+        with self._tokenizer() as tokenizer:
+            return tokenizer(prompt, add_special_tokens=self.kind == "seq2seq")["input_ids"]
 
     def decode(self, ids: list[int]) -> str:
-        with self._tokenizer_lock:
-            return self.tokenizer.decode(ids, skip_special_tokens=True)
+        with self._tokenizer() as tokenizer:
+            return tokenizer.decode(ids, skip_special_tokens=True)
+
+    @contextmanager
+    def _tokenizer(self):
+        """A copy of the tokenizer that this thread alone uses meanwhile: up to
+        ``TOKENIZER_COPIES`` threads encode and decode at once, none waits on one long call."""
+        try:
+            tokenizer = self._tokenizers.get_nowait()
+        except queue.Empty:
+            with self._tokenizer_lock:
+                made = self._tokenizer_copies
+                if made < TOKENIZER_COPIES:
+                    self._tokenizer_copies += 1
+            if made == 0:
+                tokenizer = self.tokenizer
+            elif made < TOKENIZER_COPIES:
+                tokenizer = copy.deepcopy(self.tokenizer)
+            else:
+                tokenizer = self._tokenizers.get()  # all in use: the first one given back
+        try:
+            yield tokenizer
+        finally:
+            self._tokenizers.put(tokenizer)
 
     def submit(
         self,
@@ -240,7 +286,8 @@ class Engine:
         with CancelledError."""
         jobs: list[Job] = []
         futures: list[Future] = []
-        batching = (max_new_tokens, max_batch_size, batch_wait_ms / 1000, model, cancel)
+        turns = [0]  # shared by this call's jobs: the batches it has had, for taking turns
+        batching = (max_new_tokens, max_batch_size, batch_wait_ms / 1000, model, cancel, turns)
         for request, adapter in zip(requests, adapters, strict=True):
             future: Future = Future()
             futures.append(future)
@@ -249,12 +296,13 @@ class Engine:
             except Exception as exc:  # a bad request fails alone
                 future.set_exception(exc)
         if jobs:
-            self._ensure_thread()
-            self._queue.put(jobs)
+            with self._thread_lock:
+                self._ensure_thread()
+                self._queue.put(jobs)
         return futures
 
     def _job(
-        self, request, adapter, future, max_new_tokens, max_batch_size, wait_s, model, cancel
+        self, request, adapter, future, max_new_tokens, max_batch_size, wait_s, model, cancel, turns
     ) -> Job:
         asked = request.max_tokens
         if asked is not None and (type(asked) is not int or asked < 1):
@@ -275,6 +323,7 @@ class Engine:
             future=future,
             submitted=time.perf_counter(),
             cancel=cancel,
+            turns=turns,
         )
 
     def _token_limit(self, prompt: int, asked: int | None, default: int) -> int:
@@ -304,46 +353,93 @@ class Engine:
 
     # -- the batching thread ------------------------------------------------------------------
     def _ensure_thread(self) -> None:
-        if self._thread is None or not self._thread.is_alive():
-            with self._lock:
-                if self._thread is None or not self._thread.is_alive():
-                    self._thread = threading.Thread(
-                        target=self._serve,
-                        name=f"{self.label}-lm:{Path(self.base_model).name}",
-                        daemon=True,
-                    )
-                    self._thread.start()
+        """Starts the batching thread unless it runs (under ``_thread_lock``)."""
+        if self._thread is None:
+            self._thread = threading.Thread(
+                target=self._serve,
+                name=f"{self.label}-lm:{Path(self.base_model).name}",
+                daemon=True,
+            )
+            self._thread.start()
 
     def close(self) -> None:
-        """Stops the batching thread once the queued requests are answered."""
-        if self._thread is not None and self._thread.is_alive():
+        """Stops the batching thread once the queued requests are answered. A request
+        submitted meanwhile is answered too: by this thread before it stops, or by a new one."""
+        with self._thread_lock:
+            thread = self._thread
+            if thread is None:
+                return
             self._queue.put(None)
-            self._thread.join()
+        thread.join()
 
     def _serve(self) -> None:
         pending: deque[Job] = deque()
+        batch: list[Job] = []
+        stopping = False
+        try:
+            while True:
+                if not pending:
+                    if stopping:
+                        if self._stop_if_idle(pending):
+                            return
+                    else:
+                        item = self._queue.get()
+                        if item is None:
+                            stopping = True
+                            continue
+                        pending.extend(item)
+                if not self._gather(pending):
+                    stopping = True  # finish what is pending, then stop
+                batch = self._take_batch(pending)
+                try:
+                    self._run_batch(batch)
+                except Exception as exc:  # never let the thread die with requests waiting on it
+                    log.exception("the %s batching thread failed on a batch", self.label)
+                    self._fail(batch, exc)
+        except BaseException as exc:  # the thread dies (e.g. KeyboardInterrupt): nobody waits
+            with self._thread_lock:
+                self._thread = None
+                self._fail([*batch, *pending, *self._drain()], exc)
+            raise
+
+    def _stop_if_idle(self, pending: deque[Job]) -> bool:
+        """True, with the thread marked stopped, when nothing is queued; else the queued jobs
+        move to ``pending``. Under ``_thread_lock``: a later submit starts a new thread."""
+        with self._thread_lock:
+            pending.extend(self._drain())
+            if pending:
+                return False
+            self._thread = None
+            return True
+
+    def _drain(self) -> list[Job]:
+        jobs: list[Job] = []
         while True:
-            if not pending:
-                item = self._queue.get()
-                if item is None:
-                    return
-                pending.extend(item)
-            if not self._gather(pending):
-                self._queue.put(None)  # finish what is pending, then stop
-            batch = self._take_batch(pending)
             try:
-                self._run_batch(batch)
-            except Exception as exc:  # never let the thread die with requests waiting on it
-                log.exception("the %s batching thread failed on a batch", self.label)
-                for job in batch:
-                    if not job.future.done():
-                        job.future.set_exception(
-                            LMError(f"{self.label} backend failed: {type(exc).__name__}: {exc}")
-                        )
+                item = self._queue.get_nowait()
+            except queue.Empty:
+                return jobs
+            jobs.extend(item or ())  # a second close's None: stopping already
+
+    def _fail(self, jobs, exc: BaseException) -> None:
+        for job in jobs:
+            if not job.future.done():
+                job.future.set_exception(
+                    LMError(f"{self.label} backend failed: {type(exc).__name__}: {exc}")
+                )
 
     def _gather(self, pending: deque[Job]) -> bool:
-        """Adds queued jobs to ``pending`` until the oldest one's batch is full, no request
-        came for its wait, or it has waited ten times that; False once told to stop."""
+        """Adds what is queued now to ``pending``, then waits for more until the oldest job's
+        batch is full, no request came for its wait, or it has waited ten times that; False
+        once told to stop."""
+        while True:
+            try:
+                item = self._queue.get_nowait()
+            except queue.Empty:
+                break
+            if item is None:
+                return False
+            pending.extend(item)
         first = pending[0]
         last_arrival = time.perf_counter()
         while sum(j.n for j in pending) < first.max_batch_size:
@@ -360,21 +456,26 @@ class Engine:
         return True
 
     def _take_batch(self, pending: deque[Job]) -> list[Job]:
-        """The oldest job and the pending jobs that can share its generate call, within the
-        smallest ``max_batch_size`` among them; the rest stay queued."""
-        first = pending.popleft()
+        """Requests take turns: the batch starts with a job of the submit call that has had
+        the fewest batches (the oldest among those), and takes the pending jobs that can
+        share its generate call, in the same order, within the smallest ``max_batch_size``
+        among them; the rest stay queued. A large request thus delays a small one by one
+        batch, not by all of its own."""
+        ordered = sorted(pending, key=lambda j: (j.turns[0], j.submitted))
+        first = ordered[0]
         batch, rows, capacity = [first], first.n, first.max_batch_size
-        kept: deque[Job] = deque()
-        while pending:
-            job = pending.popleft()
+        for job in ordered[1:]:
             fits = rows + job.n <= min(capacity, job.max_batch_size)
             if fits and self._shares_call(first, job):
                 batch.append(job)
                 rows += job.n
                 capacity = min(capacity, job.max_batch_size)
-            else:
-                kept.append(job)
+        taken = set(batch)
+        kept = [job for job in pending if job not in taken]
+        pending.clear()
         pending.extend(kept)
+        for turns in {id(job.turns): job.turns for job in batch}.values():
+            turns[0] += 1
         return batch
 
     def _run_batch(self, jobs: list[Job]) -> None:

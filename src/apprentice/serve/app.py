@@ -32,6 +32,7 @@ from apprentice.serve.protocol import (
     HTTPError,
     authorize,
     chat_messages,
+    check_request_size,
     choice_texts,
     completion_body,
     json_object,
@@ -84,6 +85,12 @@ class ServingApp:
     ) -> tuple[int, Any]:
         """``target`` is the request's path (a query is ignored); ``client_gone`` tells
         whether the client has left: a generation then stops and ClientGone is raised."""
+        return self.admit(method, target, headers)(body, client_gone)
+
+    def admit(self, method: str, target: str, headers: Any) -> Callable:
+        """The route that answers this request, from its head alone (the HTTP layer calls
+        this before it reads a byte of the body): a 401 without the API key, a 404 or 405
+        for a route this server does not have."""
         path = urlsplit(target).path
         if path.startswith("/v1/"):
             authorize(headers.get("Authorization"), self.api_key)
@@ -93,7 +100,7 @@ class ServingApp:
                 raise HTTPError(405, f"{path} does not take {method}")
             known = sorted({p for _, p in self.routes})
             raise HTTPError(404, f"no route {method} {path}; this server serves {known}")
-        return route(body, client_gone)
+        return route
 
     # -- models ------------------------------------------------------------------------
     def health(self, body: bytes, client_gone=None) -> tuple[int, Any]:
@@ -184,6 +191,9 @@ class ServingApp:
         return 200, completion_body("cmpl", "text_completion", name, choices, responses)
 
     def _generate(self, conversations, adapter, name: str, sampling: dict, client_gone) -> list:
+        n, max_tokens = sampling["n"], sampling["max_tokens"]
+        default, context = self.lm.max_new_tokens, self.engine.max_model_len
+        check_request_size(len(conversations), n, max_tokens, default, context)
         try:
             requests = [Request(messages=tuple(m), **sampling) for m in conversations]
         except ValueError as exc:

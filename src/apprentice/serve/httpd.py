@@ -1,38 +1,52 @@
 """The HTTP plumbing under apprentice's servers (``server.Server``, ``vllm_gateway.Gateway``),
-on the stdlib ``ThreadingHTTPServer``: one thread per connection, and an app object whose
-``handle(method, target, headers, body, client_gone)`` returns (status, payload) or raises
-``HTTPError``.
+on the stdlib's ``http.server``: an app object whose ``admit(method, target, headers)``
+refuses a request from its head alone and whose ``handle(method, target, headers, body,
+client_gone)`` returns (status, payload) or raises ``HTTPError``.
 
-What a connection may do is bounded here: at most ``max_connections`` are open (the next
-get a 503 from one refusing thread, without a thread of their own), a connection silent
-for ``idle_timeout`` is closed, a body must come with one plain Content-Length of at most
-``MAX_BODY_BYTES``, and a reply always goes out (JSON as ASCII, text with escapes; a 500
-says only the exception's type, the log has the rest). A payload may be a ``Relay``:
-another server's reply passed through as it arrives.
+A connection waits in the ``Lobby`` (one thread for all, no slot) until its request head is
+whole; only then does the request get a thread, and only ``max_connections`` requests hold
+one at once (the next get a 503 from the lobby at no cost). A trickling client therefore
+takes nothing from the others: its head must be whole within ``HEAD_TIMEOUT_S``, and the
+lobby bounds how many connections wait, in all and per client address.
+
+Before a byte of the body is read, the app's ``admit`` checks the API key and the route,
+and the Content-Length must be one plain number of at most ``MAX_BODY_BYTES``; an
+``Expect: 100-continue`` is answered only then. The body must then come within
+``BODY_TIMEOUT_S`` and with no silence of ``idle_timeout``, else a 408. A reply always goes
+out (JSON as ASCII, text with escapes; a 500 says only the exception's type, the log has
+the rest). A payload may be a ``Relay``: another server's reply passed through as it
+arrives. Between requests a kept-alive connection goes back to the lobby.
 """
 
 from __future__ import annotations
 
 import contextlib
+import io
 import json
 import logging
-import queue
 import re
+import resource
 import select
 import socket
 import threading
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
+from http.server import HTTPServer as _StdlibHTTPServer
 from typing import Any
 
+from apprentice.serve.lobby import HEAD_TIMEOUT_S, Lobby, refusal
 from apprentice.serve.protocol import ClientGone, HTTPError, error_body
 
 __all__ = [
+    "BODY_TIMEOUT_S",
+    "HEAD_TIMEOUT_S",
     "IDLE_TIMEOUT_S",
     "MAX_BODY_BYTES",
     "MAX_CONNECTIONS",
+    "MAX_WAITING",
+    "MAX_WAITING_PER_CLIENT",
     "HTTPServer",
     "HTTPServer6",
     "Relay",
@@ -42,22 +56,55 @@ __all__ = [
 log = logging.getLogger(__name__)
 
 MAX_BODY_BYTES = 16 << 20
-MAX_CONNECTIONS = 512  # open connections (one thread each); more get a 503 at once
+MAX_CONNECTIONS = 512  # requests in progress (one thread each); more get a 503 at once
+MAX_WAITING = 4096  # connections waiting for a request head (no thread); past it, the oldest go
+MAX_WAITING_PER_CLIENT = 256  # of those, from one address
 IDLE_TIMEOUT_S = 30.0  # a connection silent this long (between or inside requests) is closed
+BODY_TIMEOUT_S = 60.0  # a request body must arrive whole this fast (16 MiB: 280 kB/s)
 _LENGTH = re.compile(r"[0-9]{1,20}")
-_BUSY = (
-    b"HTTP/1.1 503 Service Unavailable\r\nContent-Type: application/json\r\n"
-    b"Retry-After: 1\r\nConnection: close\r\nContent-Length: %d\r\n\r\n%s"
-)
+_HEAD_END = re.compile(rb"\r?\n\r?\n")
+
+
+class _Writer(io.RawIOBase):
+    """The reply's side of the socket: every write goes out whole."""
+
+    def __init__(self, sock: socket.socket) -> None:
+        self._sock = sock
+
+    def writable(self) -> bool:
+        return True
+
+    def write(self, data) -> int:
+        self._sock.sendall(data)
+        return len(data)
 
 
 class _Handler(BaseHTTPRequestHandler):
+    """Answers one request whose head the lobby read (``data``: the head and any bytes after
+    it); then says whether the connection can go back to the lobby, and with what bytes."""
+
     protocol_version = "HTTP/1.1"  # keep-alive: OpenAILM holds one connection per thread
     server_version = "apprentice"
 
+    def __init__(self, sock, address, server, data: bytes) -> None:
+        end = _HEAD_END.search(data).end()
+        self._head_bytes, self.leftover = data[:end], data[end:]
+        self._length: int | None = None  # the body's, once the head is admitted
+        self._unread = True  # the body is still on the wire
+        super().__init__(sock, address, server)
+
     def setup(self) -> None:
-        self.timeout = self.server.idle_timeout  # StreamRequestHandler applies it to the socket
-        super().setup()
+        self.connection = self.request
+        self.connection.settimeout(self.server.idle_timeout)
+        self.rfile = io.BytesIO(self._head_bytes)
+        self.wfile = _Writer(self.connection)
+
+    def handle(self) -> None:
+        self.close_connection = True
+        self.handle_one_request()
+
+    def finish(self) -> None:
+        pass  # the server decides what becomes of the socket
 
     def __getattr__(self, name: str):
         """``do_<METHOD>`` for every method: the app answers (404, 405) where http.server
@@ -66,9 +113,20 @@ class _Handler(BaseHTTPRequestHandler):
             return lambda: self._dispatch(name[3:])
         raise AttributeError(name)
 
+    def handle_expect_100(self) -> bool:
+        """``100 Continue`` only for a request that may send its body."""
+        try:
+            self._admit(self.command)
+        except HTTPError as exc:
+            self.close_connection = True
+            self._send(exc.status, error_body(exc.status, exc.message, exc.param))
+            return False
+        return super().handle_expect_100()
+
     def _dispatch(self, method: str) -> None:
         try:
-            body = self._body() if method == "POST" else b""
+            length = self._length if self._length is not None else self._admit(method)
+            body = self._body(length)
             status, payload = self.server.app.handle(
                 method, self.path, self.headers, body, self._client_gone
             )
@@ -77,13 +135,20 @@ class _Handler(BaseHTTPRequestHandler):
             return
         except HTTPError as exc:
             status, payload = exc.status, error_body(exc.status, exc.message, exc.param)
+            if self._unread and self.headers.get("Content-Length", "0").strip() != "0":
+                self.close_connection = True  # its body is not read: the connection cannot go on
         except Exception as exc:  # the details (paths, values) go to the log, not the client
             log.exception("%s %s failed", method, self.path)
             message = f"internal error ({type(exc).__name__}); the server's log has the details"
             status, payload = 500, error_body(500, message)
         self._send(status, payload)
 
-    def _body(self) -> bytes:
+    def _admit(self, method: str) -> int:
+        """The body's length, once the app accepts the request from its head; HTTPError
+        otherwise. Nothing of the body is read here."""
+        admit = getattr(self.server.app, "admit", None)
+        if admit is not None:
+            admit(method, self.path, self.headers)
         if "chunked" in self.headers.get("Transfer-Encoding", "").lower():
             self.close_connection = True
             raise HTTPError(411, "send the body with a Content-Length, not chunked")
@@ -97,7 +162,44 @@ class _Handler(BaseHTTPRequestHandler):
         if length > MAX_BODY_BYTES:
             self.close_connection = True  # the body is not read: the connection cannot go on
             raise HTTPError(413, f"request body of {length} bytes is over {MAX_BODY_BYTES}")
-        return self.rfile.read(length)
+        self._length = length
+        return length
+
+    def _body(self, length: int) -> bytes:
+        """The body, within ``BODY_TIMEOUT_S`` and with no silence of ``idle_timeout``; a 408
+        otherwise. Bytes after it (a pipelined request) stay in ``leftover``."""
+        body, self.leftover = bytearray(self.leftover[:length]), self.leftover[length:]
+        deadline = time.monotonic() + BODY_TIMEOUT_S
+        idle = self.server.idle_timeout
+        while len(body) < length:
+            left = deadline - time.monotonic()
+            try:
+                if left <= 0:
+                    raise TimeoutError
+                self.connection.settimeout(min(idle, left))
+                chunk = self.connection.recv(min(length - len(body), 1 << 20))
+            except TimeoutError:
+                late = time.monotonic() >= deadline
+                why = (
+                    f"not whole after {BODY_TIMEOUT_S:.0f} s" if late else f"silent for {idle:g} s"
+                )
+                log.debug(
+                    "%s: request body %s (%d of %d bytes)",
+                    self.address_string(),
+                    why,
+                    len(body),
+                    length,
+                )
+                self.close_connection = True
+                raise HTTPError(408, f"the request body was {why}: send it whole") from None
+            except OSError:
+                raise ClientGone from None
+            if not chunk:
+                raise ClientGone
+            body += chunk
+        self.connection.settimeout(idle)
+        self._unread = False
+        return bytes(body)
 
     def _client_gone(self) -> bool:
         """Whether the client has closed its side (it sends nothing while it waits)."""
@@ -179,87 +281,110 @@ def _encode(payload: Any) -> tuple[bytes, str]:
 
 def client_gone(connection: socket.socket) -> bool:
     """True when the peer closed the connection: it is readable and a peek reads nothing.
-    A pipelined next request makes it readable too, but a peek then returns data."""
+    A pipelined next request makes it readable too, but a peek then returns data. (``poll``,
+    not ``select``: a server with over a thousand connections has descriptors past 1024.)"""
     try:
-        readable, _, _ = select.select([connection], [], [], 0)
-        return bool(readable) and connection.recv(1, socket.MSG_PEEK | socket.MSG_DONTWAIT) == b""
+        poller = select.poll()
+        poller.register(connection, select.POLLIN)
+        if not poller.poll(0):
+            return False
+        return connection.recv(1, socket.MSG_PEEK | socket.MSG_DONTWAIT) == b""
     except BlockingIOError:
         return False
     except (OSError, ValueError):  # reset, or already closed
         return True
 
 
-class HTTPServer(ThreadingHTTPServer):
-    daemon_threads = True
+class HTTPServer(_StdlibHTTPServer):
+    """Accepts connections into the lobby; a request whose head is whole gets a thread of
+    its own while one of ``max_connections`` is free, else a 503."""
+
     # socketserver's default backlog is 5: a burst of clients connecting at once (a
     # program run over many threads) would see connections reset.
     request_queue_size = socket.SOMAXCONN
 
-    def __init__(self, address, app: Any, max_connections: int, idle_timeout: float):
+    def __init__(
+        self,
+        address,
+        app: Any,
+        max_connections: int,
+        idle_timeout: float,
+        *,
+        max_waiting: int = MAX_WAITING,
+        max_waiting_per_client: int = MAX_WAITING_PER_CLIENT,
+    ):
         self.app = app
         self.max_connections = max_connections
         self.idle_timeout = idle_timeout
-        self.connections: set[socket.socket] = set()
+        self.connections: set[socket.socket] = set()  # the requests being answered
         self.connections_lock = threading.Lock()
-        self.refused: queue.SimpleQueue[socket.socket | None] = queue.SimpleQueue()
+        self._busy = refusal(
+            503, f"the server is answering {max_connections} requests; retry", "Retry-After: 1"
+        )
         super().__init__(address, _Handler)
-        threading.Thread(target=self._refuse_forever, name="refuse", daemon=True).start()
+        self.lobby = Lobby(
+            self._start_request,
+            idle_timeout=idle_timeout,
+            max_waiting=min(max_waiting, _descriptors_left(max_connections)),
+            max_per_client=max_waiting_per_client,
+        )
 
     def server_close(self) -> None:
-        self.refused.put(None)
+        self.lobby.close()
         super().server_close()
 
     def process_request(self, request, client_address) -> None:
-        """Counted here, in the accepting thread, so the bound is exact: past it, the client
-        is handed to the one refusing thread (a 503), and no thread is started for it."""
+        """The accepting thread only hands the connection to the lobby."""
+        self.lobby.admit(request, client_address, new=True)
+
+    def _start_request(self, sock: socket.socket, address, data: bytes) -> None:
+        """In the lobby's thread: a thread for this request, or a 503 at no cost."""
         with self.connections_lock:
             full = len(self.connections) >= self.max_connections
             if not full:
-                self.connections.add(request)
-        if not full:
-            try:
-                super().process_request(request, client_address)  # starts its thread
-            except BaseException:  # no thread (e.g. the system's limit): not counted
-                with self.connections_lock:
-                    self.connections.discard(request)
-                raise
-        elif self.refused.qsize() < self.max_connections:
-            self.refused.put(request)
-        else:  # a flood: drop it without a word
-            self.shutdown_request(request)
-
-    def _refuse_forever(self) -> None:
-        """Answers each refused connection with a 503 and closes it gracefully: reading what
-        the client sent before closing, so its reply is not lost to a reset."""
-        body = json.dumps(
-            error_body(503, f"the server has {self.max_connections} open connections; retry")
-        ).encode()
-        while (request := self.refused.get()) is not None:
-            with contextlib.suppress(OSError):
-                request.settimeout(1.0)
-                request.sendall(_BUSY % (len(body), body))
-                request.shutdown(socket.SHUT_WR)
-                deadline = time.monotonic() + 1.0
-                while request.recv(65536) and time.monotonic() < deadline:
-                    pass
-            request.close()
-
-    def process_request_thread(self, request, client_address) -> None:
+                self.connections.add(sock)
+        if full:
+            self.lobby.refuse(sock, self._busy)
+            return
         try:
-            super().process_request_thread(request, client_address)
+            threading.Thread(target=self._answer, args=(sock, address, data), daemon=True).start()
+        except BaseException:  # no thread (e.g. the system's limit): not counted
+            with self.connections_lock:
+                self.connections.discard(sock)
+            self.lobby.refuse(sock, self._busy)
+
+    def _answer(self, sock: socket.socket, address, data: bytes) -> None:
+        handler = None
+        try:
+            handler = _Handler(sock, address, self, data)
+        except Exception:
+            log.exception("the request from %s failed", address)
         finally:
             with self.connections_lock:
-                self.connections.discard(request)
+                self.connections.discard(sock)
+        if handler is not None and not handler.close_connection:
+            self.lobby.admit(sock, address, handler.leftover, new=False)  # keep-alive
+        else:
+            self.lobby.refuse(sock)  # closed gracefully: what the client still sends is dropped
 
     def open_connections(self) -> int:
+        """Requests being answered plus connections waiting for one."""
         with self.connections_lock:
-            return len(self.connections)
+            return len(self.connections) + self.lobby.waiting()
 
     def close_connections(self) -> None:
         with self.connections_lock:
             for connection in self.connections:
                 with contextlib.suppress(OSError):
                     connection.shutdown(socket.SHUT_RDWR)
+
+
+def _descriptors_left(max_connections: int) -> int:
+    """How many waiting connections this process's open-file limit leaves room for."""
+    soft, _ = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft == resource.RLIM_INFINITY:
+        return MAX_WAITING
+    return max(16, soft - max_connections - 256)
 
 
 class HTTPServer6(HTTPServer):

@@ -22,11 +22,15 @@ __all__ = [
     "check_api_key",
     "warn_if_exposed",
     "MAX_JSON_DEPTH",
+    "MAX_JSON_ELEMENTS",
+    "MAX_REQUEST_TOKENS",
+    "MAX_ROWS",
     "MAX_PROMPTS",
     "ClientGone",
     "HTTPError",
     "authorize",
     "chat_messages",
+    "check_request_size",
     "choice_texts",
     "completion_body",
     "error_body",
@@ -41,6 +45,10 @@ MAX_N = 64
 MAX_PROMPTS = 64  # prompts in one completions request (each is a request to the engine)
 MAX_STOPS = 16
 MAX_JSON_DEPTH = 32  # an OpenAI body nests 5 levels at most (messages, content parts)
+MAX_JSON_ELEMENTS = 20_000  # objects, arrays and their members: a long chat has a few thousand
+MAX_ROWS = 256  # sequences one request may ask for: prompts x n
+MAX_REQUEST_TOKENS = 1 << 18  # tokens one request may ask to generate: prompts x n x max_tokens
+_STRINGS = re.compile(rb'"[^"\\]*(?:\\.[^"\\]*)*"')
 INT64 = (-(2**63), 2**63 - 1)  # seeds, as vLLM takes them
 ROLES = ("system", "user", "assistant")
 
@@ -50,8 +58,10 @@ _ERROR_TYPES = {
     403: "PermissionDeniedError",
     404: "NotFoundError",
     405: "MethodNotAllowed",
+    408: "RequestTimeout",
     411: "LengthRequired",
     413: "RequestTooLarge",
+    431: "RequestHeaderFieldsTooLarge",
     500: "InternalServerError",
     503: "ServiceUnavailableError",
 }
@@ -108,7 +118,17 @@ def error_body(status: int, message: str, param: str | None = None) -> dict[str,
 def json_object(body: bytes) -> dict[str, Any]:
     """The body as a JSON object whose every string is valid Unicode, whose numbers are
     finite and whose nesting is at most ``MAX_JSON_DEPTH``: anything else is a 400, so the
-    routes never meet a value they cannot encode, print or hand to the tokenizer."""
+    routes never meet a value they cannot encode, print or hand to the tokenizer. A body
+    of more than ``MAX_JSON_ELEMENTS`` elements is refused before it is parsed."""
+    skeleton = _STRINGS.sub(b'""', body)  # a string's commas and brackets are its text
+    elements = skeleton.count(b",") + skeleton.count(b"{") + skeleton.count(b"[")
+    if elements > MAX_JSON_ELEMENTS:
+        raise HTTPError(
+            400,
+            f"request body holds about {elements} JSON elements (members, arrays, objects); "
+            f"at most {MAX_JSON_ELEMENTS} are read, nested at most {MAX_JSON_DEPTH} levels: "
+            "send fewer messages or prompts",
+        )
     try:
         data = json.loads(body, parse_constant=_refuse_constant)
     except RecursionError:
@@ -291,6 +311,26 @@ def _stops(value) -> tuple[str, ...] | None:
             param="stop",
         )
     return tuple(s for s in stops if s) or None
+
+
+def check_request_size(
+    prompts: int, n: int | None, max_tokens: int | None, default: int, context: int
+) -> None:
+    """A 400 when one request asks for more than ``MAX_ROWS`` sequences or more than
+    ``MAX_REQUEST_TOKENS`` generated tokens (``max_tokens`` else the server's ``default``,
+    at most ``context``: a longer one gets the engine's own 400, which says why)."""
+    n = n or 1
+    tokens = min(max_tokens or default, context)
+    rows = prompts * n
+    if rows <= MAX_ROWS and rows * tokens <= MAX_REQUEST_TOKENS:
+        return
+    raise HTTPError(
+        400,
+        f"this request asks for {prompts} prompt(s) x n={n} = {rows} sequences of up to "
+        f"{tokens} tokens ({rows * tokens} tokens); one request may ask for at most {MAX_ROWS} "
+        f"sequences and {MAX_REQUEST_TOKENS} tokens: send fewer prompts, a smaller n or a "
+        "smaller max_tokens",
+    )
 
 
 def choice_texts(response) -> list[tuple[str, str | None]]:

@@ -118,6 +118,11 @@ class Gateway:
         shutil.rmtree(self.staging, ignore_errors=True)
 
     # -- the app ---------------------------------------------------------------------------
+    def admit(self, method: str, target: str, headers: Any) -> None:
+        """From the request's head alone, before its body is read: a 401 without the key."""
+        if urlsplit(target).path.startswith("/v1/"):
+            authorize(headers.get("Authorization"), self.api_key)
+
     def handle(
         self, method: str, target: str, headers: Any, body: bytes, client_gone: Callable
     ) -> tuple[int, Any]:
