@@ -280,8 +280,12 @@ class Soak:
                 data = json.dumps(body, ensure_ascii=True).encode()  # keeps the lone surrogate
                 self._expect("POST", "/v1/load_lora_adapter", data, AUTH, expected)
             self._expect("GET", "/v1/models", None, {"Authorization": "Bearer wrong"}, 401)
+            # With the key: the server checks the key before the length, so a keyless
+            # request is a 401 whatever its length says.
             self._raw(
-                b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Length: -1\r\n\r\n{}",
+                b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\n"
+                + f"Authorization: Bearer {KEY}\r\n".encode()
+                + b"Content-Length: -1\r\n\r\n{}",
                 b" 400 ",
             )
             self._leave_mid_request()

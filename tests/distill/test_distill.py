@@ -40,6 +40,10 @@ def _command(recipe, run_dir, log, delay):
         "PYTHONPATH": os.pathsep.join([str(ROOT), str(HERE), os.environ.get("PYTHONPATH", "")]),
         "APPRENTICE_TEST_CALL_LOG": str(log),
         "APPRENTICE_TEST_TEACHER_DELAY": str(delay),
+        # The teacher's replies are cached per user, not per run (pipeline.teacher_cache_dir):
+        # each run directory gets its own cache here, so the reference run's replies do not
+        # answer the interrupted run's calls and the call log counts what each run asked.
+        "APPRENTICE_CACHE_DIR": str(Path(run_dir).parent / f"cache-{Path(run_dir).name}"),
     }
     cmd = [sys.executable, "-m", "apprentice.cli", "distill", str(recipe), "--run-dir"]
     return [*cmd, str(run_dir), "-q"], env
