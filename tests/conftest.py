@@ -28,3 +28,32 @@ def pytest_collection_modifyitems(config, items):
     for item in items:
         if item.get_closest_marker("slow") and not item.get_closest_marker("timeout"):
             item.add_marker(pytest.mark.timeout(SLOW_TEST_TIMEOUT_S))
+
+
+# -- the real pretrained student (tests/real_student.py), once per session ---------------------
+@pytest.fixture(scope="session")
+def smollm2(tmp_path_factory):
+    """SmolLM2-135M-Instruct converted from its GGUF file into a checkpoint folder."""
+    from apprentice.gguf import convert_gguf
+    from real_student import SMOLLM2
+
+    return convert_gguf(SMOLLM2, tmp_path_factory.mktemp("smollm2") / "checkpoint")
+
+
+@pytest.fixture(scope="session")
+def smollm2_trained(smollm2, tmp_path_factory):
+    """(run root, optimizer, program): the ``multitask`` adapter, trained by BootstrapFinetune."""
+    from real_student import train_multitask
+
+    root = tmp_path_factory.mktemp("lora")
+    optimizer, program = train_multitask(smollm2, root)
+    return root, optimizer, program
+
+
+@pytest.fixture(scope="session")
+def smollm2_region(smollm2, tmp_path_factory):
+    """(run dir, program): the ``region`` adapter on the same base."""
+    from real_student import train_region
+
+    root = tmp_path_factory.mktemp("region")
+    return root / "region", train_region(smollm2, root)

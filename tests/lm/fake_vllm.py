@@ -106,6 +106,11 @@ class LLMEngine:
         self.added: list[tuple[str, int]] = []
         self.removed: list[int] = []
         self.disk_reads = 0
+        self.engine_core = types.SimpleNamespace(shutdown=self._shutdown)
+        self.shut_down = False
+
+    def _shutdown(self, timeout: float | None = None) -> None:
+        self.shut_down = True  # vllm/v1/engine/core_client.py, MPClient.shutdown
 
     def add_lora(self, request: LoRARequest) -> bool:
         """vllm/lora/worker_manager.py ``add_adapter``: an id already loaded is only touched,
@@ -194,6 +199,10 @@ def install(monkeypatch) -> types.SimpleNamespace:
     request_module.LoRARequest = LoRARequest
     modules = {"vllm": vllm, "vllm.lora": types.ModuleType("vllm.lora")}
     modules["vllm.lora.request"] = request_module
+    # The CUDA build's platform: base and adapter rows share a call (vllm/platforms/cuda.py)
+    platforms = types.ModuleType("vllm.platforms")
+    platforms.current_platform = types.SimpleNamespace(is_cpu=lambda: False)
+    modules["vllm.platforms"] = platforms
     for name, module in modules.items():
         monkeypatch.setitem(sys.modules, name, module)
     return types.SimpleNamespace(made=LLM.made)

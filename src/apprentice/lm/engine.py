@@ -125,6 +125,11 @@ class Engine(BatchingLoop):
         self._thread_lock = threading.Lock()
         self._thread: threading.Thread | None = None
 
+    def shutdown(self) -> None:
+        """Stops the batching thread; the engine's memory goes once no LM holds it. An
+        engine that runs outside this process (vLLM's) stops it here too."""
+        self.close()
+
     # -- the hooks ----------------------------------------------------------------------------
     def _install(self, name: str, files: AdapterFiles) -> Any:
         """Loads ``files`` into the model (under the lock); its handle. On failure the

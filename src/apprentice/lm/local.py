@@ -176,7 +176,7 @@ def release_engines(base_model: str | Path | None = None) -> int:
             for key in [k for k in table if wanted is None or k[0] == wanted]:
                 dropped.append(table.pop(key)[1])
     for engine in dropped:
-        engine.close()
+        engine.shutdown()
     if dropped and "torch" in sys.modules:
         import torch
 

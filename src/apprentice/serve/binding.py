@@ -65,6 +65,7 @@ def student_lm(
         from apprentice.lm.local import LocalLM
 
         options.setdefault("device", serve.device)
+        options.setdefault("dtype", serve.dtype)
         options.setdefault("max_batch_size", serve.max_batch_size)
         return LocalLM(
             base, adapters=adapters, adapter=adapter, max_new_tokens=new_tokens, **options
@@ -73,6 +74,8 @@ def student_lm(
         from apprentice.lm.vllm import VLLMLM
 
         options.setdefault("max_batch_size", serve.max_batch_size)
+        options.setdefault("dtype", serve.dtype)
+        options.setdefault("kv_cache_gib", serve.kv_cache_gib)
         options.setdefault("gpu_memory_utilization", serve.gpu_memory_utilization)
         options.setdefault("max_model_len", serve.max_model_len)
         options.setdefault("tensor_parallel_size", serve.tensor_parallel_size)

@@ -18,7 +18,8 @@ __all__ = ["ServeConfig"]
 
 class ServeConfig(ConfigSection):
     """``backend``: ``local`` (transformers + peft in this process; CPU or GPU, T5 too),
-    ``vllm`` (vLLM in this process; causal students on a GPU) or ``openai`` (a running
+    ``vllm`` (vLLM in this process; causal students, on a GPU or with vLLM's CPU build) or
+    ``openai`` (a running
     OpenAI-compatible server -- ``apprentice serve`` or ``vllm serve --enable-lora`` -- that
     the adapters are loaded into by name through ``/v1/load_lora_adapter``)."""
 
@@ -26,8 +27,16 @@ class ServeConfig(ConfigSection):
     device: str | None = Field(None, description="local: cpu, cuda, cuda:1; None picks")
     max_batch_size: int = Field(64, ge=1, description="requests that share one generate call")
     max_new_tokens: int = Field(256, ge=1)
+    dtype: Literal["auto", "float32", "bfloat16", "float16"] = Field(
+        "auto", description="weights and activations; auto: float32 on a CPU, bf16 on a GPU"
+    )
     # vllm
-    gpu_memory_utilization: float = Field(0.9, gt=0, le=1, description="vllm: share of the GPU")
+    kv_cache_gib: float | None = Field(
+        None, gt=0, description="vllm: KV cache memory (RAM on the CPU build; None: 1 GiB there)"
+    )
+    gpu_memory_utilization: float = Field(
+        0.9, gt=0, le=1, description="vllm on a GPU: share of its memory (unless kv_cache_gib)"
+    )
     max_model_len: int | None = Field(None, ge=1, description="vllm: context length; None: model's")
     tensor_parallel_size: int = Field(1, ge=1, description="vllm: GPUs a layer is split over")
     pipeline_parallel_size: int = Field(1, ge=1, description="vllm: GPUs the layers are split over")
