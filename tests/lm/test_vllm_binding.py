@@ -80,9 +80,10 @@ def test_the_vllm_backend_binds_each_predictor_to_its_adapter_on_one_engine(
     }
     assert lms["extract"].max_new_tokens == 8 and lms["extract"].max_batch_size == 16
     [llm] = made.made
-    # One engine holding both adapters: the rank fits the widest (r=24 -> 32), and every
+    # One engine holding both adapters: the rank fits the widest (r=24 -> 32), four slots
+    # (the shared default, so programs with up to 4 adapters share an engine), and every
     # adapter stays in vLLM's CPU cache instead of being re-read from disk.
-    assert llm.options["max_lora_rank"] == 32 and llm.options["max_loras"] == 2
+    assert llm.options["max_lora_rank"] == 32 and llm.options["max_loras"] == 4
     assert llm.options["max_cpu_loras"] >= 2 and llm.options["gpu_memory_utilization"] == 0.5
     # vLLM sees names carrying the content hash (its prefix cache is keyed by name).
     loaded = {name for name, _ in llm.llm_engine.added}

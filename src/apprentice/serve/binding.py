@@ -38,9 +38,15 @@ __all__ = ["bind_student", "student_lm", "vllm_rank"]
 log = logging.getLogger(__name__)
 
 
+SHARED_LORA_RANK = 16  # vLLM's default max_lora_rank
+SHARED_LORAS = 4  # vLLM-in-process adapters per batch, unless a program has more
+
+
 def vllm_rank(ranks: list[int]) -> int:
-    """The smallest ``max_lora_rank`` vLLM accepts that holds every adapter rank."""
-    wanted = max(ranks, default=1)
+    """The ``max_lora_rank`` an engine serving these adapter ranks starts with: 16, or the
+    smallest vLLM accepts above it. Programs whose adapters fit share one engine per base
+    model (a process runs one: ``lm.vllm.get_vllm_engine``)."""
+    wanted = max([SHARED_LORA_RANK, *ranks])
     rank = smallest_lora_rank(wanted)  # vLLM's table lives in apprentice.adapter
     if rank is None:
         raise ValueError(f"LoRA rank {wanted} is above vLLM's largest max_lora_rank (512)")
@@ -86,7 +92,7 @@ def student_lm(
             adapter=adapter,
             max_new_tokens=new_tokens,
             max_lora_rank=max_lora_rank,
-            max_loras=max_loras or max(1, len(adapters or {})),
+            max_loras=max_loras or max(SHARED_LORAS, len(adapters or {})),
             **options,
         )
     return _server_lm(serve, base, adapters or {}, adapter, new_tokens, options)
@@ -172,7 +178,7 @@ def bind_student(
     engine_options = {
         **options,
         "max_lora_rank": vllm_rank([int((m.lora_config or {}).get("r", 1)) for m in lora.values()]),
-        "max_loras": max(1, len(lora)),
+        "max_loras": max(SHARED_LORAS, len(lora)),
     }
     served = _served_names(serve, base, lora, engine_options)
     shared = None
