@@ -140,7 +140,7 @@ __all__ = [
 # `import apprentice` stays fast.
 _LAZY = {
     "LocalLM": "apprentice.lm.local",
-    "release_engines": "apprentice.lm.local",
+    "release_engines": "apprentice.lm.engines",
     "VLLMLM": "apprentice.lm.vllm",
     "LoraConfig": "apprentice.train.config",
     "TrainConfig": "apprentice.train.config",

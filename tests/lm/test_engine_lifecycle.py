@@ -28,10 +28,11 @@ def _ask(lm) -> str:
 
 
 def test_release_engines_drops_one_base_or_all_and_old_lms_still_answer(bases, monkeypatch):
-    from apprentice.lm import local
+    from apprentice.lm import engines
 
-    # A table of this test's own: releasing "all" must not touch other tests' engines.
-    monkeypatch.setattr(local, "_ENGINES", {})
+    # Tables of this test's own: releasing "all" must not touch other tests' engines.
+    for table in engines._TABLES:
+        monkeypatch.setattr(table, "engines", {})
     first, second = (LocalLM(base, max_new_tokens=4) for base in bases)
     answer = _ask(first)
     _ask(second)

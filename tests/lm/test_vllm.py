@@ -80,7 +80,7 @@ def test_bad_engine_options_are_refused(models, no_vllm):
 # -- against the stand-in of vLLM 0.26.0's rules (fake_vllm.py) --------------------------------
 @pytest.fixture
 def fake_vllm(monkeypatch):
-    monkeypatch.setattr(vllm_lm, "_ENGINES", {})
+    monkeypatch.setattr(vllm_lm._TABLE, "engines", {})
     return fake_vllm_module.install(monkeypatch)
 
 

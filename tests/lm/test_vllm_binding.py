@@ -62,7 +62,7 @@ def student(tmp_path_factory):
 def test_the_vllm_backend_binds_each_predictor_to_its_adapter_on_one_engine(
     student, monkeypatch, tmp_path
 ):
-    monkeypatch.setattr(vllm_lm, "_ENGINES", {})
+    monkeypatch.setattr(vllm_lm._TABLE, "engines", {})
     made = fake_vllm_module.install(monkeypatch)
     base, adapters = student
     config = ServeConfig(

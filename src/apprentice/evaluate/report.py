@@ -134,7 +134,8 @@ def _key(identity: Any) -> str:
 
 def _lm_name(identity: dict[str, Any]) -> str:
     name = f"{identity.get('backend')}:{identity.get('model')}"
-    return name + (f"+{identity['adapter']}" if identity.get("adapter") else "")
+    name += f"+{identity['adapter']}" if identity.get("adapter") else ""
+    return name + (f" ({identity['dtype']})" if identity.get("dtype") else "")
 
 
 def _price_table(program: Callable[..., Any]) -> dict[str, Price]:

@@ -101,6 +101,12 @@ class EngineView(BaseLM):
     def _dtype_key(self) -> str:
         raise NotImplementedError
 
+    @property
+    def identity(self) -> dict[str, Any]:
+        """Who answers, and in which dtype: bf16 and fp32 answers differ, and the report
+        names the one that served."""
+        return {**super().identity, "dtype": self._dtype_key().removeprefix("torch.")}
+
     # -- generation: every request goes through the engine's queue ---------------------------
     def _submit(self, requests: list[Request]) -> list[Future]:
         return self.engine.submit(

@@ -13,7 +13,6 @@ does, so the student sees at inference exactly what it was trained on.
 
 from __future__ import annotations
 
-import threading
 from pathlib import Path
 from typing import Any
 
@@ -21,6 +20,7 @@ from apprentice.adapter import adapter_dir, adapter_hash
 from apprentice.lm.cache import Cache
 from apprentice.lm.engine import BASE, EngineStats
 from apprentice.lm.engine_view import EngineView, check_batching
+from apprentice.lm.engines import EngineTable, model_key, release_engines, weights_stamp
 from apprentice.lm.local_engine import LocalEngine
 from apprentice.lm.usage import Price
 
@@ -128,8 +128,7 @@ class LocalLM(EngineView):
 # key -> (weights stamp, engine). A model rewritten in place (a retrained full finetune, a
 # rebuilt tiny student) has a new stamp, so it gets a new engine instead of stale weights;
 # the old engine is dropped here and lives on only while an LM still holds it.
-_ENGINES: dict[tuple[str, str, str, str], tuple[tuple, LocalEngine]] = {}
-_ENGINES_LOCK = threading.Lock()
+_TABLE = EngineTable()
 
 
 def get_engine(
@@ -142,7 +141,7 @@ def get_engine(
     """The process's engine for (base model, device, dtype), loading the model on first use.
     ``device`` defaults to cuda when available, else cpu; ``dtype`` to bf16 on cuda, fp32 on
     cpu. ``merged=(name, path)``: an engine of its own with that adapter merged into the weights."""
-    key_model = _model_key(base_model)
+    key_model = model_key(base_model)
     device = _resolve_device(device)
     dtype = _resolve_dtype(dtype, device)
     merged_key = ""
@@ -150,76 +149,11 @@ def get_engine(
         merged_key = f"{merged[0]}:{adapter_hash(adapter_dir(*merged))}"
     key = (key_model, device, str(dtype), merged_key)
     stamp = weights_stamp(key_model)
-    with _ENGINES_LOCK:
-        held = _ENGINES.get(key)
+    with _TABLE.lock:
+        held = _TABLE.engines.get(key)
         if held is None or held[0] != stamp:
-            held = _ENGINES[key] = (stamp, LocalEngine(key_model, device, dtype, merged))
+            held = _TABLE.engines[key] = (stamp, LocalEngine(key_model, device, dtype, merged))
     return held[1]
-
-
-def release_engines(base_model: str | Path | None = None) -> int:
-    """Drops this process's local and vLLM engines (all, or those of ``base_model``) and
-    stops their batching threads; returns how many. Engines otherwise live as long as the
-    process, so a long-running program that moves on to another student calls this to
-    give the memory back: it goes once no LM still holds the engine (an LM that does keeps
-    working: its thread starts again on its next call)."""
-    import sys
-
-    wanted = None if base_model is None else _model_key(base_model)
-    dropped = []
-    tables = [(_ENGINES, _ENGINES_LOCK)]
-    vllm_module = sys.modules.get("apprentice.lm.vllm")  # no vLLM engine without it
-    if vllm_module is not None:
-        tables.append((vllm_module._ENGINES, vllm_module._ENGINES_LOCK))
-    for table, lock in tables:
-        with lock:
-            for key in [k for k in table if wanted is None or k[0] == wanted]:
-                dropped.append(table.pop(key)[1])
-    for engine in dropped:
-        engine.shutdown()
-    if dropped and "torch" in sys.modules:
-        import torch
-
-        if torch.cuda.is_available():
-            torch.cuda.empty_cache()
-    return len(dropped)
-
-
-def weights_stamp(model: str) -> tuple:
-    """Name, size and modification time of a local model's weight and config files (empty
-    for a hub name): cheap to take on every LM construction, and it changes whenever the
-    files are written again."""
-    path = Path(model)
-    if not path.is_dir():
-        return ()
-    return tuple(
-        (f.name, st.st_size, st.st_mtime_ns)
-        for f in sorted(path.iterdir())
-        if f.suffix in (".safetensors", ".bin", ".json") and (st := f.stat())
-    )
-
-
-def _model_key(base_model: str | Path) -> str:
-    """A local directory by its resolved path (so two spellings share an engine), else the
-    hub name; a ``.gguf`` file by the checkpoint it converts into (once, cached). A value
-    that can only be a local path but does not exist fails here."""
-    from apprentice.files import looks_like_local_path
-    from apprentice.gguf import is_gguf, resolve_model
-
-    text = str(base_model)
-    if is_gguf(text):
-        text = resolve_model(text)
-    path = Path(text).expanduser()
-    if path.exists():
-        if not path.is_dir():
-            raise FileNotFoundError(f"base model {text!r} is a file; pass the model's directory")
-        return str(path.resolve())
-    if looks_like_local_path(text):
-        raise FileNotFoundError(
-            f"base model directory {text!r} does not exist; pass a saved model directory "
-            "(save_pretrained) or a hub model name"
-        )
-    return text
 
 
 def _resolve_device(device: str | None) -> str:

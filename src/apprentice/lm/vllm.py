@@ -40,7 +40,6 @@ import json
 import logging
 import shutil
 import tempfile
-import threading
 import time
 import weakref
 from dataclasses import dataclass
@@ -53,6 +52,7 @@ from apprentice.lm.base import Request, Response, Usage
 from apprentice.lm.cache import Cache
 from apprentice.lm.engine import BASE, AdapterLoadError, Engine, Job
 from apprentice.lm.engine_view import EngineView, check_batching
+from apprentice.lm.engines import EngineTable, model_key, weights_stamp
 from apprentice.lm.usage import Price
 
 __all__ = ["VLLMEngine", "VLLMLM", "explicit_sampling", "get_vllm_engine"]
@@ -438,8 +438,7 @@ def import_vllm():
     return vllm
 
 
-_ENGINES: dict[tuple[str, EngineOptions], tuple[tuple, VLLMEngine]] = {}  # see lm/local.py
-_ENGINES_LOCK = threading.Lock()
+_TABLE = EngineTable()  # (base model, options) -> (weights stamp, engine); see lm/engines.py
 
 
 def get_vllm_engine(
@@ -449,9 +448,7 @@ def get_vllm_engine(
     ``adapters`` in memory when ``options.max_cpu_loras`` is None). Another engine for the
     same base model is refused: each reserves its own memory (on a GPU, its share of it),
     so a second one, e.g. for a larger ``max_lora_rank``, would fail or starve the first."""
-    from apprentice.lm.local import _model_key, weights_stamp
-
-    model = _model_key(base_model)
+    model = model_key(base_model)
     check_vllm_servable(model)
     cpu = is_cpu_build()
     options = dataclasses.replace(
@@ -461,19 +458,19 @@ def get_vllm_engine(
     )
     key = (model, options)
     stamp = weights_stamp(model)
-    with _ENGINES_LOCK:
-        held = _ENGINES.get(key)
+    with _TABLE.lock:
+        held = _TABLE.engines.get(key)
         if held is None or held[0] != stamp:
             _refuse_second_engine(key)
-            stale = _ENGINES.pop(key, None)
+            stale = _TABLE.engines.pop(key, None)
             if stale is not None:  # the weights were rewritten: the old engine goes first
                 stale[1].shutdown()
-            held = _ENGINES[key] = (stamp, VLLMEngine(key[0], options, adapters=adapters))
+            held = _TABLE.engines[key] = (stamp, VLLMEngine(model, options, adapters=adapters))
     return held[1]
 
 
 def _refuse_second_engine(key: tuple[str, EngineOptions]) -> None:
-    for (model, options), _ in _ENGINES.items():
+    for model, options in _TABLE.engines:
         if model == key[0] and options != key[1]:
             differ = {
                 name: (value, getattr(key[1], name))
@@ -490,9 +487,9 @@ def _refuse_second_engine(key: tuple[str, EngineOptions]) -> None:
 
 def release_vllm_engine(engine: VLLMEngine) -> None:
     """Drops ``engine`` from the process's table and shuts it down."""
-    with _ENGINES_LOCK:
-        for key in [k for k, (_, e) in _ENGINES.items() if e is engine]:
-            del _ENGINES[key]
+    with _TABLE.lock:
+        for key in [k for k, (_, e) in _TABLE.engines.items() if e is engine]:
+            del _TABLE.engines[key]
     engine.shutdown()
 
 
