@@ -15,18 +15,18 @@
 #                                   4. scripts/vllm_wheels.sh install
 #                                   5. python -c "import vllm; print(vllm.__version__)"
 #
-# vLLM 0.26.0 pins torch==2.11.0 (`pack` prints the pin from the wheel's METADATA): its
-# compiled kernels load only against that torch. `missing` says first whether the
+# vLLM 0.32.0, the version apprentice is tested with, pins torch==2.13.0 (`pack` prints the
+# pin from the wheel's METADATA): its compiled kernels load only against that torch. `missing` says first whether the
 # machine's torch matches; if it does not, either carry that torch too (it then appears
 # in the missing list; several GB with its CUDA libraries) or choose the vLLM release
 # whose torch pin matches the machine (VLLM_VERSION=...).
 #
-# Environment: VLLM_VERSION (0.26.0), WHEELS (.vllm-wheels), PART_SIZE (60m),
+# Environment: VLLM_VERSION (0.32.0), WHEELS (.vllm-wheels), PART_SIZE (60m),
 # PY_VERSION (the GPU machine's python, e.g. 3.11; default: this python's),
 # PLATFORM (manylinux_2_28_x86_64), PYTHON (python3).
 set -euo pipefail
 
-VLLM_VERSION="${VLLM_VERSION:-0.26.0}"
+VLLM_VERSION="${VLLM_VERSION:-0.32.0}"
 WHEELS="${WHEELS:-.vllm-wheels}"
 PART_SIZE="${PART_SIZE:-60m}"
 PYTHON="${PYTHON:-python3}"

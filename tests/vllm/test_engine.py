@@ -103,32 +103,6 @@ def test_base_and_adapter_rows_sent_together_keep_their_own_weights(
     assert lm.engine.stats.batches - calls == 2
 
 
-def test_with_one_or_two_lora_slots_base_rows_never_get_an_adapter(
-    smollm2, adapters, requests, local_texts
-):
-    """vLLM's CPU LoRA kernels read a base row's "no adapter" (-1) as the last slot. With
-    one slot, or two both filled, that slot always holds an adapter: a base row in the
-    same engine step would get it. VLLMLM never lets such rows share a call."""
-    ap.release_engines(smollm2)
-    try:
-        for slots in (1, 2):
-            lm = _vllm(smollm2, adapters, max_loras=slots, batch_wait_ms=500)
-            views = [lm.with_adapter(name) for name in (None, "multitask", "region")[: slots + 1]]
-            expected = {view.adapter: local_texts[view.adapter] for view in views}
-            assert _at_once(views, requests) == expected, f"max_loras={slots}"
-            if slots == 1:  # the same traffic without the workaround shows the bug is real
-                lm.engine.base_rows_alone = False
-                mixed = _at_once(views[:2], requests)
-                lm.engine.base_rows_alone = True
-                assert mixed[None] != local_texts[None], (
-                    "vLLM's CPU build no longer gives base rows the last slot's adapter: the "
-                    "workaround (VLLMEngine.base_rows_alone) may go"
-                )
-            ap.release_engines(smollm2)
-    finally:
-        ap.release_engines(smollm2)
-
-
 def test_new_weights_under_a_name_are_served_and_old_ones_never(
     smollm2, adapters, requests, local_texts
 ):
@@ -167,16 +141,36 @@ def test_a_program_bound_to_vllm_scores_what_the_local_binding_scores(smollm2_tr
     assert answers[0] == answers[1]
 
 
-def test_release_engines_gives_the_engines_memory_back(smollm2, adapters, requests):
-    lm = _vllm(smollm2, adapters)
-    lm.generate(requests[:1])
-    me = psutil.Process()
-    workers = [p for p in me.children(recursive=True) if p.memory_info().rss > 100e6]
+def test_with_one_or_two_lora_slots_base_rows_never_get_an_adapter(
+    smollm2, adapters, requests, local_texts
+):
+    """vLLM's CPU LoRA kernels read a base row's "no adapter" (-1) as the last slot. With
+    one slot, or two both filled, that slot always holds an adapter: a base row in the
+    same engine step would get it. VLLMLM never lets such rows share a call. (Last in the
+    module: it starts engines of its own, and ends by measuring what release_engines gives
+    back from the last one.)"""
+    ap.release_engines(smollm2)
+    for slots in (1, 2):
+        lm = _vllm(smollm2, adapters, max_loras=slots, batch_wait_ms=500)
+        views = [lm.with_adapter(name) for name in (None, "multitask", "region")[: slots + 1]]
+        expected = {view.adapter: local_texts[view.adapter] for view in views}
+        assert _at_once(views, requests) == expected, f"max_loras={slots}"
+        if slots == 1:  # the same traffic without the workaround shows the bug is real
+            lm.engine.base_rows_alone = False
+            mixed = _at_once(views[:2], requests)
+            lm.engine.base_rows_alone = True
+            assert mixed[None] != local_texts[None], (
+                "vLLM's CPU build no longer gives base rows the last slot's adapter: the "
+                "workaround (VLLMEngine.base_rows_alone) may go"
+            )
+            ap.release_engines(smollm2)
+
+    # release_engines gives the engine's memory back: its processes end
+    workers = [p for p in psutil.Process().children(recursive=True) if p.memory_info().rss > 100e6]
     held = sum(p.memory_info().rss for p in workers)
-    print(f"vLLM's processes held {held / 1e9:.2f} GB: {[p.name() for p in workers]}")
     assert held > 500e6, held  # the engine's processes hold the model (540 MB in fp32)
-    assert ap.release_engines(smollm2) >= 1
-    gone, alive = psutil.wait_procs(workers, timeout=60)
-    assert not alive, [p.pid for p in alive]
+    assert ap.release_engines(smollm2) == 1
+    _, alive = psutil.wait_procs(workers, timeout=60)
+    assert not alive, [(p.pid, p.name()) for p in alive]
     with pytest.raises(ap.LMError, match="was shut down"):
         lm.generate(requests[:1])
