@@ -4,13 +4,12 @@ The PEFT directory (adapter_config.json + adapter_model.safetensors) is the cont
 between training and every server; what it holds (the manifest, the content hash, vLLM's
 servability rules) lives in ``apprentice.adapter``, below every layer, and is re-exported
 here for the trainer. Servability is checked when the adapter is configured and saved,
-rather than when a server refuses it. Merging happens only when asked.
+rather than when a server refuses it. (A merged copy of the weights is served by
+``LocalLM(merge=True)``; nothing writes one to disk yet.)
 """
 
 from __future__ import annotations
 
-import os
-from pathlib import Path
 from typing import Any
 
 from apprentice.adapter import (
@@ -30,7 +29,6 @@ __all__ = [
     "adapter_hash",
     "check_lora_config",
     "check_servable",
-    "merge_adapter",
     "read_manifest",
     "write_manifest",
 ]
@@ -50,20 +48,3 @@ def check_lora_config(
         modules_to_save=lora.modules_to_save,
         lora_modules=vllm_lora_modules(model) if model is not None else None,
     )
-
-
-def merge_adapter(adapter_dir: str | os.PathLike, out_dir: str | os.PathLike) -> Path:
-    """Merges a LoRA adapter into its base and saves a standalone model (only when asked)."""
-    from peft import PeftModel
-
-    from apprentice.train.students import load_student
-
-    manifest = read_manifest(adapter_dir)
-    if manifest.method != "lora":
-        raise ValueError(f"{adapter_dir} is a {manifest.method} checkpoint, not a LoRA adapter")
-    student = load_student(manifest.base_model)
-    merged = PeftModel.from_pretrained(student.model, str(adapter_dir)).merge_and_unload()
-    out = Path(out_dir)
-    merged.save_pretrained(out)
-    student.tokenizer.save_pretrained(out)
-    return out
