@@ -102,7 +102,7 @@ class SamplingParams:
         self.stop = [] if stop is None else [stop] if isinstance(stop, str) else list(stop)
         self.n, self.temperature, self.top_p, self.top_k = n, temperature, top_p, top_k
         self.min_p, self.repetition_penalty = min_p, repetition_penalty
-        self.max_tokens, self.seed = max_tokens, None if seed == -1 else seed
+        self.max_tokens, self.seed = max_tokens, seed
         self._verify_args()
         if temperature < SAMPLING_EPS:  # greedy: these are set aside
             self.top_p, self.top_k, self.min_p = 1.0, 0, 0.0

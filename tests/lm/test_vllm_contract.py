@@ -37,6 +37,7 @@ REFUSED_CONFIGS = {
     "lora_bias": {"lora_bias": True},
     "pissa": {"init_lora_weights": "pissa"},
     "saved": {"modules_to_save": ["lm_head"]},
+    "no_rank": {"r": None},  # None: the field is left out
 }
 
 
@@ -56,7 +57,9 @@ def make_adapters(base, root) -> dict[str, str]:
     config = json.loads((root / "a" / "adapter_config.json").read_text())
     for name, fields in REFUSED_CONFIGS.items():
         shutil.copytree(root / "a", root / name)
-        (root / name / "adapter_config.json").write_text(json.dumps({**config, **fields}))
+        edited = {key: value for key, value in config.items() if key not in fields}
+        edited |= {key: value for key, value in fields.items() if value is not None}
+        (root / name / "adapter_config.json").write_text(json.dumps(edited))
         folders[name] = str(root / name)
     folders["missing"] = str(root / "missing")
     return folders
@@ -144,6 +147,21 @@ REFUSED_SAMPLING = {
     ),
     "top_p": ({"top_p": 0.0}, "top_p must be in (0, 1], got 0.0. (parameter=top_p, value=0.0)"),
     "empty stop": ({"stop": ["", "\n"]}, "stop cannot contain an empty string."),
+    "nan": (
+        {"temperature": float("nan")},
+        "temperature must be a finite number, got nan. (parameter=temperature, value=nan)",
+    ),
+    "n too many": (
+        {"n": 20000},
+        "n must be at most 16384, got 20000. To increase this limit, set the "
+        "VLLM_MAX_N_SEQUENCES environment variable.",
+    ),
+    "top_k": ({"top_k": -2}, "top_k must be 0 (disable), or at least 1, got -2."),
+    "min_p": ({"min_p": 1.5}, "min_p must be in [0, 1], got 1.5."),
+    "repetition": (
+        {"repetition_penalty": 0.0},
+        "repetition_penalty must be greater than zero, got 0.0.",
+    ),
 }
 
 
@@ -225,6 +243,10 @@ def test_one_bad_prompt_fails_the_whole_call(api, case):
 def test_prompts_and_lora_requests_pair_one_to_one(api):
     prompts = [{"prompt_token_ids": api.prompt}] * 2
     with pytest.raises(Exception) as failed:
+        api.llm.generate(prompts, [greedy(api)], use_tqdm=False)
+    assert type(failed.value).__name__ == "VLLMValidationError"
+    assert str(failed.value) == "The lengths of prompts (2) and params (1) must be the same."
+    with pytest.raises(Exception) as failed:
         api.llm.generate(prompts, greedy(api), use_tqdm=False, lora_request=[None])
     assert type(failed.value).__name__ == "VLLMValidationError"
     assert str(failed.value) == "The lengths of prompts (2) and lora_request (1) must be the same."
@@ -255,6 +277,7 @@ def refusal(api, case: str) -> str:
         "to a regular LoRA adapter with PEFT's path_initial_model_for_weight_conversion, or set "
         "init_lora_weights to true if the served base model already contains the modified "
         "weights.",
+        "no_rank": "Missing required configuration fields: {'r'}",
         "saved": 'vLLM only supports modules_to_save being either None or ["classifier", '
         "\"score\"] for classification models. Unsupported modules_to_save: ['lm_head']",
     }[case]
@@ -284,6 +307,10 @@ def test_an_id_already_loaded_is_not_read_again(api):
     assert engine.add_lora(request("b-as-1", 1, b)) is True
     [stale] = complete(api, params, request("b-as-1", 1, b))
     assert stale.text == with_a.text
+    # load_inplace: read again, under the same id
+    assert engine.add_lora(request("a", 1, b, load_inplace=True)) is True
+    [reloaded] = complete(api, params, request("a", 1, b))
+    assert reloaded.text == with_b.text
     assert engine.remove_lora(1) is True and engine.remove_lora(2) is True
     assert engine.remove_lora(1) is False and engine.list_loras() == []
 
