@@ -6,15 +6,19 @@ reader (the local and vLLM engines, the servers, binding) relies on: the manifes
 content hash that names an adapter's weights in caches and on servers, and whether vLLM
 can serve it. It imports nothing from the rest of apprentice, so any layer may use it.
 
-The servability rules are vLLM 0.26.0's own, read from its source:
+The servability rules are vLLM's own. Where the installed vLLM exposes one, it is read from
+vLLM itself, at first use (the import costs seconds, so never when apprentice is imported);
+without vLLM, apprentice's copy of vLLM 0.32.0's rules stands in:
 
 - ``vllm/config/lora.py``: ``MaxLoRARanks = Literal[1, 8, 16, 32, 64, 128, 256, 320, 512]``
-  are the values the *engine's* ``max_lora_rank`` may take; an adapter's ``r`` may be any
-  positive integer up to it (r=4, 12 or 24 are served by an engine with max_lora_rank 8,
-  16 or 32).
-- ``vllm/lora/peft_helper.py`` (``PEFTHelper.validate_legal``): refused are
-  ``r > max_lora_rank``, ``bias != "none"`` ("Adapter bias is not supported"),
-  ``use_dora`` and ``modules_to_save``.
+  are the values the *engine's* ``max_lora_rank`` may take (``VLLM_LORA_RANKS`` reads
+  them); an adapter's ``r`` may be any positive integer up to it (r=4, 12 or 24 are served
+  by an engine with max_lora_rank 8, 16 or 32).
+- ``vllm/lora/peft_helper.py`` (``PEFTHelper.validate_legal``, which vLLM runs on every
+  adapter it loads): refused are ``r > max_lora_rank``, ``bias != "none"`` ("Adapter bias
+  is not supported"), ``use_dora``, ``modules_to_save``, and more that apprentice's copy
+  does not list (``lora_bias``, PiSSA/OLoRA/LoftQ inits, ...). ``check_servable`` runs
+  vLLM's own check too and adds its words to the reasons.
 - ``vllm/lora/utils.py`` (``get_supported_lora_modules``): every linear layer of the model
   takes LoRA, plus the ``embedding_modules`` of its vLLM class (``embed_tokens`` and
   ``lm_head`` for Llama, ``vllm/model_executor/models/llama.py``); ``lora_model.py`` refuses
@@ -24,10 +28,13 @@ The servability rules are vLLM 0.26.0's own, read from its source:
 from __future__ import annotations
 
 import hashlib
+import importlib
 import json
+import logging
 import os
 import time
-from collections.abc import Iterable
+import typing
+from collections.abc import Iterable, Iterator, Mapping, Set
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -44,6 +51,7 @@ __all__ = [
     "smallest_lora_rank",
     "versioned_name",
     "vllm_lora_modules",
+    "vllm_refusal",
     "write_manifest",
 ]
 
@@ -51,9 +59,51 @@ SCHEMA = "apprentice.adapter"
 VERSION = 1
 CONFIG = "adapter_config.json"
 
-# The values vLLM's engine option ``max_lora_rank`` may take (vllm/config/lora.py,
-# ``MaxLoRARanks``). An adapter's own rank only has to be <= the engine's.
-VLLM_LORA_RANKS = frozenset({1, 8, 16, 32, 64, 128, 256, 320, 512})
+log = logging.getLogger(__name__)
+
+# vLLM 0.32.0's ``MaxLoRARanks`` (vllm/config/lora.py), for when vLLM is not installed.
+FALLBACK_LORA_RANKS = frozenset({1, 8, 16, 32, 64, 128, 256, 320, 512})
+
+
+def _from_vllm(module: str) -> Any | None:
+    """The installed vLLM's ``module``, or None without vLLM. The first import of vLLM's
+    config takes ~5 s beyond torch (torch._dynamo, pydantic configs): only at first use."""
+    try:
+        return importlib.import_module(module)
+    except ImportError:
+        return None
+    except Exception as exc:  # installed but broken: the copy of its rules stands in
+        log.warning(
+            "vLLM is installed but %s failed to import (%s); using 0.32.0's rules", module, exc
+        )
+        return None
+
+
+class _LoRARanks(Set):
+    """The values vLLM's engine option ``max_lora_rank`` may take, read from the installed
+    vLLM when first used (``typing.get_args(vllm.config.lora.MaxLoRARanks)``), else
+    ``FALLBACK_LORA_RANKS``. An adapter's own rank only has to be <= the engine's."""
+
+    def _ranks(self) -> frozenset[int]:
+        config = _from_vllm("vllm.config.lora")
+        if config is None:
+            return FALLBACK_LORA_RANKS
+        return frozenset(typing.get_args(config.MaxLoRARanks))
+
+    def __contains__(self, rank: object) -> bool:
+        return rank in self._ranks()
+
+    def __iter__(self) -> Iterator[int]:
+        return iter(sorted(self._ranks()))
+
+    def __len__(self) -> int:
+        return len(self._ranks())
+
+    def __repr__(self) -> str:
+        return f"VLLM_LORA_RANKS({sorted(self._ranks())})"
+
+
+VLLM_LORA_RANKS = _LoRARanks()
 
 # model_type of the architectures whose vLLM class lists ``embed_tokens`` / ``lm_head`` in
 # ``embedding_modules`` (vllm/model_executor/models/{llama,mixtral,qwen3,granite,...}.py);
@@ -145,8 +195,9 @@ def adapter_hash(adapter_dir: str | os.PathLike) -> str:
 def versioned_name(name: str, digest: str, first: str) -> str:
     """The name a server (vLLM) serves adapter ``name`` with content hash ``digest`` under:
     ``name`` itself for ``first``, the weights first served under it, else
-    ``name-<hash8>``. vLLM keys its prefix cache (and ``LoRARequest`` equality) by name, so
-    other weights under a reused name would be answered from KV of the old ones."""
+    ``name-<hash8>``. vLLM keys its prefix cache by name and path (and ``LoRARequest``
+    equality by name alone), so other weights under a reused name, written over the same
+    path, would be answered from KV of the old ones."""
     return name if digest == first else f"{name}-{digest[:8]}"
 
 
@@ -231,6 +282,23 @@ def vllm_lora_modules(model: Any) -> frozenset[str]:
     return frozenset(names)
 
 
+def vllm_refusal(peft_config: Mapping[str, Any], max_lora_rank: int) -> str | None:
+    """What the installed vLLM says when it refuses this ``adapter_config.json`` on an engine
+    with ``max_lora_rank``: the check it runs on every adapter it loads
+    (``PEFTHelper.from_dict(config).validate_legal(LoRAConfig(max_lora_rank=...))``,
+    vllm/lora/worker_manager.py). None when it accepts it, or when vLLM is not installed."""
+    helper = _from_vllm("vllm.lora.peft_helper")
+    config = _from_vllm("vllm.config.lora")
+    if helper is None or config is None:
+        return None
+    try:
+        checked = helper.PEFTHelper.from_dict(dict(peft_config))
+        checked.validate_legal(config.LoRAConfig(max_lora_rank=max_lora_rank))
+    except (ValueError, TypeError) as exc:
+        return str(exc)
+    return None
+
+
 def check_servable(
     kind: str,
     *,
@@ -241,16 +309,21 @@ def check_servable(
     modules_to_save: list[str] | None = None,
     full_finetune: bool = False,
     lora_modules: Iterable[str] | None = None,
+    peft_config: Mapping[str, Any] | None = None,
 ) -> Servability:
     """Says precisely why vLLM would refuse this adapter, if it would. ``lora_modules``:
     the modules vLLM takes LoRA on for this model (``vllm_lora_modules(model)``); without
     it the targets are checked against common linear-layer names (and the embeddings,
-    which vLLM adapts only for some architectures, are refused)."""
+    which vLLM adapts only for some architectures, are refused). ``peft_config``: more of
+    the adapter's ``adapter_config.json`` (e.g. ``lora_alpha``, ``init_lora_weights``), or
+    all of it. A causal adapter also goes through the installed vLLM's own check
+    (``vllm_refusal``), whose words are added to the reasons."""
     reasons = []
     if kind == "seq2seq":
         reasons.append("vLLM does not serve encoder-decoder (T5) models; use the local backend")
     if full_finetune:
         return Servability(not reasons, reasons)
+    target_modules = list(target_modules)
     if smallest_lora_rank(r) is None:
         reasons.append(f"rank r={r} is above vLLM's largest max_lora_rank {max(VLLM_LORA_RANKS)}")
     if bias != "none":
@@ -265,4 +338,9 @@ def check_servable(
         if unsupported:
             where = "this model's linear layers" if lora_modules is not None else "linear layers"
             reasons.append(f"target modules {unsupported} are not {where}, which vLLM adapts")
+        config = {"r": r, "lora_alpha": r, "target_modules": target_modules, "bias": bias}
+        config |= {"use_dora": use_dora, "modules_to_save": modules_to_save}
+        refused = vllm_refusal({**config, **(peft_config or {})}, max(VLLM_LORA_RANKS))
+        if refused:
+            reasons.append(f"vLLM refuses it: {refused}")
     return Servability(not reasons, reasons)

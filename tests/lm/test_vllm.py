@@ -1,11 +1,12 @@
-"""VLLMLM on a CPU machine: the two refusals (a T5 student; no vLLM installed) are real.
+"""VLLMLM's bookkeeping: the two refusals (a T5 student; no vLLM installed) are real.
 
-vLLM cannot run here, so the batching and adapter bookkeeping are checked against a
-stand-in of the ``vllm`` API that VLLMLM uses (``fake_vllm.py``: ``LLM(...)``,
-``LLM.generate`` with per-prompt ``SamplingParams`` and ``LoRARequest``s,
-``llm_engine.add_lora/remove_lora``) that holds to vLLM 0.26.0's own rules: the
-SamplingParams it refuses, LoRARequests equal by name, a prefix cache keyed by adapter
-name, a whole generate call failed by one bad prompt, add_lora raising on a bad adapter.
+The batching and adapter bookkeeping are checked in a second against a stand-in of the
+``vllm`` API that VLLMLM uses (``fake_vllm.py``: ``LLM(...)``, ``LLM.generate`` with
+per-prompt ``SamplingParams`` and ``LoRARequest``s, ``llm_engine.add_lora/remove_lora``)
+that holds to vLLM 0.32.0's own rules: the SamplingParams it refuses, LoRARequests equal by
+name, a prefix cache keyed by adapter name and path, a whole generate call failed by one
+bad prompt, add_lora raising on a bad adapter. test_vllm_contract.py checks each of those
+rules against the real engine; tests/vllm/ runs VLLMLM itself on it.
 """
 
 from __future__ import annotations
@@ -77,7 +78,7 @@ def test_bad_engine_options_are_refused(models, no_vllm):
         VLLMLM(models["causal"], max_loras=0)
 
 
-# -- against the stand-in of vLLM 0.26.0's rules (fake_vllm.py) --------------------------------
+# -- against the stand-in of vLLM 0.32.0's rules (fake_vllm.py) --------------------------------
 @pytest.fixture
 def fake_vllm(monkeypatch):
     monkeypatch.setattr(vllm_lm._TABLE, "engines", {})
@@ -154,8 +155,9 @@ def test_adapter_table_and_cache_identity(models, fake_vllm, tmp_path):
 
 
 def test_a_swapped_adapter_is_never_answered_from_the_old_weights_kv(models, fake_vllm):
-    # vLLM keys prefix-cache blocks by lora_name: a new adapter under a reused vLLM name
-    # would be answered from KV computed with the old weights. Each content gets its own.
+    # vLLM keys prefix-cache blocks by lora_name and lora_path: a new adapter under a reused
+    # name and path would be answered from KV computed with the old weights. Each content
+    # gets its own name (and staged path).
     lm = VLLMLM(models["causal"], adapters={"a": models["a"]}, adapter="a")
     prompt = ask("Where is order A12345? " * 3)
     assert lm.generate([prompt])[0].text.startswith(weights_of(models["a"]))

@@ -1,5 +1,6 @@
-"""serve.backend: vllm binds a trained student to VLLMLM -- checked against the stand-in of
-vLLM 0.26.0's rules (fake_vllm.py), since vLLM cannot run on a CPU machine."""
+"""serve.backend: vllm binds a trained student to VLLMLM -- checked in a second against the
+stand-in of vLLM 0.32.0's rules (fake_vllm.py, held to the real engine by
+test_vllm_contract.py)."""
 
 from __future__ import annotations
 
@@ -85,7 +86,7 @@ def test_the_vllm_backend_binds_each_predictor_to_its_adapter_on_one_engine(
     # adapter stays in vLLM's CPU cache instead of being re-read from disk.
     assert llm.options["max_lora_rank"] == 32 and llm.options["max_loras"] == 4
     assert llm.options["max_cpu_loras"] >= 2 and llm.options["gpu_memory_utilization"] == 0.5
-    # vLLM sees names carrying the content hash (its prefix cache is keyed by name).
+    # vLLM sees names carrying the content hash (its prefix cache is keyed by name and path).
     loaded = {name for name, _ in llm.llm_engine.added}
     assert loaded == {f"{n}-{adapter_hash(adapters[n])[:8]}" for n in adapters}
     # The saved program records the backend, so load() binds vLLM again.

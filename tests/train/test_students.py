@@ -1,6 +1,15 @@
+import sys
+import types
+import typing
+
 import pytest
 
-from apprentice.adapter import VLLM_LORA_RANKS, smallest_lora_rank, vllm_lora_modules
+from apprentice.adapter import (
+    FALLBACK_LORA_RANKS,
+    VLLM_LORA_RANKS,
+    smallest_lora_rank,
+    vllm_lora_modules,
+)
 from apprentice.train.config import LoraConfig, TrainConfig
 from apprentice.train.export import check_lora_config, check_servable
 from apprentice.train.students import StudentError, default_target_modules, load_student
@@ -89,3 +98,46 @@ def test_target_modules_are_checked_against_the_models_own_layers(tiny_causal):
     llama.config.model_type = "qwen2"  # vLLM's Qwen2 class has no embedding LoRA
     assert "embed_tokens" not in vllm_lora_modules(llama)
     assert "lm_head" not in vllm_lora_modules(llama)
+
+
+def test_the_rank_table_is_read_from_vllm_where_it_is_installed(monkeypatch):
+    # a vLLM whose engine takes other ranks (its vllm/config/lora.py): the table follows it
+    lora = types.ModuleType("vllm.config.lora")
+    lora.MaxLoRARanks = typing.Literal[1, 8, 24]
+    monkeypatch.setitem(sys.modules, "vllm.config.lora", lora)
+    monkeypatch.setitem(sys.modules, "vllm.lora.peft_helper", None)  # not importable
+    assert set(VLLM_LORA_RANKS) == {1, 8, 24} and 16 not in VLLM_LORA_RANKS
+    assert smallest_lora_rank(12) == 24 and smallest_lora_rank(30) is None
+    wide = check_servable("causal", r=30, target_modules=["q_proj"])
+    assert not wide.vllm and "above vLLM's largest max_lora_rank 24" in str(wide)
+    monkeypatch.setitem(sys.modules, "vllm.config.lora", None)  # no vLLM: 0.32.0's table
+    assert VLLM_LORA_RANKS == FALLBACK_LORA_RANKS and 16 in VLLM_LORA_RANKS
+
+
+@pytest.mark.slow
+@pytest.mark.vllm
+def test_the_installed_vllms_own_check_runs_on_every_causal_adapter():
+    pytest.importorskip("vllm")
+    from peft import LoraConfig as PeftLoraConfig
+    from vllm.config.lora import MaxLoRARanks
+
+    assert set(VLLM_LORA_RANKS) == set(typing.get_args(MaxLoRARanks))
+    plain = PeftLoraConfig(r=16, lora_alpha=32, target_modules=["q_proj", "v_proj"])
+    served = check_servable("causal", r=16, target_modules=["q_proj"], peft_config=plain.to_dict())
+    assert served.vllm and served.reasons == []
+    refused = {  # adapter_config.json as peft writes it -> vLLM's words (peft_helper.py)
+        "dora": ({"use_dora": True}, "vLLM does not yet support DoRA."),
+        "bias": ({"bias": "all"}, "Adapter bias is not supported."),
+        "lora_bias": ({"lora_bias": True}, "vLLM does not support LoRA bias (lora_bias)."),
+        "pissa": ({"init_lora_weights": "pissa"}, "vLLM does not support init_lora_weights="),
+        "rank_pattern": ({"rank_pattern": {"q_proj": 1024}}, "LoRA rank 1024 is greater than"),
+    }
+    for name, (fields, words) in refused.items():
+        config = PeftLoraConfig(r=16, target_modules=["q_proj", "v_proj"], **fields).to_dict()
+        verdict = check_servable("causal", r=16, target_modules=["q_proj"], peft_config=config)
+        assert not verdict.vllm, name
+        assert verdict.reasons[-1].startswith(f"vLLM refuses it: {words}"), verdict.reasons
+    # what apprentice's copy of the rules does not know, vLLM's own check reports alone
+    pissa = PeftLoraConfig(r=8, target_modules=["q_proj"], init_lora_weights="pissa").to_dict()
+    only_vllm = check_servable("causal", r=8, target_modules=["q_proj"], peft_config=pissa)
+    assert len(only_vllm.reasons) == 1 and "PiSSA" in only_vllm.reasons[0]

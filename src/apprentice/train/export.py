@@ -47,4 +47,5 @@ def check_lora_config(
         use_dora=lora.use_dora,
         modules_to_save=lora.modules_to_save,
         lora_modules=vllm_lora_modules(model) if model is not None else None,
+        peft_config={"lora_alpha": lora.alpha, "use_rslora": lora.use_rslora},
     )
