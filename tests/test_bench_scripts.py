@@ -166,3 +166,76 @@ def test_bench_local_pins_torch_threads_in_every_thread(scripts):
     )
     assert done.returncode == 0, done.stderr[-2000:]
     assert json.loads(done.stdout.strip().splitlines()[-1]) == {"main": 1, "fresh": 1}
+
+
+def test_bench_local_times_vllm_only_when_asked_and_never_merged(scripts, capsys):
+    bench = scripts("bench_local")
+    assert bench.parse_args([]).backend == "local"
+    args = bench.parse_args(["--backend", "vllm", "--student", "smollm2"])
+    assert (args.backend, args.merge, args.threads) == ("vllm", False, 64)
+    # vLLM serves the adapter as LoRA: a merged comparison would time another thing.
+    with pytest.raises(SystemExit) as refused:
+        bench.parse_args(["--backend", "vllm", "--merge"])
+    assert refused.value.code == 2
+    assert "--merge does not apply to --backend vllm" in capsys.readouterr().err
+    assert bench.parse_args(["--merge"]).merge  # the local backend still merges
+    with pytest.raises(SystemExit):
+        bench.parse_args(["--backend", "openai"])
+
+
+def test_bench_local_reports_a_vllm_mismatch_but_fails_on_a_local_one(scripts, capsys):
+    bench = scripts("bench_local")
+    outputs = {"batched": ["a", "b", "c"], "one-by-one": ["a", "b", "c"], "vllm": ["a", "x", "c"]}
+    differ = bench.differing(outputs)
+    assert differ == {"one-by-one": [], "vllm": [1]}
+    assert bench.exit_status(differ, [], speedup=12.0, bar=10.0) == 0
+    assert bench.exit_status(differ, ["busy"], speedup=12.0, bar=10.0) == 3
+    assert bench.exit_status(differ, [], speedup=9.0, bar=10.0) == 1
+    local_mismatch = bench.differing({**outputs, "one-by-one": ["a", "b", "z"]})
+    assert bench.exit_status(local_mismatch, [], speedup=12.0, bar=10.0) == 1
+    assert "FAIL: batched completions differ" in capsys.readouterr().err
+
+
+def test_bench_local_prints_vllm_against_both_local_modes(scripts, capsys):
+    bench = scripts("bench_local")
+    args = bench.parse_args(["--backend", "vllm", "--threads", "2", "--runs-per-thread", "1"])
+    load = {**record(0.1, 0.2), "busy": None}
+
+    def timed(*seconds):
+        return [
+            {"seconds": s, "calls": 1, "rows": 2, "tokens": (45, 16), "load": load} for s in seconds
+        ]
+
+    rounds = {"batched": timed(2, 1, 3), "one-by-one": timed(20, 20, 20), "vllm": timed(4, 4, 5)}
+    outputs = {"batched": ["a", "b"], "one-by-one": ["a", "b"], "vllm": ["a", "x"]}
+    warm = dict.fromkeys(rounds, 1)
+    differ, speedup = bench.report(args, "header", warm, rounds, outputs, [])
+    out = capsys.readouterr().out
+    assert speedup == 10.0  # medians: 20 s / 2 s
+    assert "| vllm | 2 | 4.00 | 0.5 |" in out
+    assert "vllm / batched (runs/s, medians): 0.50x" in out
+    assert "vllm / one-by-one (runs/s, medians): 5.00x" in out
+    assert "vllm: 1/2 completions identical" in out and "run 1: batched 'b' vs 'x'" in out
+    assert "MISMATCH: vLLM" in out and differ["vllm"] == [1]
+
+
+def test_bench_local_counts_the_vllm_workers_bound_cores_as_its_load(scripts, capsys):
+    """setproctitle (as vLLM uses it) hides a child's environment, so the worker's thread
+    count is read from the cores it is bound to; checked on a stand-in child process."""
+    pytest.importorskip("psutil")
+    pytest.importorskip("setproctitle")
+    bench = scripts("bench_local")
+    code = (
+        "import os, setproctitle, sys, time; os.sched_setaffinity(0, {0}); "
+        "setproctitle.setproctitle('VLLM::Worker'); print('ready', flush=True); time.sleep(60)"
+    )
+    child = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True)
+    try:
+        assert child.stdout.readline().strip() == "ready"
+        own = bench.own_load({"batched": None, "vllm": None}, torch_threads=2)
+    finally:
+        child.kill()
+        child.wait()
+    assert own["batched"] == (2, ())
+    assert own["vllm"] == (2, (child.pid,))  # 1 bound core + the engine core
+    assert "'VLLM::Worker' on cores [0]" in capsys.readouterr().out
