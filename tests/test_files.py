@@ -8,7 +8,7 @@ import pytest
 
 from apprentice.files import looks_like_local_path
 from apprentice.lm.engines import model_key as _model_key
-from apprentice.serve.registry import find_servable, model_id
+from apprentice.serve.servable import find_servable, model_id
 from apprentice.train.students import StudentError, _check_exists
 
 

@@ -166,7 +166,7 @@ def test_report_reads_the_stored_results_and_never_runs_the_recipes_code(tmp_pat
     report = (root / "report" / "report.md").read_text()
     assert "student (trained)" in report and "0.750" in report
     # The same files, served: the registry reads manifests, not the recipe.
-    from apprentice.serve.registry import find_servable
+    from apprentice.serve.servable import find_servable
 
     with pytest.raises(FileNotFoundError):
         find_servable(root)  # no adapters in this run

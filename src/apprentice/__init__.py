@@ -145,8 +145,8 @@ _LAZY = {
     "LoraConfig": "apprentice.train.config",
     "TrainConfig": "apprentice.train.config",
     "ServeConfig": "apprentice.serve.config",
-    "bind": "apprentice.serve.bind",
-    "swap_adapter": "apprentice.serve.bind",
+    "bind": "apprentice.serve.swap",
+    "swap_adapter": "apprentice.serve.swap",
 }
 
 

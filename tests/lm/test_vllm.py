@@ -6,7 +6,7 @@ per-prompt ``SamplingParams`` and ``LoRARequest``s, ``llm_engine.add_lora/remove
 that holds to vLLM 0.32.0's own rules: the SamplingParams it refuses, LoRARequests equal by
 name, a prefix cache keyed by adapter name and path, a whole generate call failed by one
 bad prompt, add_lora raising on a bad adapter. test_vllm_contract.py checks each of those
-rules against the real engine; tests/vllm/ runs VLLMLM itself on it.
+rules against the real engine; tests/real_vllm/ runs VLLMLM itself on it.
 """
 
 from __future__ import annotations

@@ -2,7 +2,7 @@
 (fake_vllm.py), which records the options an engine was made with: one engine per base
 model in a process, ``close()`` shutting it down, the CUDA cache freed before it starts,
 and the CPU build's choices (float32, a KV cache in bytes, base rows apart). The same
-behaviour on the real engine is in tests/vllm/test_engine.py."""
+behaviour on the real engine is in tests/real_vllm/test_engine.py."""
 
 from __future__ import annotations
 

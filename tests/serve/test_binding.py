@@ -9,14 +9,14 @@ from __future__ import annotations
 
 import pytest
 from serve_helpers import MAX_NEW
-from test_bind import QA, QUESTIONS, answers
+from test_swap import QA, QUESTIONS, answers
 
 import apprentice as ap
 from apprentice.lm.local import LocalLM
 from apprentice.lm.openai import OpenAILM
-from apprentice.serve.bind import served_adapters
 from apprentice.serve.binding import bind_student, student_lm, vllm_rank
 from apprentice.serve.config import ServeConfig
+from apprentice.serve.swap import served_adapters
 from apprentice.train.export import read_manifest
 
 GROUPS = {"a": ["answer", "check"]}

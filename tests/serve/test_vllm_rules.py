@@ -18,7 +18,7 @@ from test_server import call
 from apprentice.adapter import adapter_hash
 from apprentice.lm.base import LMRequestError, Request
 from apprentice.serve.cli import add_serve_arguments
-from apprentice.serve.registry import find_servable
+from apprentice.serve.servable import find_servable
 from apprentice.serve.vllm_server import VLLMServer, start_vllm_backend
 
 FAKE_VLLM = (sys.executable, str(Path(__file__).with_name("fake_vllm_serve.py")))

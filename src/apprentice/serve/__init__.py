@@ -13,13 +13,13 @@ import importlib
 from typing import Any
 
 _EXPORTS = {
-    "Servable": "apprentice.serve.registry",
+    "Servable": "apprentice.serve.servable",
     "Server": "apprentice.serve.server",
     "VLLMServer": "apprentice.serve.vllm_server",
-    "bind": "apprentice.serve.bind",
-    "find_servable": "apprentice.serve.registry",
-    "swap_adapter": "apprentice.serve.bind",
-    "with_adapter": "apprentice.serve.bind",
+    "bind": "apprentice.serve.swap",
+    "find_servable": "apprentice.serve.servable",
+    "swap_adapter": "apprentice.serve.swap",
+    "with_adapter": "apprentice.serve.swap",
 }
 
 __all__ = sorted(_EXPORTS)

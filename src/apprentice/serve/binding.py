@@ -107,7 +107,7 @@ def _server_lm(
     options: dict[str, Any],
 ) -> BaseLM:
     from apprentice.lm.openai import OpenAILM
-    from apprentice.serve.bind import served_adapters, with_adapter
+    from apprentice.serve.swap import served_adapters, with_adapter
 
     key = os.environ.get(serve.api_key_env) if serve.api_key_env else None
     if serve.api_key_env and not key:
@@ -169,7 +169,7 @@ def bind_student(
     for its group (``groups``: adapter name -> predictor paths; ``adapter_dirs``: adapter name
     -> its exported folder)."""
     from apprentice.adapter import read_manifest
-    from apprentice.serve.bind import with_adapter
+    from apprentice.serve.swap import with_adapter
 
     options = dict(lm_options or {})
     manifests = {name: read_manifest(path) for name, path in adapter_dirs.items()}

@@ -62,7 +62,7 @@ def add_serve_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run_serve(args: argparse.Namespace) -> int:
     """Serves until interrupted; returns the exit status (2: nothing servable)."""
-    from apprentice.serve.registry import find_servable
+    from apprentice.serve.servable import find_servable
 
     try:
         servable = find_servable(args.target)

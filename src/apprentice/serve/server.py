@@ -45,7 +45,7 @@ from apprentice.serve.httpd import (
     HTTPServer6,
 )
 from apprentice.serve.protocol import check_api_key, warn_if_exposed
-from apprentice.serve.registry import model_id
+from apprentice.serve.servable import model_id
 
 if TYPE_CHECKING:
     from apprentice.lm.local import LocalLM

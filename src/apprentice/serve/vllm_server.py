@@ -62,7 +62,7 @@ class VLLMServer:
     ``command``: the program and leading arguments (default ``vllm serve``); the base model,
     ``--host``, ``--port``, ``--enable-lora``, ``--max-lora-rank``, ``--max-loras`` and
     ``extra_args`` follow. ``port=None`` picks a free one. The base model's id is
-    ``served_model_name``, else its hub name or directory name (``registry.model_id``).
+    ``served_model_name``, else its hub name or directory name (``servable.model_id``).
     """
 
     def __init__(
@@ -81,7 +81,7 @@ class VLLMServer:
         startup_timeout: float = 900.0,
         stop_timeout: float = 30.0,
     ) -> None:
-        from apprentice.serve.registry import model_id
+        from apprentice.serve.servable import model_id
 
         self.base_model = str(base_model)
         self.model_name = served_model_name or model_id(self.base_model)

@@ -15,7 +15,7 @@ from test_server import call
 import apprentice as ap
 from apprentice.lm.cache import Cache
 from apprentice.lm.openai import OpenAILM
-from apprentice.serve.bind import bind, swap_adapter
+from apprentice.serve.swap import bind, swap_adapter
 
 
 class QA(ap.Module):

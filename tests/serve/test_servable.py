@@ -13,7 +13,7 @@ from serve_helpers import MAX_NEW
 from apprentice.lm.base import Request
 from apprentice.lm.local import LocalLM
 from apprentice.serve.cli import add_serve_arguments, local_server, run_serve
-from apprentice.serve.registry import find_servable
+from apprentice.serve.servable import find_servable
 from apprentice.train.export import AdapterManifest, read_manifest, write_manifest
 
 
