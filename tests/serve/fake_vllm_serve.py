@@ -13,6 +13,8 @@ adapter validation, the prefix cache keyed by adapter name) are those of
   Llama-3.2's temperature 0.6, top_p 0.9, and a repetition penalty); a value
   SamplingParams refuses is 400.
 - ``VLLM_API_KEY``: /v1 requests need ``Authorization: Bearer <key>`` (401).
+- vllm/entrypoints/serve/exception_handling/utils.py ``sanitize_message`` (0.32): an error
+  message shows ``<path>`` where a file path was.
 
 An answer's text says which weights produced it and with which sampling values.
 """
@@ -23,6 +25,7 @@ import argparse
 import itertools
 import json
 import os
+import re
 import sys
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -33,6 +36,12 @@ from fake_vllm import LLM, LoRAAdapterNotFoundError, LoRARequest, SamplingParams
 # Llama-3.2-1B-Instruct's sampling values, and a repetition penalty as Qwen2.5's has
 GENERATION_CONFIG = {"temperature": 0.6, "top_p": 0.9, "repetition_penalty": 1.05}
 DEFAULTS = {"temperature": 1.0, "top_p": 1.0, "top_k": 0, "min_p": 0.0, "repetition_penalty": 1.0}
+
+
+def sanitized(message: str) -> str:
+    """vLLM's ``sanitize_message``: file paths in an error message become ``<path>``."""
+    message = re.sub(r"/(?:home|usr|opt|var|tmp|root|lib|mnt|srv)(?:/[\w.\-]+)+", "<path>", message)
+    return re.sub(r"(?:/[\w\-]+)+/[\w\-]+\.\w+", "<path>", message).strip()
 
 
 class State:
@@ -61,7 +70,7 @@ class Handler(BaseHTTPRequestHandler):
         self.wfile.write(data)
 
     def _error(self, status: int, message: str) -> None:
-        self._send(status, {"error": {"message": message, "code": status}})
+        self._send(status, {"error": {"message": sanitized(message), "code": status}})
 
     def _authorized(self) -> bool:
         key = self.state.key
@@ -162,6 +171,11 @@ def main() -> None:
     parser.add_argument("--max-lora-rank", type=int, default=16)
     parser.add_argument("--max-loras", type=int, default=1)
     parser.add_argument("--served-model-name")
+    # vllm/config/model.py ModelDType; vllm/engine/arg_utils.py --kv-cache-memory-bytes
+    parser.add_argument(
+        "--dtype", choices=("auto", "half", "float16", "bfloat16", "float", "float32")
+    )
+    parser.add_argument("--kv-cache-memory-bytes", type=int)
     args = parser.parse_args()
     Handler.state = State(args)
     server = ThreadingHTTPServer((args.host, args.port), Handler)

@@ -24,8 +24,8 @@ from test_server import call
 from apprentice.serve.cli import add_serve_arguments
 from apprentice.serve.httpd import client_gone
 from apprentice.serve.servable import find_servable
+from apprentice.serve.vllm_backend import start_vllm_backend
 from apprentice.serve.vllm_gateway import Gateway
-from apprentice.serve.vllm_server import start_vllm_backend
 from apprentice.train.export import adapter_hash
 
 OUR_SERVER = (sys.executable, "-m", "apprentice.serve")

@@ -19,7 +19,8 @@ from apprentice.adapter import adapter_hash
 from apprentice.lm.base import LMRequestError, Request
 from apprentice.serve.cli import add_serve_arguments
 from apprentice.serve.servable import find_servable
-from apprentice.serve.vllm_server import VLLMServer, start_vllm_backend
+from apprentice.serve.vllm_backend import start_vllm_backend
+from apprentice.serve.vllm_server import VLLMServer
 
 FAKE_VLLM = (sys.executable, str(Path(__file__).with_name("fake_vllm_serve.py")))
 QUESTION = ({"role": "user", "content": "Where is order A12345? It has not arrived yet."},)
@@ -92,6 +93,9 @@ def test_the_gateway_sends_explicit_sampling_and_versions_swapped_adapters(stude
         # vLLM fills omitted fields from generation_config (top_p 0.9, temperature 0.6)
         assert "t=0.7 top_p=1.0 top_k=0 min_p=0.0 rep=1.0" in answer(temperature=0.7)
         assert answer().startswith(weights_of(student.adapters["a"]) + " t=0.0 ")
+        same = {"lora_name": "a", "lora_path": "adapters/a/adapter"}  # what "a" serves
+        assert call(gateway, "POST", "/v1/load_lora_adapter", same, key)[0] == 200  # vLLM: 400
+        assert len(server.model_ids()) == 3  # nothing was loaded
         swap = {"lora_name": "a", "lora_path": "adapters/b/adapter", "load_inplace": True}
         assert call(gateway, "POST", "/v1/load_lora_adapter", swap, key)[0] == 200
         assert answer().startswith(weights_of(student.adapters["b"]))  # not the old KV

@@ -35,6 +35,7 @@ def test_supervises_a_server_speaking_the_vllm_protocol(students, tmp_path):
         assert server.model_ids() == ["student", "a", "b"]
         digest = server.load_adapter("triage", student.adapters["b"])
         assert server.model_ids() == ["student", "a", "b", "triage"]
+        assert server.load_adapter("triage", student.adapters["b"]) == digest  # a no-op
         with pytest.raises(LMRequestError, match="already been loaded") as refused:
             server.load_adapter("triage", student.adapters["a"])
         assert refused.value.status == 400
@@ -86,3 +87,27 @@ def test_a_server_that_never_gets_healthy_times_out_and_is_killed(tmp_path):
         server.start()
     assert "loading..." in str(failed.value)
     assert server.process.returncode is not None  # terminated, not left running
+
+
+def test_base_requests_through_the_zero_adapter_answer_as_the_base_model(students, tmp_path):
+    """``base_lora``: the all-zero adapter (vLLM's CPU build needs it, serve.zero_lora) is a
+    PEFT adapter that adds exactly nothing, and it stays out of the served ids."""
+    student = students["causal"]
+    server = VLLMServer(
+        student.base,
+        log_path=tmp_path / "v.log",
+        base_lora=True,
+        command=OUR_SERVER,
+        extra_args=["--max-new-tokens", "8", "--adapter-root", "/"],
+        startup_timeout=120,
+    )
+    with server:
+        assert server.base_adapter == "zero-lora" and server.model_ids() == [server.model_name]
+        assert "--max-loras 5" in " ".join(server.argv())  # a slot of its own
+        lm = server.lm(None, cache=False, max_tokens=8)
+        assert lm.adapter == "zero-lora"
+        request = Request(messages=({"role": "user", "content": "Where is order A12345?"},))
+        direct = LocalLM(student.base, max_new_tokens=8)
+        assert lm.generate([request])[0].texts == direct.generate([request])[0].texts
+        with pytest.raises(ValueError, match="base-model requests"):
+            server.load_adapter("zero-lora", student.adapters["a"])

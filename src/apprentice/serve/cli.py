@@ -1,5 +1,6 @@
 """``apprentice serve``: serve a run directory, an adapter or a model with the local backend
-(our server) or the vllm backend (a supervised ``vllm serve``), until interrupted.
+(our server) or the vllm backend (a supervised ``vllm serve``, ``serve.vllm_backend``; vLLM's
+CUDA build or its CPU build), until interrupted.
 
 The vLLM-named options match ``vllm serve``, so ``python -m apprentice.serve`` takes
 the command line a supervisor gives ``vllm serve`` (see ``serve.vllm_server``).
@@ -48,6 +49,26 @@ def add_serve_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--max-new-tokens", type=int, default=256, help="local: default max_tokens")
     parser.add_argument("--device", default=None, help="local: cpu, cuda, ... (default: auto)")
+    parser.add_argument(
+        "--dtype",
+        choices=("auto", "float32", "bfloat16", "float16"),
+        default="auto",
+        help="weights and activations; auto: float32 on a CPU and on vLLM's CPU build, "
+        "bfloat16 (local) or vLLM's choice on a GPU",
+    )
+    parser.add_argument(
+        "--kv-cache-gib",
+        type=float,
+        default=None,
+        help="vllm: KV cache memory in GiB (RAM on vLLM's CPU build, 1 there unless given; "
+        "on a GPU vLLM sizes it from its --gpu-memory-utilization)",
+    )
+    parser.add_argument(
+        "--kv-cache-memory-bytes",
+        type=int,
+        default=None,
+        help="vllm: the same in bytes (vllm serve's flag)",
+    )
     parser.add_argument("--enable-lora", action="store_true", help="as vllm serve (always on)")
     parser.add_argument("--max-lora-rank", type=int, default=None, help="vllm: largest LoRA rank")
     parser.add_argument("--max-loras", type=int, default=None, help="vllm: adapters per batch")
@@ -72,7 +93,7 @@ def run_serve(args: argparse.Namespace) -> int:
     api_key = args.api_key or os.environ.get("VLLM_API_KEY") or None
     adapter_root = args.adapter_root or servable.run_dir
     if args.backend == "vllm":
-        from apprentice.serve.vllm_server import run_vllm_backend
+        from apprentice.serve.vllm_backend import run_vllm_backend
 
         return run_vllm_backend(args, servable, api_key)
     _exit_on_sigterm()
@@ -104,6 +125,7 @@ def local_server(args: argparse.Namespace, servable, api_key: str | None, adapte
         servable.base_model,
         adapters=servable.adapters,
         device=args.device,
+        dtype=args.dtype,
         max_new_tokens=args.max_new_tokens,
     )
     return Server(

