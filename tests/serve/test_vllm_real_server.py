@@ -40,7 +40,8 @@ pytestmark = [pytest.mark.slow, pytest.mark.vllm]
 KEY = "user-key-for-the-gateway"
 KEY_ENV = "APPRENTICE_TEST_GATEWAY_KEY"
 FAKE_VLLM = (sys.executable, str(Path(__file__).with_name("fake_vllm_serve.py")))
-NEW_TOKENS = 48
+NEW_TOKENS = 48  # an order id's answer ends well before
+BASE_TOKENS = 32  # enough for a base row served with an adapter's weights to show
 QUESTIONS = [f"In one sentence: what should I do about this? {e.ticket}" for e in HELDOUT[:4]]
 _STARTED: list = []  # the module's (server, gateway), so the last test can stop them first
 
@@ -57,7 +58,11 @@ def _answers(program, examples) -> list[str | None]:
 
 
 def _texts(lm, questions) -> list[str]:
-    requests = [Request(messages=({"role": "user", "content": q},)) for q in questions]
+    """Greedy answers to free questions, ``BASE_TOKENS`` long at most."""
+    requests = [
+        Request(messages=({"role": "user", "content": q},), max_tokens=BASE_TOKENS)
+        for q in questions
+    ]
     return [response.text for response in lm.generate(requests)]
 
 
@@ -76,7 +81,7 @@ def local(smollm2, smollm2_trained, smollm2_region) -> dict[str, list]:
     return {
         "multitask": _answers(smollm2_trained[2], examples),
         "region": _answers(smollm2_region[1], examples[:4]),
-        "base": _texts(LocalLM(smollm2, max_new_tokens=NEW_TOKENS), QUESTIONS),
+        "base": _texts(LocalLM(smollm2), QUESTIONS),
     }
 
 
@@ -165,7 +170,7 @@ def test_base_rows_in_flight_with_adapter_rows_answer_as_the_base_model(backend,
     adapter = _gateway_lm(gateway, server, "multitask")
     routes = {
         "gateway": _gateway_lm(gateway, server),
-        "lm(None)": server.lm(None, cache=False, max_tokens=NEW_TOKENS),
+        "lm(None)": server.lm(None, cache=False),
         "vLLM's base name": _raw(server),  # no zero adapter: the bug itself
     }
     found = {}

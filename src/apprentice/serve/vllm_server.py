@@ -290,10 +290,11 @@ class VLLMServer:
         need ``replace``; they are served under ``name-<hash8>`` (see the module docstring)
         and ``lm(name)`` then binds to that name."""
         from apprentice.adapter import adapter_hash, versioned_name
-        from apprentice.serve.zero_lora import ZERO_LORA
 
-        if name == ZERO_LORA:
-            raise ValueError(f"{ZERO_LORA!r} is the name base-model requests are served under")
+        if name == self.base_adapter:
+            raise ValueError(
+                f"{name!r} is the name base-model requests are served under; choose another"
+            )
         folder = Path(path).expanduser().resolve()
         digest = adapter_hash(folder)
         if self.hashes.get(name) == digest:
@@ -343,8 +344,8 @@ class VLLMServer:
 
     def lm(self, adapter: str | None = None, **options: Any):
         """An ``OpenAILM`` for the base model (``adapter=None``; through the zero adapter when
-        there is one) or a loaded adapter; ``options``
-        go to OpenAILM (temperature, max_tokens, cache, ...). The sampling values a request
+        there is one) or a loaded adapter; ``options`` go to OpenAILM (temperature,
+        max_tokens, cache, ...). The sampling values a request
         never carries (top_k, min_p, repetition_penalty) are sent as in process
         (``lm.vllm.explicit_sampling``), since vLLM would take them from the model's
         generation_config (Qwen2.5's repetition_penalty 1.05 applies even to greedy)."""
