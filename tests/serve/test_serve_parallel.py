@@ -7,7 +7,7 @@ import argparse
 import pytest
 
 from apprentice.serve.cli import add_serve_arguments
-from apprentice.serve.vllm_server import _parallel_args
+from apprentice.serve.vllm_backend import _parallel_args
 
 
 def _args(*argv: str) -> argparse.Namespace:
