@@ -229,10 +229,12 @@ def _worker_error(message: str, kind: type[Exception] = Exception) -> Exception:
     """How an error in the worker reaches the caller of ``llm_engine.add_lora``:
     vllm/v1/executor/multiproc_executor.py wraps it, vllm/v1/engine/core.py prefixes it and
     vllm/v1/engine/core_client.py raises it as a plain Exception."""
-    return kind(
+    error = kind(
         f"Call to add_lora method failed: Worker failed with error '{message}', please check "
         "the stack trace above for the root cause"
     )
+    error.detail = message  # the server answers a missing adapter with this alone
+    return error
 
 
 def _load(request: LoRARequest, max_lora_rank: int) -> str:

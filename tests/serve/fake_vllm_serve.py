@@ -121,7 +121,9 @@ class Handler(BaseHTTPRequestHandler):
                 engine.weights.pop(lora_id, None)
             engine.add_lora(request)
         except LoRAAdapterNotFoundError as exc:
-            return self._error(404, str(exc))
+            # vllm/entrypoints/openai/models/serving.py: the 404 carries the worker's words
+            # without the engine client's wrapping
+            return self._error(404, getattr(exc, "detail", str(exc)))
         except Exception as exc:
             return self._error(500, str(exc))
         loras[name] = request
