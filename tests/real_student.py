@@ -55,16 +55,25 @@ HELDOUT = examples(24, seed=7)
 REAL_VLLM = {"dtype": "float32", "kv_cache_gib": 1.0, "max_lora_rank": 16, "max_loras": 4}
 
 
-def train_multitask(checkpoint, root):
-    """(optimizer, program): LoRA on the order-id step, 48 teacher traces, 2 epochs."""
-    optimizer = ap.BootstrapFinetune(
-        metric=id_metric,
+def _finetune(checkpoint, run_dir, metric, train: ap.TrainConfig) -> ap.BootstrapFinetune:
+    return ap.BootstrapFinetune(
+        metric=metric,
         threshold=1.0,
         student=checkpoint,
-        run_dir=root / "run",
+        run_dir=run_dir,
         progress=False,
         lora=LORA,
-        train=ap.TrainConfig(epochs=2, batch_size=8, learning_rate=1e-3, save_every=10**6),
+        train=train,
+    )
+
+
+def train_multitask(checkpoint, root):
+    """(optimizer, program): LoRA on the order-id step, 48 teacher traces, 2 epochs."""
+    optimizer = _finetune(
+        checkpoint,
+        root / "run",
+        id_metric,
+        ap.TrainConfig(epochs=2, batch_size=8, learning_rate=1e-3, save_every=10**6),
     )
     program = optimizer.compile(
         Extract(), trainset=examples(48, seed=1), teacher=ap.ScriptedLM(teacher)
@@ -76,14 +85,11 @@ def train_region(checkpoint, root):
     """The second adapter on the same base: enough steps that its answers differ from the
     base model's and from ``multitask``'s (the "-EU" suffix), so a row served with the wrong
     weights shows."""
-    return ap.BootstrapFinetune(
-        metric=region_metric,
-        threshold=1.0,
-        student=checkpoint,
-        run_dir=root / "region",
-        progress=False,
-        lora=LORA,
-        train=ap.TrainConfig(max_steps=12, batch_size=8, learning_rate=1e-3, save_every=10**6),
+    return _finetune(
+        checkpoint,
+        root / "region",
+        region_metric,
+        ap.TrainConfig(max_steps=12, batch_size=8, learning_rate=1e-3, save_every=10**6),
     ).compile(Extract(), trainset=examples(16, seed=2), teacher=ap.ScriptedLM(region_teacher))
 
 

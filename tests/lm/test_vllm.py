@@ -22,7 +22,7 @@ import fake_vllm as fake_vllm_module
 import pytest
 
 from apprentice.adapter import adapter_hash
-from apprentice.lm import vllm as vllm_lm
+from apprentice.lm import vllm_engine
 from apprentice.lm.base import Request
 from apprentice.lm.engine import AdapterLoadError
 from apprentice.lm.registry import lm_from_config
@@ -81,7 +81,7 @@ def test_bad_engine_options_are_refused(models, no_vllm):
 # -- against the stand-in of vLLM 0.32.0's rules (fake_vllm.py) --------------------------------
 @pytest.fixture
 def fake_vllm(monkeypatch):
-    monkeypatch.setattr(vllm_lm._TABLE, "engines", {})
+    monkeypatch.setattr(vllm_engine._TABLE, "engines", {})
     return fake_vllm_module.install(monkeypatch)
 
 

@@ -9,7 +9,7 @@ import pytest
 
 import apprentice as ap
 from apprentice.adapter import AdapterManifest, adapter_hash, write_manifest
-from apprentice.lm import vllm as vllm_lm
+from apprentice.lm import vllm_engine
 from apprentice.lm.vllm import VLLMLM
 from apprentice.serve.binding import bind_student
 from apprentice.serve.config import ServeConfig
@@ -63,7 +63,7 @@ def student(tmp_path_factory):
 def test_the_vllm_backend_binds_each_predictor_to_its_adapter_on_one_engine(
     student, monkeypatch, tmp_path
 ):
-    monkeypatch.setattr(vllm_lm._TABLE, "engines", {})
+    monkeypatch.setattr(vllm_engine._TABLE, "engines", {})
     made = fake_vllm_module.install(monkeypatch)
     base, adapters = student
     config = ServeConfig(

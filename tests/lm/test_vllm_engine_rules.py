@@ -13,7 +13,7 @@ import fake_vllm as fake_vllm_module
 import pytest
 from test_vllm import TEXTS, ask
 
-from apprentice.lm import vllm as vllm_lm
+from apprentice.lm import vllm_engine
 from apprentice.lm.base import LMError
 from apprentice.lm.vllm import VLLMLM
 from apprentice.train.tiny import make_tiny_student
@@ -27,7 +27,7 @@ def base(tmp_path_factory):
 
 @pytest.fixture
 def made(monkeypatch):
-    monkeypatch.setattr(vllm_lm._TABLE, "engines", {})
+    monkeypatch.setattr(vllm_engine._TABLE, "engines", {})
     return fake_vllm_module.install(monkeypatch).made
 
 
