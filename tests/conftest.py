@@ -26,38 +26,55 @@ def _isolated(tmp_path, monkeypatch):
 SLOW_TEST_TIMEOUT_S = 1800
 
 
-# scripts/test runs the suite on 2 pytest-xdist workers (--dist loadgroup): much of it waits on
-# one thread (a subprocess importing torch, a server, vLLM's engine start), so 2 workers use
-# the 2 cores that one leaves half idle. Each module is one work unit, so its module fixtures
-# are built once. The real pretrained student's tests are one unit, put first: its session
+# scripts/test runs the suite on 2 pytest-xdist workers: much of it waits on one thread (a
+# subprocess importing torch, a server, vLLM's engine start), so 2 workers use the 2 cores that
+# one leaves half idle. The scheduler below hands out whole modules, so module fixtures are
+# built once. The modules of the real pretrained student are one unit, put first: its session
 # fixtures (convert SmolLM2, train two adapters: ~5 min) are built once, and vLLM's engines
 # (3.7 GB each) run one at a time on the worker that holds it, while the other worker takes
-# every other module.
+# every other module. (xdist's own ``--dist loadgroup`` does not group under pytest 9.2: it
+# renames ``item._nodeid``, which no longer sets the node id.)
+REAL_STUDENT_MODULES = {
+    "tests/lm/test_vllm_contract.py",  # its ``real`` fixture asks for smollm2 at run time
+    "tests/real_vllm/test_engine.py",
+    "tests/serve/test_vllm_real_server.py",
+    "tests/train/test_real_student.py",
+}
 REAL_STUDENT_FIXTURES = {"smollm2", "smollm2_trained", "smollm2_region"}
-REAL_STUDENT_GROUP = "real-student"
+REAL_STUDENT = "real-student"
 
 
-def _group(item) -> str:
-    if REAL_STUDENT_FIXTURES & set(item.fixturenames) or item.get_closest_marker("vllm"):
-        return REAL_STUDENT_GROUP
-    return item.nodeid.split("::")[0]
+def _unit(nodeid: str) -> str:
+    module = nodeid.split("::")[0]
+    return REAL_STUDENT if module in REAL_STUDENT_MODULES else module
+
+
+def pytest_xdist_make_scheduler(config, log):
+    from xdist.scheduler import LoadScopeScheduling
+
+    class ModulesAndTheRealStudent(LoadScopeScheduling):
+        def _split_scope(self, nodeid: str) -> str:
+            return _unit(nodeid)
+
+    return ModulesAndTheRealStudent(config, log)
 
 
 def pytest_collection_modifyitems(config, items):
     for item in items:
         if item.get_closest_marker("slow") and not item.get_closest_marker("timeout"):
             item.add_marker(pytest.mark.timeout(SLOW_TEST_TIMEOUT_S))
-    groups = {id(item): _group(item) for item in items}
-    items.sort(key=lambda item: groups[id(item)] != REAL_STUDENT_GROUP)  # stable: order kept
-    if config.pluginmanager.hasplugin("xdist"):
-        for item in items:
-            item.add_marker(pytest.mark.xdist_group(groups[id(item)]))
+        if REAL_STUDENT_FIXTURES & set(item.fixturenames) and _unit(item.nodeid) != REAL_STUDENT:
+            raise pytest.UsageError(
+                f"{item.nodeid} uses the real student's session fixtures: add its module to "
+                "REAL_STUDENT_MODULES in tests/conftest.py, so one worker builds them"
+            )
+    items.sort(key=lambda item: _unit(item.nodeid) != REAL_STUDENT)  # stable: order kept
 
 
 def pytest_configure(config):
     # vLLM's CPU build binds its worker's OpenMP threads to all cores but one by default
     # ("auto" keeps one for its scheduler): on a 2-core box, one thread. Both cores serve
-    # SmolLM2 with an adapter 1.4x faster (8 rows of 24 tokens: 13.8 s vs 21.0 s, quiet box),
+    # SmolLM2 with an adapter 1.5x faster (8 rows of 24 tokens: 12.8-14.7 s vs 20.1-21.9 s),
     # and the real-vLLM tests are mostly that. Set before vLLM loads; a user's setting wins.
     if len(os.sched_getaffinity(0)) <= 2:
         cores = sorted(os.sched_getaffinity(0))
