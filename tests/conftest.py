@@ -49,6 +49,7 @@ def _unit(nodeid: str) -> str:
     return REAL_STUDENT if module in REAL_STUDENT_MODULES else module
 
 
+@pytest.hookimpl(optionalhook=True)  # pytest without xdist runs the suite in one process
 def pytest_xdist_make_scheduler(config, log):
     from xdist.scheduler import LoadScopeScheduling
 
