@@ -25,6 +25,7 @@ LAYERS = [
             "formats",
             "gguf",
             "metric",
+            "model_context",
             "progress",
             "sandbox",
             "signature",

@@ -13,7 +13,7 @@ from apprentice.evaluate.metrics import (
     token_f1,
 )
 from apprentice.example import Completions, Example, Prediction
-from apprentice.formats import ChatFormat, Format, JSONFormat, ParseError, SFTRow
+from apprentice.formats import ChatFormat, Format, JSONFormat, ParseError, SFTRow, T5Format
 from apprentice.lm import (
     BaseLM,
     Cache,
@@ -103,6 +103,7 @@ __all__ = [
     "Format",
     "InputField",
     "JSONFormat",
+    "T5Format",
     "LMError",
     "LMRequestError",
     "LMUnavailableError",

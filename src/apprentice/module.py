@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
+    from apprentice.formats.base import Format
     from apprentice.lm.base import BaseLM
 
 __all__ = ["Module", "Predictor", "ProgramFileError"]
@@ -100,6 +101,12 @@ class Module:
         """Binds every predictor of this program to ``lm``."""
         for predictor in self.predictors():
             predictor.lm = lm
+
+    def set_format(self, fmt: Format | None) -> None:
+        """Binds every predictor of this program to the prompt format ``fmt`` (None: the
+        format in force, ``settings().format``)."""
+        for predictor in self.predictors():
+            predictor.format = fmt
 
     def get_lm(self) -> BaseLM | None:
         """The one LM all predictors are bound to; an error when they differ."""

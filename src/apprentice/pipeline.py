@@ -76,6 +76,7 @@ class Job:
     train: Any  # train.config.TrainConfig
     serve: Any  # serve.config.ServeConfig
     tiny: Any = None  # recipe_sections.TinyStudent
+    chat_template: str | None = None  # a Jinja file or text, "none", or None (the tokenizer's)
     teacher_key: str = ""
     reset_traces: bool = False
     lm_options: dict[str, Any] = field(default_factory=dict)
@@ -270,7 +271,6 @@ class Pipeline:
     def dataset(self) -> StageOutcome:
         """Turns the passing traces into SFT rows (one Format renders prompts and rows)."""
         from apprentice.dataset.build import build_dataset
-        from apprentice.formats import ChatFormat, JSONFormat
         from apprentice.traces.bootstrap import program_hash
         from apprentice.traces.store import TraceStore
 
@@ -279,10 +279,18 @@ class Pipeline:
         program = job.make_program()
         store = TraceStore(self.traces_dir)
         threshold = job.bootstrap.threshold
-        key = _hash(store.content_hash(), program_hash(program), _section(job.dataset), threshold)
+        fmt = self.student_format()
+        template = self.prompt_template()
+        key = _hash(
+            store.content_hash(),
+            program_hash(program),
+            _section(job.dataset),
+            threshold,
+            fmt.name,
+            template.chat_template,
+        )
 
         def run() -> dict[str, Any]:
-            fmt = ChatFormat() if job.dataset.format == "chat" else JSONFormat()
             try:
                 manifest = build_dataset(
                     store,
@@ -292,6 +300,7 @@ class Pipeline:
                     multitask=job.dataset.multitask,
                     val_fraction=job.dataset.val_fraction,
                     format=fmt,
+                    template=template,
                 )
             except ValueError as exc:
                 boot = self.state()["stages"].get("bootstrap", {}).get("summary", {})
@@ -305,6 +314,7 @@ class Pipeline:
                 "counts": manifest.counts,
                 "drops": manifest.drops,
                 "hash": manifest.content_hash,
+                "format": manifest.format,
             }
 
         exists = (self.dataset_dir / "manifest.json").exists()
@@ -312,6 +322,58 @@ class Pipeline:
 
     def student_path(self) -> str:
         return self.job.student
+
+    def student_format(self):
+        """The format the student is trained and served with: ``dataset.format``, where
+        ``auto`` is the T5 format for a seq2seq student (a T5 tokenizer keeps no newlines or
+        braces) and the chat format otherwise."""
+        from apprentice.formats import format_named
+
+        name = self.job.dataset.format
+        if name == "auto":
+            if self.job.tiny is not None:
+                kind = self.job.tiny.kind
+            else:
+                from apprentice.train.students import kind_of_model
+
+                kind = kind_of_model(self.student_path())
+            name = "t5" if kind == "seq2seq" else "chat"
+        return format_named(name)
+
+    def prompt_template(self):
+        """The chat template the student is trained and served with (``chat_template``: a
+        Jinja file or text, ``none``, or None for the tokenizer's own); the dataset records
+        it with the date it fixes."""
+        from apprentice.formats.prompt import NO_TEMPLATE, PromptTemplate
+
+        value = self.job.chat_template
+        if value is None or value == NO_TEMPLATE:
+            return PromptTemplate(value)
+        if "{{" in value or "{%" in value:
+            return PromptTemplate(value)
+        path = Path(value).expanduser()
+        if not path.is_file():
+            raise ValueError(
+                f"chat_template {value!r:.120} is not a file, not Jinja text (no '{{{{' or "
+                f"'{{%') and not {NO_TEMPLATE!r}: give the template's file or its text"
+            )
+        return PromptTemplate(path.read_text())
+
+    def trained_format(self):
+        """The format the dataset's rows were rendered in: what the adapters learned."""
+        from apprentice.dataset.build import load_dataset_dir
+        from apprentice.formats import format_named
+
+        _, manifest = load_dataset_dir(self.dataset_dir)
+        return format_named(manifest.format)
+
+    def trained_template(self):
+        """The chat template and variables the dataset's rows were trained with."""
+        from apprentice.dataset.build import load_dataset_dir
+        from apprentice.formats.prompt import PromptTemplate
+
+        _, manifest = load_dataset_dir(self.dataset_dir)
+        return PromptTemplate.from_config(manifest.template)
 
     def ensure_student(self, dataset_hash: str) -> str:
         """The student's path; a tiny student is built from the training rows on first use."""
@@ -416,6 +478,8 @@ class Pipeline:
                 self.student_path(),
                 job.serve,
                 lm_options=job.lm_options,
+                format=self.trained_format(),
+                template=self.trained_template(),
             )
             compiled.save(self.program_file)
             self._compiled = compiled

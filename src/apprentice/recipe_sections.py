@@ -114,6 +114,11 @@ def _head_size_ok(hidden: int, heads: int, kind: str | None) -> bool:
 class StudentConfig(_Section):
     model: str | None = Field(None, description="local path or hub name of the base student")
     tiny: TinyStudent | None = Field(None, description="build a tiny student instead (offline)")
+    chat_template: str | None = Field(
+        None,
+        description="the causal student's chat template instead of its tokenizer's: a Jinja "
+        "file, Jinja text, or 'none' (the plain <|role|> layout); trained and served alike",
+    )
 
     @model_validator(mode="after")
     def _one_student(self) -> StudentConfig:
@@ -134,7 +139,11 @@ class BootstrapConfig(_Section):
 class DatasetConfig(_Section):
     multitask: bool = Field(True, description="one adapter for all predictors (else one each)")
     val_fraction: float = Field(0.1, ge=0, lt=1)
-    format: Literal["chat", "json"] = "chat"
+    format: Literal["auto", "chat", "json", "t5"] = Field(
+        "auto",
+        description="the student's prompt format: chat, json, or t5 (markers and escapes a "
+        "T5 tokenizer keeps); auto = t5 for a seq2seq student, else chat",
+    )
 
 
 class EvalConfig(_Section):

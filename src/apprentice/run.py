@@ -92,6 +92,7 @@ def recipe_job(
         ),
         student=recipe.student.model or str(root / "student"),
         tiny=recipe.student.tiny,
+        chat_template=recipe.student.chat_template,
         bootstrap=recipe.bootstrap,
         dataset=recipe.dataset,
         lora=recipe.lora,
@@ -235,7 +236,7 @@ class Run(Pipeline):
     def eval(self) -> StageOutcome:
         from apprentice.evaluate.report import SystemEval, evaluate_system
         from apprentice.fingerprint import code_fingerprint
-        from apprentice.serve.binding import student_lm
+        from apprentice.serve.binding import student_lm, template_options
         from apprentice.traces.bootstrap import dataset_hash, program_hash
 
         r = self.recipe
@@ -254,12 +255,15 @@ class Run(Pipeline):
         keys = {
             "teacher": stage_hash(base, self.job.teacher_key),
             "untrained": stage_hash(
-                base, self.student_path(), r.section_hash("student", "serve"), self._tiny_stamp()
+                base,
+                self.student_path(),
+                r.section_hash("student", "serve", "dataset"),
+                self._tiny_stamp(),
             ),
             "fewshot": stage_hash(
                 base,
                 self.student_path(),
-                r.section_hash("student", "serve", "teacher", "data", "bootstrap"),
+                r.section_hash("student", "serve", "teacher", "data", "bootstrap", "dataset"),
                 self._tiny_stamp(),
             ),
             # The train stage's record changes whenever adapters are retrained in place.
@@ -294,7 +298,10 @@ class Run(Pipeline):
                 elif system in ("untrained", "fewshot"):
                     program = r.make_program() if system == "untrained" else self._fewshot()
                     cap = r.eval.untrained_max_new_tokens
-                    program.set_lm(student_lm(r.serve, self.student_path(), max_new_tokens=cap))
+                    options = template_options(r.serve, self.trained_template())
+                    lm = student_lm(r.serve, self.student_path(), max_new_tokens=cap, **options)
+                    program.set_lm(lm)
+                    program.set_format(self.student_format())
                 else:
                     program = self.compiled_program()
                 result = evaluate_system(
@@ -331,13 +338,20 @@ class Run(Pipeline):
             p.parent.name: p for p in sorted((self.root / "adapters").glob("*/train_log.jsonl"))
         }
         stages = self.state()["stages"]
+        training = stages.get("train", {}).get("summary") or {}
         extra = {
             "recipe": self.recipe.name,
             "run directory": str(self.root),
             "student": self.student_path(),
+            "prompt format": stages.get("dataset", {}).get("summary", {}).get("format"),
             "bootstrap": stages.get("bootstrap", {}).get("summary"),
             "dataset rows": stages.get("dataset", {}).get("summary", {}).get("counts"),
-            "training": stages.get("train", {}).get("summary"),
+            # Rows too long for max_length (or the student's context) are dropped, never cut.
+            "rows dropped for length": {
+                name: _dropped(entry.get("metrics", {}).get("rows", {}))
+                for name, entry in training.items()
+            },
+            "training": training,
         }
 
         def run() -> dict[str, Any]:
@@ -352,6 +366,14 @@ class Run(Pipeline):
 
         # Cheap and always current: the report is rewritten on every call.
         return self._stage("report", "", run, exists=False)
+
+
+def _dropped(rows: dict[str, Any]) -> dict[str, str]:
+    """Per split: how many rows training dropped for length, of how many."""
+    return {
+        split: f"{r.get('prompts_too_long', 0) + r.get('targets_too_long', 0)} of {r.get('rows')}"
+        for split, r in rows.items()
+    }
 
 
 def _file_hash(path: Path) -> str:

@@ -24,7 +24,7 @@ class StubEngine(Engine):
         self.gate.set()
         self.running = threading.Event()  # set once a batch has reached the gate
 
-    def encode(self, messages) -> list[int]:
+    def encode(self, messages, template=None) -> list[int]:
         return [ord(c) for c in messages[-1]["content"]]
 
     def decode(self, ids: list[int]) -> str:

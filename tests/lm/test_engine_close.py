@@ -117,7 +117,7 @@ def test_one_long_encode_does_not_hold_up_the_others():
     import apprentice.formats.prompt as prompt
 
     original = prompt.render_prompt
-    prompt.render_prompt = lambda messages, tokenizer, kind: messages[-1]["content"]
+    prompt.render_prompt = lambda messages, tokenizer, kind, **template: messages[-1]["content"]
     try:
         slow = threading.Thread(target=Engine.encode, args=(engine, ask("slow").messages))
         slow.start()

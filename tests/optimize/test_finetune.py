@@ -165,9 +165,8 @@ def _category_metric(example, prediction, trace=None):
 def test_t5_student_learns_to_classify_tickets(tmp_path):
     lm = ap.ScriptedLM(teacher)
     trainset = make_examples(300)
-    student = make_tiny_student(
-        "seq2seq", task_corpus(TriageOnly(), trainset, lm), tmp_path / "student", vocab_size=1000
-    )
+    corpus = task_corpus(TriageOnly(), trainset, lm, format=ap.T5Format())
+    student = make_tiny_student("seq2seq", corpus, tmp_path / "student", vocab_size=1000)
     optimizer = ap.BootstrapFinetune(
         metric=_category_metric,
         threshold=1.0,
@@ -178,6 +177,7 @@ def test_t5_student_learns_to_classify_tickets(tmp_path):
     )
     compiled = optimizer.compile(TriageOnly(), trainset=trainset, teacher=lm)
     assert compiled.classify.lm.kind == "seq2seq"
+    assert isinstance(compiled.classify.format, ap.T5Format)  # chosen for a seq2seq student
     result = ap.Evaluate(
         devset=HELDOUT, metric=_category_metric, num_threads=16, display_progress=False
     )(compiled)
@@ -206,10 +206,11 @@ def _finetune(run_dir, metric_fn, **options):
     return ap.BootstrapFinetune(
         metric=metric_fn,
         threshold=1.0,
-        student="unused",
+        student="unused",  # never loaded: training is stubbed out
         run_dir=run_dir,
         progress=False,
         concurrency=2,
+        format="chat",  # "auto" would read the student's config to pick its format
         **options,
     )
 

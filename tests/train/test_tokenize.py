@@ -19,34 +19,34 @@ def test_causal_labels_cover_only_the_completion_and_eos(tiny_causal):
     target_ids = tok(ROW["completion"], add_special_tokens=False)["input_ids"] + [tok.eos_token_id]
     assert feature["input_ids"] == prompt_ids + target_ids
     assert feature["labels"] == [IGNORE_INDEX] * len(prompt_ids) + target_ids
-    assert report.to_dict() == {"rows": 1, "kept": 1, "prompts_truncated": 0, "targets_too_long": 0}
+    assert report.to_dict() == {"rows": 1, "kept": 1, "prompts_too_long": 0, "targets_too_long": 0}
 
 
 def test_seq2seq_rows(tiny_t5):
     tok = AutoTokenizer.from_pretrained(tiny_t5)
     (feature,), _ = tokenize_rows([ROW], tok, kind="seq2seq")
     assert feature["input_ids"][-1] == tok.eos_token_id
-    assert tok.decode(feature["labels"], skip_special_tokens=True) == ROW["completion"]
+    # The tiny T5's tokenizer has a real T5's rules: the newline after a marker is gone.
+    assert tok.decode(feature["labels"], skip_special_tokens=True) == "[[category]] billing"
 
 
-def test_truncation_cuts_the_prompt_start_and_never_the_target(tiny_causal):
-    tok = AutoTokenizer.from_pretrained(tiny_causal)
+def test_too_long_rows_are_dropped_and_counted_never_cut(tiny_causal, tiny_t5):
+    # The engines refuse a prompt beyond the context rather than cut it; training does the
+    # same, so a student never learns a prompt without its header or markers.
     long_row = {
         **ROW,
         "messages": [{"role": "user", "content": "word " * 400 + "[[ticket]]\nrefund me"}],
     }
     huge_target = {**ROW, "completion": "billing " * 400}
-    features, report = tokenize_rows([long_row, huge_target], tok, kind="causal", max_length=64)
-    assert (report.kept, report.prompts_truncated, report.targets_too_long) == (1, 1, 1)
-    (feature,) = features
-    assert len(feature["input_ids"]) == 64
-    target = [t for t in feature["labels"] if t != IGNORE_INDEX]
-    assert tok.decode(target[:-1]) == ROW["completion"]  # intact
-    text = tok.decode(feature["input_ids"]).removesuffix("</s>")
-    assert text.endswith("refund me\n<|assistant|>\n" + ROW["completion"])
-    # The start of the prompt was cut: fewer of the 400 words are left, and the text starts
-    # inside that run of words (where exactly depends on how the tokenizer merged them).
-    assert text.lstrip().startswith(("word", "ord", "rd", "d ")) and text.count("word") < 400
+    for student, kind in ((tiny_causal, "causal"), (tiny_t5, "seq2seq")):
+        tok = AutoTokenizer.from_pretrained(student)
+        rows = [long_row, ROW, huge_target]
+        features, report = tokenize_rows(rows, tok, kind=kind, max_length=64)
+        assert (report.kept, report.prompts_too_long, report.targets_too_long) == (1, 1, 1)
+        assert report.dropped_indices == [0, 2]
+        (feature,) = features
+        (alone,), _ = tokenize_rows([ROW], tok, kind=kind, max_length=64)
+        assert feature == alone  # the row that fits is kept whole
 
 
 def test_chat_template_is_used_when_the_tokenizer_has_one(tiny_causal):

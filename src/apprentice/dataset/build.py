@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from apprentice.formats.base import Format
+from apprentice.formats.prompt import PromptTemplate
 from apprentice.module import Module
 from apprentice.predict.predict import default_format
 from apprentice.traces.bootstrap import passes
@@ -48,6 +49,9 @@ class DatasetManifest:
     val_fraction: float
     seed: int
     content_hash: str = ""
+    # The chat template and its variables (the date fixed at build time) that causal
+    # students are trained and served with: formats.prompt.PromptTemplate.to_config().
+    template: dict[str, Any] = field(default_factory=dict)
     schema: str = SCHEMA
     version: int = VERSION
     created: float = field(default_factory=time.time)
@@ -121,12 +125,16 @@ def build_dataset(
     val_fraction: float = 0.1,
     seed: int = 0,
     format: Format | None = None,
+    template: PromptTemplate | None = None,
 ) -> DatasetManifest:
     """Writes ``out_dir/data`` (a DatasetDict: train, validation) and ``out_dir/manifest.json``.
 
     Rows carry ``example_id``, ``predictor``, ``messages`` and ``completion``; with
     ``multitask=False`` each predictor is trained apart by filtering on ``predictor``.
-    Steps of one example always land in the same split.
+    Steps of one example always land in the same split. ``template`` (default: the
+    tokenizer's own chat template) is recorded with today's date as its ``date_string``
+    unless it names one: a template that writes a date (Llama 3.x) writes this one, in
+    training and when the student is served.
 
     The dataset is written into a new folder beside ``out_dir`` and switched in by renames
     once complete, so a build killed half-way leaves the previous dataset whole (or, killed
@@ -185,8 +193,16 @@ def build_dataset(
         name: dict(sorted(Counter(r["predictor"] for r in splits.get(name, [])).items()))
         for name in ("train", "validation")
     }
+    template = template or PromptTemplate()
+    if "date_string" not in dict(template.variables):
+        variables = (*template.variables, ("date_string", time.strftime("%d %b %Y")))
+        template = PromptTemplate(template.chat_template, tuple(sorted(variables)))
+    # The template is part of what is trained: another date is another dataset.
     content = hashlib.sha256(
-        json.dumps({n: splits.get(n, []) for n in ("train", "validation")}, sort_keys=True).encode()
+        json.dumps(
+            {n: splits.get(n, []) for n in ("train", "validation")} | {"t": template.to_config()},
+            sort_keys=True,
+        ).encode()
     ).hexdigest()[:16]
     manifest = DatasetManifest(
         trace_store_hash=store.content_hash()[:16],
@@ -200,6 +216,7 @@ def build_dataset(
         val_fraction=val_fraction,
         seed=seed,
         content_hash=content,
+        template=template.to_config(),
     )
     (building / "manifest.json").write_text(json.dumps(manifest.to_dict(), indent=2))
     _switch(building, out_dir)

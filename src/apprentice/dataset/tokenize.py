@@ -1,9 +1,11 @@
 """Tokenizing SFT rows with completion-only labels, on the prompt text that inference uses
 too (``formats.render_prompt``: the student is trained on exactly the prompt it is served).
 
-Truncation never cuts a target: a prompt that is too long loses tokens from its start
-(the instructions and demos, never the inputs closest to the answer) and a row whose
-target alone does not fit is dropped and counted.
+Nothing is cut: a row whose prompt and target do not fit ``max_length`` (or whose target
+exceeds ``max_target_length``) is dropped and counted, the same rule the engines apply
+when serving (a prompt beyond the context is refused, never cut). Cutting a training
+prompt would teach the student a prompt it is never served: without its header,
+instructions or field markers.
 """
 
 from __future__ import annotations
@@ -12,7 +14,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from apprentice.formats.prompt import Kind, render_prompt
+from apprentice.formats.prompt import Kind, PromptTemplate, render_prompt
 
 __all__ = ["IGNORE_INDEX", "TokenizeReport", "render_prompt", "tokenize_rows"]
 
@@ -23,7 +25,7 @@ IGNORE_INDEX = -100
 class TokenizeReport:
     rows: int = 0
     kept: int = 0
-    prompts_truncated: int = 0
+    prompts_too_long: int = 0
     targets_too_long: int = 0
     dropped_indices: list[int] = field(default_factory=list)
 
@@ -31,7 +33,7 @@ class TokenizeReport:
         return {
             "rows": self.rows,
             "kept": self.kept,
-            "prompts_truncated": self.prompts_truncated,
+            "prompts_too_long": self.prompts_too_long,
             "targets_too_long": self.targets_too_long,
         }
 
@@ -43,12 +45,13 @@ def tokenize_rows(
     kind: Kind,
     max_length: int = 1024,
     max_target_length: int = 256,
-    min_prompt_tokens: int = 8,
+    template: PromptTemplate | None = None,
 ) -> tuple[list[dict[str, list[int]]], TokenizeReport]:
     """Rows with ``messages`` and ``completion`` -> features with ``input_ids`` and ``labels``.
 
     causal: ``input_ids = prompt + completion + eos`` with the prompt's labels masked.
     seq2seq: ``input_ids = prompt`` and ``labels = completion (+ eos)``.
+    ``template``: the chat template and variables recorded with the dataset.
     """
     report = TokenizeReport()
     features: list[dict[str, list[int]]] = []
@@ -59,18 +62,21 @@ def tokenize_rows(
         )
     for index, row in enumerate(rows):
         report.rows += 1
-        prompt = render_prompt(row["messages"], tokenizer, kind)
+        prompt = render_prompt(
+            row["messages"], tokenizer, kind, **(template or PromptTemplate()).options()
+        )
         prompt_ids = tokenizer(prompt, add_special_tokens=kind == "seq2seq")["input_ids"]
         target_ids = tokenizer(row["completion"], add_special_tokens=False)["input_ids"] + [eos]
+        if len(target_ids) > max_target_length:
+            report.targets_too_long += 1
+            report.dropped_indices.append(index)
+            continue
+        length = len(prompt_ids) + len(target_ids) if kind == "causal" else len(prompt_ids)
+        if length > max_length:
+            report.prompts_too_long += 1
+            report.dropped_indices.append(index)
+            continue
         if kind == "causal":
-            budget = max_length - len(target_ids)
-            if len(target_ids) > max_target_length or budget < min_prompt_tokens:
-                report.targets_too_long += 1
-                report.dropped_indices.append(index)
-                continue
-            if len(prompt_ids) > budget:
-                prompt_ids = prompt_ids[len(prompt_ids) - budget :]
-                report.prompts_truncated += 1
             features.append(
                 {
                     "input_ids": prompt_ids + target_ids,
@@ -78,14 +84,6 @@ def tokenize_rows(
                 }
             )
         else:
-            if len(target_ids) > max_target_length:
-                report.targets_too_long += 1
-                report.dropped_indices.append(index)
-                continue
-            if len(prompt_ids) > max_length:
-                # Keep the end of the prompt (the inputs) and its final eos.
-                prompt_ids = prompt_ids[len(prompt_ids) - max_length :]
-                report.prompts_truncated += 1
             features.append({"input_ids": prompt_ids, "labels": target_ids})
         report.kept += 1
     return features, report

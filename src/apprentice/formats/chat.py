@@ -68,8 +68,11 @@ def render_sections(fields: Mapping[str, Field], values: Mapping[str, Any], is_i
     return "\n\n".join(parts)
 
 
-def find_sections(text: str, names: Sequence[str]) -> dict[str, str]:
-    """The text of each field in ``names`` (in their order) found in ``text``.
+def find_sections(
+    text: str, names: Sequence[str], markers: re.Pattern[str] = _MARKER_RE
+) -> dict[str, str]:
+    """The text of each field in ``names`` (in their order) found in ``text``, whose
+    ``markers`` pattern captures a field's name.
 
     Fields are placed from the last backwards: each at its last marker line before the
     next field's marker. A value may therefore quote the marker of any other field (a
@@ -77,7 +80,7 @@ def find_sections(text: str, names: Sequence[str]) -> dict[str, str]:
     """
     wanted = set(names)
     lines: dict[str, list[re.Match[str]]] = {}
-    for match in _MARKER_RE.finditer(text):
+    for match in markers.finditer(text):
         if match.group(1) in wanted:
             lines.setdefault(match.group(1), []).append(match)
     sections: dict[str, str] = {}

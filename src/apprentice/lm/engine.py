@@ -29,6 +29,7 @@ from pathlib import Path
 from typing import Any
 
 from apprentice.adapter import adapter_dir
+from apprentice.formats.prompt import PromptTemplate
 from apprentice.lm.adapter_files import AdapterFiles, read_adapter
 from apprentice.lm.base import LMError, Request, Response
 from apprentice.lm.batching import BASE, BatchingLoop, Job
@@ -209,14 +210,17 @@ class Engine(BatchingLoop):
         log.info("unloaded adapter %r from %r", name, self)
 
     # -- requests -----------------------------------------------------------------------------
-    def encode(self, messages) -> list[int]:
-        """The prompt's token ids, exactly as ``dataset.tokenize.tokenize_rows`` makes them."""
+    def encode(self, messages, template: PromptTemplate | None = None) -> list[int]:
+        """The prompt's token ids, exactly as ``dataset.tokenize.tokenize_rows`` makes them
+        (``template``: the chat template and its variables the student was trained with)."""
         from apprentice.formats.prompt import render_prompt
 
         limit = self.max_model_len * MAX_CHARS_PER_TOKEN
         chars = sum(len(m.get("content") or "") for m in messages)
         if chars <= limit:  # cheap: the template adds a few characters per message
-            prompt = render_prompt(messages, self.tokenizer, self.kind)
+            prompt = render_prompt(
+                messages, self.tokenizer, self.kind, **(template or PromptTemplate()).options()
+            )
             chars = len(prompt)
         if chars > limit:
             raise ValueError(
@@ -229,7 +233,11 @@ class Engine(BatchingLoop):
 
     def decode(self, ids: list[int]) -> str:
         with self._tokenizer() as tokenizer:
-            return tokenizer.decode(ids, skip_special_tokens=True)
+            # No clean-up of spaces before punctuation: the reply is the text the model wrote
+            # (a T5-format reply escapes spaces; cleaning up would change values).
+            return tokenizer.decode(
+                ids, skip_special_tokens=True, clean_up_tokenization_spaces=False
+            )
 
     @contextmanager
     def _tokenizer(self):
@@ -263,6 +271,7 @@ class Engine(BatchingLoop):
         batch_wait_ms: float = 5.0,
         model: str = "",
         cancel: threading.Event | None = None,
+        template: PromptTemplate | None = None,
     ) -> list[Future]:
         """Queues requests (request i uses ``adapters[i]``, None for the base); one future
         each, resolving to a Response or failing with that request's own error. Every check
@@ -272,7 +281,9 @@ class Engine(BatchingLoop):
         jobs: list[Job] = []
         futures: list[Future] = []
         turns = [0]  # shared by this call's jobs: the batches it has had, for taking turns
-        batching = (max_new_tokens, max_batch_size, batch_wait_ms / 1000, model, cancel, turns)
+        batching = (
+            max_new_tokens, max_batch_size, batch_wait_ms / 1000, model, cancel, turns, template
+        )  # fmt: skip
         for request, adapter in zip(requests, adapters, strict=True):
             future: Future = Future()
             futures.append(future)
@@ -287,12 +298,22 @@ class Engine(BatchingLoop):
         return futures
 
     def _job(
-        self, request, adapter, future, max_new_tokens, max_batch_size, wait_s, model, cancel, turns
+        self,
+        request,
+        adapter,
+        future,
+        max_new_tokens,
+        max_batch_size,
+        wait_s,
+        model,
+        cancel,
+        turns,
+        template,
     ) -> Job:
         asked = request.max_tokens
         if asked is not None and (type(asked) is not int or asked < 1):
             raise ValueError(f"max_tokens must be an integer >= 1, got {asked!r}")
-        prompt_ids = self.encode(request.messages)
+        prompt_ids = self.encode(request.messages, template)
         limit = self._token_limit(len(prompt_ids), asked, max_new_tokens)
         stop = tuple(s for s in request.stop or () if s)  # "" would match at once: dropped
         return Job(

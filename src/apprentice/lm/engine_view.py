@@ -12,6 +12,7 @@ import asyncio
 from concurrent.futures import Future
 from typing import Any
 
+from apprentice.formats.prompt import PromptTemplate
 from apprentice.lm.base import BaseLM, Request, Response
 from apprentice.lm.cache import cache_config
 
@@ -39,6 +40,7 @@ class EngineView(BaseLM):
     max_batch_size: int
     batch_wait_ms: float
     max_new_tokens: int
+    template: PromptTemplate | None = None  # the chat template the student was trained with
 
     def _check_loaded(self, adapter: str | None, base_model: Any) -> None:
         if adapter is not None and adapter not in self.engine.adapter_names():
@@ -81,6 +83,7 @@ class EngineView(BaseLM):
             "cache": self.cache if self.cache is not None else False,
             "price": self.usage.price,
             "history_size": self.history.maxlen or 0,
+            "template": self.template,
         }
 
     def _base_config(self) -> dict[str, Any]:
@@ -96,6 +99,7 @@ class EngineView(BaseLM):
             "cache": cache_config(self.cache),
             "price": self.usage.price.to_config() if self.usage.price else None,
             "history_size": self.history.maxlen,
+            "template": self.template.to_config() if self.template else None,
         }
 
     def _dtype_key(self) -> str:
@@ -116,6 +120,7 @@ class EngineView(BaseLM):
             max_batch_size=self.max_batch_size,
             batch_wait_ms=self.batch_wait_ms,
             model=self._answered_as(),
+            template=self.template,
         )
 
     def _answered_as(self) -> str:
@@ -136,4 +141,6 @@ class EngineView(BaseLM):
         if fields["max_tokens"] is None:
             fields["max_tokens"] = self.max_new_tokens
         fields["dtype"] = self._dtype_key()
+        if self.template is not None:  # another template is another prompt
+            fields["template"] = self.template.to_config()
         return fields

@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from apprentice.adapter import adapter_dir, adapter_hash
+from apprentice.formats.prompt import PromptTemplate
 from apprentice.lm.cache import Cache
 from apprentice.lm.engine import BASE, EngineStats
 from apprentice.lm.engine_view import EngineView, check_batching
@@ -59,6 +60,7 @@ class LocalLM(EngineView):
         cache: bool | str | Cache | None = False,
         price: Price | None = None,
         history_size: int = 200,
+        template: PromptTemplate | dict[str, Any] | None = None,
     ) -> None:
         check_batching(
             max_batch_size=max_batch_size,
@@ -86,6 +88,7 @@ class LocalLM(EngineView):
         self.max_batch_size = max_batch_size
         self.batch_wait_ms = float(batch_wait_ms)
         self.max_new_tokens = max_new_tokens
+        self.template = PromptTemplate.from_config(template) if template is not None else None
         self.merge = merge
 
     @property

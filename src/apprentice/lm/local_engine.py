@@ -32,12 +32,11 @@ from apprentice.lm.engine import (
 )
 from apprentice.lm.local_adapters import add_slot, merge_adapter, remove_slot
 from apprentice.lm.local_batch import Sampling, generate_batch
+from apprentice.model_context import context_length
 
 __all__ = ["AdapterNotLoaded", "EngineStats", "LocalEngine", "adapter_dir", "context_length"]
 
 log = logging.getLogger(__name__)
-
-DEFAULT_CONTEXT = 512
 
 
 class LocalEngine(Engine):
@@ -154,21 +153,6 @@ class LocalEngine(Engine):
                 "a LocalLM without merge=True"
             )
         return None if self.merged else super()._unservable(adapter)
-
-
-def context_length(config: Any, tokenizer: Any) -> int:
-    """The tokens the model can attend to: the config's position limit, else the tokenizer's
-    ``model_max_length`` when it is a real one, else ``DEFAULT_CONTEXT`` (T5's relative
-    positions have no limit in the config; T5 was trained on 512 tokens)."""
-    text = config.get_text_config(decoder=True) if hasattr(config, "get_text_config") else config
-    for name in ("max_position_embeddings", "n_positions", "max_sequence_length", "n_ctx"):
-        value = getattr(text, name, None)
-        if type(value) is int and value > 0:
-            return value
-    limit = getattr(tokenizer, "model_max_length", None)
-    if type(limit) is int and 0 < limit < 10_000_000:  # transformers' "no limit" is 1e30
-        return limit
-    return DEFAULT_CONTEXT
 
 
 def _as_set(value: Any) -> set[int]:

@@ -37,6 +37,7 @@ from pathlib import Path
 from typing import Any
 
 from apprentice.adapter import VLLM_LORA_RANKS
+from apprentice.formats.prompt import PromptTemplate
 from apprentice.lm.cache import Cache
 from apprentice.lm.engine_view import EngineView, check_batching
 from apprentice.lm.usage import Price
@@ -106,6 +107,7 @@ class VLLMLM(EngineView):
         cache: bool | str | Cache | None = False,
         price: Price | None = None,
         history_size: int = 200,
+        template: PromptTemplate | dict[str, Any] | None = None,
     ) -> None:
         if max_lora_rank not in VLLM_LORA_RANKS:
             raise ValueError(
@@ -151,6 +153,7 @@ class VLLMLM(EngineView):
         self.max_batch_size = max_batch_size
         self.batch_wait_ms = float(batch_wait_ms)
         self.max_new_tokens = max_new_tokens
+        self.template = PromptTemplate.from_config(template) if template is not None else None
 
     def with_adapter(self, name: str | None) -> VLLMLM:
         """A view of the same engine answering with adapter ``name`` (None: the base model)."""

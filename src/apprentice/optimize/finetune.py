@@ -40,8 +40,12 @@ class BootstrapFinetune(Optimizer):
 
     ``serve``: a ``ServeConfig`` (or its fields as a dict) naming the backend the student is
     bound to: ``local``, ``vllm`` or ``openai`` (a running server the adapters are loaded
-    into). ``lm_options`` go to that LM's constructor as they are. ``format``: ``chat``
-    (markers, the model's chat template) or ``json`` prompts for the student.
+    into). ``lm_options`` go to that LM's constructor as they are. ``format``: the student's
+    prompts: ``chat`` (markers, the model's chat template), ``json``, ``t5`` (what a T5
+    tokenizer keeps), or ``auto`` (t5 for a seq2seq student, else chat). The compiled
+    program keeps it: each predictor is bound to the format its adapter was trained on.
+    ``chat_template``: a causal student's chat template instead of its tokenizer's (a Jinja
+    file or text, or ``none`` for the plain layout), trained and served alike.
     """
 
     def __init__(
@@ -62,7 +66,8 @@ class BootstrapFinetune(Optimizer):
         retry_failed: bool = False,
         reset_traces: bool = False,
         serve: Any = None,
-        format: str = "chat",
+        format: str = "auto",
+        chat_template: str | None = None,
     ) -> None:
         from apprentice.serve.config import ServeConfig
         from apprentice.train.config import LoraConfig, TrainConfig
@@ -85,6 +90,7 @@ class BootstrapFinetune(Optimizer):
         self.reset_traces = reset_traces
         self.serve = serve if isinstance(serve, ServeConfig) else ServeConfig(**(serve or {}))
         self.format = format
+        self.chat_template = chat_template
         self.results: dict[str, Any] = {}
 
     def compile(self, student, *, trainset, teacher=None, valset=None) -> Module:
@@ -116,6 +122,7 @@ class BootstrapFinetune(Optimizer):
             metric=self.metric,
             make_teacher=lambda cache: teacher,
             student=self.base_model,
+            chat_template=self.chat_template,
             bootstrap=BootstrapConfig(
                 threshold=self.threshold,
                 attempts=self.attempts,

@@ -75,6 +75,7 @@ class _PreparedState:
     demos: list[Example]
     config: dict[str, Any]
     lm: Any
+    format: Format | None = None
 
 
 class Predict(Predictor):
@@ -93,6 +94,9 @@ class Predict(Predictor):
     ) -> None:
         self.signature = ensure_signature(signature)
         self.lm = lm
+        # The prompt format this predictor is bound to (a trained student's, set by
+        # binding); None: the format in force (``settings().format``, else chat).
+        self.format: Format | None = None
         self.demos: list[Example] = [Example(d) for d in (demos or [])]
         self.config: dict[str, Any] = {}
         self.update_config(temperature=temperature, max_tokens=max_tokens, n=n, stop=stop)
@@ -109,6 +113,7 @@ class Predict(Predictor):
 
     def reset(self) -> None:
         self.lm = None
+        self.format = None
         self.demos = []
 
     # -- calling -------------------------------------------------------------------
@@ -127,7 +132,7 @@ class Predict(Predictor):
         # rejected outputs and the feedback as extra inputs.
         signature, inputs, calls = start_call(self, self.signature, inputs)
         config.update(sampling_of(calls))  # a BestOfN attempt's rollout and temperature
-        fmt = default_format()
+        fmt = self.format or default_format()
         messages = fmt.render(signature, demos, inputs)
         from apprentice.lm.base import Request
 
@@ -245,7 +250,23 @@ class Predict(Predictor):
             ],
             "config": dict(self.config),
             "lm": lm_config,
+            "format": self._format_name(),
         }
+
+    def _format_name(self) -> str | None:
+        from apprentice.formats import FORMATS
+
+        if self.format is None:
+            return None
+        if FORMATS.get(self.format.name) is not type(self.format):
+            log.warning(
+                "%r uses format %r, which is not one of %s: saved without it",
+                self,
+                self.format,
+                sorted(FORMATS),
+            )
+            return None
+        return self.format.name
 
     def load_predictor_state(
         self,
@@ -301,7 +322,15 @@ class Predict(Predictor):
                 text = str(exc) if str(exc).startswith(where) else f"{where}: lm: {exc}"
                 raise ProgramFileError(text) from None
         config = saved.config.model_dump(exclude_none=True)
-        return _PreparedState(signature, [Example(d) for d in saved.demos], config, lm)
+        fmt = None
+        if saved.format is not None:
+            from apprentice.formats import format_named
+
+            try:
+                fmt = format_named(saved.format)
+            except ValueError as exc:
+                raise ProgramFileError(f"{where}: format: {exc}") from None
+        return _PreparedState(signature, [Example(d) for d in saved.demos], config, lm, fmt)
 
     def apply_predictor_state(self, prepared: _PreparedState) -> Predict:
         """Sets what ``prepare_predictor_state`` built; cannot fail."""
@@ -310,6 +339,8 @@ class Predict(Predictor):
         self.config = dict(prepared.config)
         if prepared.lm is not None:
             self.lm = prepared.lm
+        if prepared.format is not None:
+            self.format = prepared.format
         return self
 
     def __repr__(self) -> str:

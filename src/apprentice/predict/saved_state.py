@@ -52,6 +52,7 @@ class SavedPredictor(_Strict):
     demos: list[dict[str, Any]] = Field(default_factory=list)
     config: SavedConfig = Field(default_factory=SavedConfig)
     lm: dict[str, Any] | None = None
+    format: str | None = None
 
 
 def read_predictor_state(state: Any, where: str) -> SavedPredictor:

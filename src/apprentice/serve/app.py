@@ -38,6 +38,7 @@ from apprentice.serve.protocol import (
     json_object,
     prompt_messages,
     sampling_options,
+    template_options,
 )
 
 if TYPE_CHECKING:
@@ -152,7 +153,8 @@ class ServingApp:
         adapter, name = self._adapter_for(data)
         messages = chat_messages(data.get("messages"))
         sampling = sampling_options(data, chat=True)
-        [response] = self._generate([messages], adapter, name, sampling, client_gone)
+        template = template_options(data)
+        [response] = self._generate([messages], adapter, name, sampling, client_gone, template)
         choices = [
             {
                 "index": i,
@@ -190,7 +192,9 @@ class ServingApp:
                 )
         return 200, completion_body("cmpl", "text_completion", name, choices, responses)
 
-    def _generate(self, conversations, adapter, name: str, sampling: dict, client_gone) -> list:
+    def _generate(
+        self, conversations, adapter, name: str, sampling: dict, client_gone, template=None
+    ) -> list:
         n, max_tokens = sampling["n"], sampling["max_tokens"]
         default, context = self.lm.max_new_tokens, self.engine.max_model_len
         check_request_size(len(conversations), n, max_tokens, default, context)
@@ -207,6 +211,7 @@ class ServingApp:
             batch_wait_ms=self.lm.batch_wait_ms,
             model=name,
             cancel=cancel,
+            template=template,
         )
         pending = set(futures)
         while pending:

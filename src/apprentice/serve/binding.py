@@ -30,10 +30,12 @@ from apprentice.adapter import smallest_lora_rank
 from apprentice.serve.config import ServeConfig
 
 if TYPE_CHECKING:
+    from apprentice.formats.base import Format
+    from apprentice.formats.prompt import PromptTemplate
     from apprentice.lm.base import BaseLM
     from apprentice.module import Module
 
-__all__ = ["bind_student", "student_lm", "vllm_rank"]
+__all__ = ["bind_student", "student_lm", "template_options", "vllm_rank"]
 
 log = logging.getLogger(__name__)
 
@@ -164,14 +166,22 @@ def bind_student(
     serve: ServeConfig,
     *,
     lm_options: dict[str, Any] | None = None,
+    format: Format | None = None,
+    template: PromptTemplate | None = None,
 ) -> Module:
     """A copy of ``program`` with each predictor bound to the student and the adapter trained
     for its group (``groups``: adapter name -> predictor paths; ``adapter_dirs``: adapter name
-    -> its exported folder)."""
+    -> its exported folder), and to ``format``, the prompt format the adapters were trained
+    on (saved with the program, so a loaded program prompts the student the same way), and
+    to ``template``, the chat template and variables they were trained with: in process the
+    student LM renders with it; a server gets them in each request (``chat_template_kwargs``,
+    and ``chat_template`` when it is not the model's own)."""
     from apprentice.adapter import read_manifest
     from apprentice.serve.swap import with_adapter
 
     options = dict(lm_options or {})
+    if template is not None:
+        options.update(template_options(serve, template, options))
     manifests = {name: read_manifest(path) for name, path in adapter_dirs.items()}
     lora = {n: m for n, m in manifests.items() if m.method != "full"}
     # One engine for all of them: the same engine options for the name check and the binding.
@@ -195,11 +205,27 @@ def bind_student(
         )
     for path, predictor in program.named_predictors():
         name = by_path[path]
+        predictor.format = format
         if name in lora:
             predictor.lm = with_adapter(shared, served[name])
         else:  # a full finetune: its folder is a base model of its own
             predictor.lm = student_lm(serve, str(adapter_dirs[name]), **options)
     return program
+
+
+def template_options(
+    serve: ServeConfig, template: PromptTemplate, options: dict[str, Any] | None = None
+) -> dict[str, Any]:
+    """The student LM's options that make it render prompts with ``template``."""
+    options = options or {}
+    if serve.backend != "openai":
+        return {"template": template}
+    extra = dict(options.get("extra_body") or {})
+    if template.variables:
+        extra["chat_template_kwargs"] = dict(template.variables)
+    if template.chat_template is not None:
+        extra["chat_template"] = template.chat_template
+    return {"extra_body": extra} if extra else {}
 
 
 def _served_names(

@@ -37,6 +37,7 @@ __all__ = [
     "json_object",
     "prompt_messages",
     "sampling_options",
+    "template_options",
 ]
 
 log = logging.getLogger(__name__)
@@ -253,6 +254,40 @@ def sampling_options(data: dict[str, Any], *, chat: bool) -> dict[str, Any]:
         "stop": _stops(data.get("stop")),
         "seed": _integer("seed", data.get("seed"), low=INT64[0], high=INT64[1]),
     }
+
+
+MAX_TEMPLATE_VARS = 16
+
+
+def template_options(data: dict[str, Any]):
+    """The chat template variables a body asks for (``chat_template_kwargs``, as vLLM takes
+    them: a bound student sends the ``date_string`` its dataset fixed), or None. A
+    ``chat_template`` of the client's own is refused: the server renders with the model's."""
+    from apprentice.formats.prompt import PromptTemplate
+
+    if data.get("chat_template") is not None:
+        raise HTTPError(
+            400,
+            "chat_template is not supported by apprentice's server (it renders with the "
+            "model's own template); serve the student with the template it was trained with",
+            param="chat_template",
+        )
+    variables = data.get("chat_template_kwargs")
+    if variables is None:
+        return None
+    ok = (
+        isinstance(variables, dict)
+        and len(variables) <= MAX_TEMPLATE_VARS
+        and all(isinstance(v, str) and len(k) <= 64 and len(v) <= 256 for k, v in variables.items())
+    )
+    if not ok:
+        raise HTTPError(
+            400,
+            f"chat_template_kwargs must be an object of at most {MAX_TEMPLATE_VARS} string "
+            f"values (names up to 64, values up to 256 characters), got {_shown(variables, 100)}",
+            param="chat_template_kwargs",
+        )
+    return PromptTemplate(None, tuple(sorted(variables.items())))
 
 
 def _number(data, name, *, low, high=None, open_low=False) -> float | None:

@@ -9,15 +9,16 @@ from __future__ import annotations
 import functools
 import logging
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from apprentice.dataset.build import load_dataset_dir
 from apprentice.dataset.tokenize import tokenize_rows
+from apprentice.formats.prompt import PromptTemplate
 from apprentice.train.batching import collate_padded, collate_padding_free, length_grouped_batches
 from apprentice.train.config import TrainConfig
 
-__all__ = ["SPLITS", "TrainingRows", "batch_loader", "load_rows", "tokenize_splits"]
+__all__ = ["SPLITS", "TrainingRows", "batch_loader", "load_rows", "row_limit", "tokenize_splits"]
 
 log = logging.getLogger(__name__)
 
@@ -31,6 +32,7 @@ class TrainingRows:
     splits: dict[str, Any]  # split name -> datasets.Dataset
     dataset_hash: str
     predictors: list[str]  # whose rows these are (all the dataset's when none were named)
+    template: PromptTemplate = field(default_factory=PromptTemplate)  # the dataset's
 
 
 def load_rows(dataset_dir: str | os.PathLike, predictors: list[str] | None) -> TrainingRows:
@@ -53,11 +55,32 @@ def load_rows(dataset_dir: str | os.PathLike, predictors: list[str] | None) -> T
             + (f" for predictors {predictors}" if predictors else "")
             + "; bootstrap more traces or lower the threshold"
         )
-    return TrainingRows(splits, manifest.content_hash, list(predictors or manifest.predictors))
+    return TrainingRows(
+        splits,
+        manifest.content_hash,
+        list(predictors or manifest.predictors),
+        PromptTemplate.from_config(manifest.template),
+    )
+
+
+def row_limit(train: TrainConfig, context: int, student: str) -> int:
+    """The tokens a training row may hold: ``train.max_length``, or the student's context when
+    that is smaller and max_length was left at its default. A max_length set above the
+    context is refused: the engine serving the student refuses prompts beyond it, so rows
+    that long would teach a prompt that is never served."""
+    if train.max_length <= context:
+        return train.max_length
+    if "max_length" in train.model_fields_set:
+        raise ValueError(
+            f"train.max_length={train.max_length} is above the context of student {student!r} "
+            f"({context} tokens, which serving holds prompts to): set train.max_length to at "
+            f"most {context}"
+        )
+    return context
 
 
 def tokenize_splits(
-    rows: TrainingRows, tokenizer: Any, kind: str, train: TrainConfig
+    rows: TrainingRows, tokenizer: Any, kind: str, train: TrainConfig, max_length: int
 ) -> tuple[dict[str, list], dict[str, Any]]:
     """Token ids per split, and per split a report of the rows dropped for length."""
     features, reports = {}, {}
@@ -66,18 +89,22 @@ def tokenize_splits(
             dataset,
             tokenizer,
             kind=kind,
-            max_length=train.max_length,
+            max_length=max_length,
             max_target_length=train.max_target_length,
+            template=rows.template,
         )
-        if reports[split].targets_too_long:
+        report = reports[split]
+        if report.targets_too_long or report.prompts_too_long:
             log.warning(
-                "%s: %d of %d rows dropped because the target alone exceeds max_target_length=%d "
-                "or max_length=%d (targets are never cut)",
+                "%s: %d of %d rows dropped (never cut): %d with a target above "
+                "max_target_length=%d, %d longer than max_length=%d",
                 split,
-                reports[split].targets_too_long,
-                reports[split].rows,
+                report.targets_too_long + report.prompts_too_long,
+                report.rows,
+                report.targets_too_long,
                 train.max_target_length,
-                train.max_length,
+                report.prompts_too_long,
+                max_length,
             )
     if not features["train"]:
         raise ValueError(

@@ -27,7 +27,13 @@ from typing import Any
 
 from apprentice.train.config import LoraConfig, TrainConfig
 from apprentice.train.cpu import choose_threads, cpu_threads
-from apprentice.train.data import TrainingRows, batch_loader, load_rows, tokenize_splits
+from apprentice.train.data import (
+    TrainingRows,
+    batch_loader,
+    load_rows,
+    row_limit,
+    tokenize_splits,
+)
 from apprentice.train.export import (
     AdapterManifest,
     check_lora_config,
@@ -162,8 +168,12 @@ class AdapterTrainer:
     def setup_data(self, rows: TrainingRows) -> None:
         """Tokenizes the rows; causal students may pack rows into padding-free batches."""
         self.rows = rows
+        from apprentice.model_context import context_length
+
+        context = context_length(self.student.model.config, self.tokenizer)
+        self.max_length = row_limit(self.train_config, context, self.student.name)
         self.features, self.reports = tokenize_splits(
-            rows, self.tokenizer, self.kind, self.train_config
+            rows, self.tokenizer, self.kind, self.train_config, self.max_length
         )
         # Each validation row carries its index, so processes' losses are counted once each.
         validation = self.features.get("validation") or []

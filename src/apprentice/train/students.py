@@ -69,6 +69,21 @@ def student_kind(config: Any) -> Kind:
     return "seq2seq" if getattr(config, "is_encoder_decoder", False) else "causal"
 
 
+def kind_of_model(name_or_path: str | os.PathLike) -> Kind:
+    """``seq2seq`` or ``causal``, read from the model's config alone (a ``.gguf`` student is
+    a Llama-family checkpoint: causal). Used to choose the student's prompt format before
+    the model is loaded."""
+    from transformers import AutoConfig
+
+    name = str(name_or_path)
+    if name.endswith(".gguf"):
+        return "causal"
+    try:
+        return student_kind(AutoConfig.from_pretrained(_check_exists(name)))
+    except (OSError, ValueError) as exc:
+        raise StudentError(f"cannot load student config {name!r}: {exc}") from None
+
+
 def load_student(
     name_or_path: str | os.PathLike, *, dtype: Any = None, device: str | None = None
 ) -> Student:

@@ -12,7 +12,7 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Literal
 
-__all__ = ["make_tiny_student", "task_corpus", "train_bpe_tokenizer"]
+__all__ = ["make_tiny_student", "task_corpus", "train_bpe_tokenizer", "train_t5_tokenizer"]
 
 SPECIALS = ["<pad>", "</s>", "<unk>", "<s>"]
 
@@ -69,6 +69,74 @@ def train_bpe_tokenizer(
     return wrapped
 
 
+def train_t5_tokenizer(texts: Iterable[str], *, vocab_size: int = 1000):
+    """A SentencePiece-style unigram tokenizer with a real T5 tokenizer's rules, trained on
+    ``texts``: NFKC normalization, newlines and tabs turned into spaces, runs of spaces
+    collapsed and the ends stripped (what T5's ``nmt_nfkc`` and SentencePiece do), no token
+    for ``{``, ``}``, ``<``, ``>`` or a backtick (T5's vocabulary has none: they become
+    ``<unk>``), ``</s>`` appended. A tiny T5 student trained with it fails wherever a real
+    T5 would, so the tests and the demo meet what a real T5 meets. Digits are single tokens
+    (as in ``train_bpe_tokenizer``, for the tiny student's copying of ids)."""
+    from tokenizers import (
+        Regex,
+        Tokenizer,
+        decoders,
+        models,
+        normalizers,
+        pre_tokenizers,
+        processors,
+        trainers,
+    )
+    from transformers import PreTrainedTokenizerFast
+
+    tokenizer = Tokenizer(models.Unigram())
+    tokenizer.normalizer = normalizers.Sequence(
+        [
+            normalizers.Nmt(),
+            normalizers.NFKC(),
+            normalizers.Replace(Regex(r"\s+"), " "),
+            normalizers.Strip(),
+        ]
+    )
+    tokenizer.pre_tokenizer = pre_tokenizers.Sequence(
+        [
+            pre_tokenizers.WhitespaceSplit(),
+            pre_tokenizers.Metaspace(replacement="\u2581", prepend_scheme="always"),
+            pre_tokenizers.Digits(individual_digits=True),
+        ]
+    )
+    tokenizer.decoder = decoders.Metaspace(replacement="\u2581", prepend_scheme="always")
+    from apprentice.formats.t5 import SAFE
+
+    missing = str.maketrans("", "", T5_MISSING)
+    trainer = trainers.UnigramTrainer(
+        vocab_size=vocab_size,
+        special_tokens=SPECIALS,
+        unk_token="<unk>",
+        initial_alphabet=sorted(SAFE - {" "}),  # every character the T5 format writes
+        max_piece_length=16,
+        show_progress=False,
+    )
+    tokenizer.train_from_iterator((t.translate(missing) for t in texts), trainer=trainer)
+    eos = tokenizer.token_to_id("</s>")
+    tokenizer.post_processor = processors.TemplateProcessing(
+        single="$A </s>", pair="$A </s> $B </s>", special_tokens=[("</s>", eos)]
+    )
+    return PreTrainedTokenizerFast(
+        tokenizer_object=tokenizer,
+        pad_token="<pad>",
+        eos_token="</s>",
+        unk_token="<unk>",
+        bos_token="<s>",
+        padding_side="right",
+        model_max_length=512,  # T5's: its relative positions set no limit in the config
+    )
+
+
+# Printable ASCII characters that T5's spiece.model has no piece for.
+T5_MISSING = "{}<>`"
+
+
 def make_tiny_student(
     kind: Literal["causal", "seq2seq"],
     texts: Iterable[str],
@@ -87,9 +155,10 @@ def make_tiny_student(
     from transformers import LlamaConfig, LlamaForCausalLM, T5Config, T5ForConditionalGeneration
 
     out_dir = Path(out_dir)
-    tokenizer = train_bpe_tokenizer(
-        texts, vocab_size=vocab_size, kind=kind, chat_template=chat_template
-    )
+    if kind == "seq2seq":
+        tokenizer = train_t5_tokenizer(texts, vocab_size=vocab_size)
+    else:
+        tokenizer = train_bpe_tokenizer(texts, vocab_size=vocab_size, chat_template=chat_template)
     ids = {name: tokenizer.convert_tokens_to_ids(name) for name in SPECIALS}
     torch.manual_seed(seed)
     if kind == "causal":
@@ -134,19 +203,22 @@ def make_tiny_student(
     return out_dir
 
 
-def task_corpus(program, examples, teacher) -> list[str]:
+def task_corpus(program, examples, teacher, format=None) -> list[str]:
     """The text a tiny student's tokenizer is trained on: every prompt and completion the
-    teacher produces when it runs ``program`` over ``examples``."""
+    teacher produces when it runs ``program`` over ``examples``, rendered in ``format`` (the
+    student's: ``T5Format()`` for a tiny T5; None: the format in force)."""
     from apprentice.formats import messages_to_prompt
+    from apprentice.settings import context
     from apprentice.traces.capture import run_traced
 
     runner = program.deepcopy()
     runner.set_lm(teacher)
     texts = []
-    for example in examples:
-        for step in run_traced(runner, example).steps:
-            if step.completion is not None:
-                texts.append(messages_to_prompt(step.messages) + step.completion)
+    with context(**({"format": format} if format is not None else {})):
+        for example in examples:
+            for step in run_traced(runner, example).steps:
+                if step.completion is not None:
+                    texts.append(messages_to_prompt(step.messages) + step.completion)
     if not texts:
         raise ValueError("the teacher produced no completions to train a tokenizer on")
     return texts
