@@ -55,6 +55,13 @@ def test_a_serving_change_rebinds_the_student_without_retraining_it(tmp_path):
     }
     assert _lm_config(root)["max_new_tokens"] == 32
     assert [p.stat().st_mtime_ns for p in weights] == stamps
+    # `apprentice eval --set serve...` scores the student served that way: eval binds again
+    # (before: it scored the program still bound with the old settings).
+    overrides = ["serve.max_new_tokens=24", "eval.teacher=false", "eval.untrained=false"]
+    scored = Run.open(root, overrides=overrides, progress=False)
+    assert scored.eval().status == "ran"
+    assert [o.stage for o in scored.outcomes] == ["bind", "eval"]
+    assert _lm_config(root)["max_new_tokens"] == 24
     # A training change does retrain (and rebinds).
     third = Run.open(root, overrides=["train.learning_rate=0.001"], progress=False)
     assert _stages(third, ("train", "bind")) == {"train": "ran", "bind": "ran"}

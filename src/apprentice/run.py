@@ -240,6 +240,10 @@ class Run(Pipeline):
         from apprentice.traces.bootstrap import dataset_hash, program_hash
 
         r = self.recipe
+        if all((d / "adapter" / "manifest.json").exists() for d in self.adapter_dirs().values()):
+            # `apprentice eval --set serve.backend=...` scores the student served that way:
+            # bind again first (cheap; skipped when the serve settings did not change).
+            self.bind()
         self.require(self.program_file, "bind")
         devset = r.load_split("dev")
         metric = r.make_metric()
