@@ -72,3 +72,28 @@ def test_the_trained_prompt_is_the_served_prompt(tmp_path, kind, asked, resolved
             record = sent[(row["predictor"], row["messages"][-1]["content"])]
             assert record.messages == row["messages"]  # byte for byte
             assert engine.encode(record.messages) == prompt  # token for token
+
+
+def test_a_max_length_above_the_students_context_is_refused_before_the_teacher_runs(tmp_path):
+    # T5's context is one number (512, from its tokenizer) in training and serving.
+    student = make_tiny_student(
+        "seq2seq", ["a ticket"] * 8, tmp_path / "t5", hidden_size=32, num_layers=1, vocab_size=300
+    )
+    calls = []
+
+    def counting(signature, inputs):
+        calls.append(inputs)
+        return teacher(signature, inputs)
+
+    optimizer = ap.BootstrapFinetune(
+        metric=metric,
+        student=student,
+        run_dir=tmp_path / "run",
+        progress=False,
+        train=ap.TrainConfig(max_length=1024),
+    )
+    with pytest.raises(ValueError, match=r"max_length=1024 is above the context .* \(512 tokens"):
+        optimizer.compile(
+            TicketTriage(), trainset=make_examples(2), teacher=ap.ScriptedLM(counting)
+        )
+    assert calls == []  # nothing paid

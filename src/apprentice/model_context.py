@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import Any
 
-__all__ = ["DEFAULT_CONTEXT", "context_length"]
+__all__ = ["DEFAULT_CONTEXT", "context_length", "local_context_length"]
 
 DEFAULT_CONTEXT = 512
 
@@ -27,3 +27,33 @@ def context_length(config: Any, tokenizer: Any) -> int:
     if type(limit) is int and 0 < limit < 10_000_000:  # transformers' "no limit" is 1e30
         return limit
     return DEFAULT_CONTEXT
+
+
+def local_context_length(name_or_path: str) -> int | None:
+    """``context_length`` of a model whose config is on this machine (a folder, or a hub name
+    in the local cache), read from its config and ``tokenizer_config.json`` without loading
+    the tokenizer; None when the files are not here (nothing is downloaded)."""
+    import json
+    from pathlib import Path
+    from types import SimpleNamespace
+
+    from transformers import AutoConfig
+
+    try:
+        config = AutoConfig.from_pretrained(name_or_path, local_files_only=True)
+    except (OSError, ValueError):
+        return None
+    limit = None
+    folder = Path(name_or_path).expanduser()
+    tokenizer_config = folder / "tokenizer_config.json"
+    if not tokenizer_config.is_file():
+        try:
+            from huggingface_hub import try_to_load_from_cache
+
+            cached = try_to_load_from_cache(name_or_path, "tokenizer_config.json")
+            tokenizer_config = Path(cached) if isinstance(cached, str) else None
+        except (ImportError, ValueError):
+            tokenizer_config = None
+    if tokenizer_config is not None and tokenizer_config.is_file():
+        limit = json.loads(tokenizer_config.read_text()).get("model_max_length")
+    return context_length(config, SimpleNamespace(model_max_length=limit))

@@ -229,6 +229,7 @@ class Pipeline:
         from apprentice.traces.store import TraceStore, TraceStoreMismatch
 
         job, cfg = self.job, self.job.bootstrap
+        self.check_context()  # before the teacher is paid
         program = job.make_program()
         key = _hash(
             program_hash(program), dataset_hash(job.trainset), job.teacher_key, _section(cfg)
@@ -339,6 +340,19 @@ class Pipeline:
                 kind = kind_of_model(self.student_path())
             name = "t5" if kind == "seq2seq" else "chat"
         return format_named(name)
+
+    def check_context(self) -> None:
+        """Refuses a ``train.max_length`` above the student's context before anything runs,
+        when the student's files are on this machine (a local folder, or a hub model in the
+        local cache); otherwise the trainer checks it when it loads the student."""
+        if self.job.tiny is not None or str(self.student_path()).endswith(".gguf"):
+            return
+        from apprentice.model_context import local_context_length
+        from apprentice.train.data import row_limit
+
+        context = local_context_length(self.student_path())
+        if context is not None:
+            row_limit(self.job.train, context, self.student_path())
 
     def prompt_template(self):
         """The chat template the student is trained and served with (``chat_template``: a

@@ -108,6 +108,12 @@ def train_t5_tokenizer(texts: Iterable[str], *, vocab_size: int = 1000):
     tokenizer.decoder = decoders.Metaspace(replacement="\u2581", prepend_scheme="always")
     from apprentice.formats.t5 import SAFE
 
+    smallest = len(SAFE) + len(SPECIALS)  # every character the T5 format writes, and specials
+    if vocab_size < smallest:
+        raise ValueError(
+            f"vocab_size {vocab_size} is too small for a T5-like tokenizer: it must hold the "
+            f"{smallest} characters and special tokens the T5 format uses; give at least {smallest}"
+        )
     missing = str.maketrans("", "", T5_MISSING)
     trainer = trainers.UnigramTrainer(
         vocab_size=vocab_size,
