@@ -70,9 +70,9 @@ def escape(text: str) -> str:
     n = len(text)
     for i, char in enumerate(text):
         if char == " ":
-            # A space survives only alone between two kept characters: not first or last,
-            # not beside another space, a newline or a tab (those become escapes, but the
-            # tokenizer sees the space before the escape is read as a break).
+            # A space survives only alone between two other characters: T5 drops spaces
+            # at either end and collapses runs (a newline or tab beside it is written as a
+            # visible escape, so it does not count).
             alone = 0 < i < n - 1 and text[i - 1] != " " and text[i + 1] != " "
             out.append(" " if alone else ESC + "s")
         elif char in _NAMED:
@@ -92,7 +92,7 @@ _ESCAPE_RE = re.compile(r"\|(u[0-9a-fA-F]{4}|U[0-9a-fA-F]{8}|.)", re.S)
 
 def unescape(text: str) -> str:
     """The inverse of ``escape``. An unknown escape is kept as written (a model's slip
-    should not lose text); a lone backslash at the end too."""
+    should not lose text), and so is a lone ``|`` at the end."""
 
     def one(match: re.Match[str]) -> str:
         code = match.group(1)
