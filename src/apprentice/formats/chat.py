@@ -103,6 +103,11 @@ def _reply_order(signature: type[Signature]) -> str:
 class ChatFormat(Format):
     name = "chat"
     version = 2  # 2: [[name]] markers (1 used "### name")
+    markers = _MARKER_RE  # what a field's marker looks like in a reply (T5: inline)
+
+    def field_text(self, section: str) -> str:
+        """A section's text as the value it holds (T5: un-escaped)."""
+        return section
 
     def system_message(self, signature: type[Signature]) -> str:
         # Kept lean: every token here is paid on every call and every training row
@@ -138,9 +143,9 @@ class ChatFormat(Format):
         return render_sections(signature.output_fields, outputs, False)
 
     def parse(self, signature: type[Signature], completion: str) -> dict[str, Any]:
-        sections = find_sections(completion, list(signature.output_fields))
+        sections = find_sections(completion, list(signature.output_fields), self.markers)
         missing = [n for n in signature.output_fields if n not in sections]
-        if missing and len(signature.output_fields) == 1 and not _MARKER_RE.search(completion):
+        if missing and len(signature.output_fields) == 1 and not self.markers.search(completion):
             # A single-output signature answered without markers: take the whole text.
             sections = {next(iter(signature.output_fields)): completion.strip()}
             missing = []
@@ -150,7 +155,7 @@ class ChatFormat(Format):
             if name not in sections:
                 continue
             try:
-                values[name] = parse_value(sections[name], field.annotation)
+                values[name] = parse_value(self.field_text(sections[name]), field.annotation)
             except ValueError as exc:
                 invalid[name] = str(exc)
         if missing or invalid:

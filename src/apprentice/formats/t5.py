@@ -26,9 +26,8 @@ import string
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
-from apprentice.formats.base import ParseError
-from apprentice.formats.chat import ChatFormat, find_sections
-from apprentice.formats.values import format_value, json_schema_hint, parse_value
+from apprentice.formats.chat import ChatFormat
+from apprentice.formats.values import format_value, json_schema_hint
 
 if TYPE_CHECKING:
     from apprentice.signature import Field, Signature
@@ -122,6 +121,7 @@ class T5Format(ChatFormat):
 
     name = "t5"
     version = 1
+    markers = _MARKER_RE  # inline: the tokenizer keeps no line breaks
 
     def system_message(self, signature: type[Signature]) -> str:
         # Leaner than the chat format's: T5 reads 512 tokens in all, and inputs need no JSON
@@ -141,24 +141,8 @@ class T5Format(ChatFormat):
     def render_outputs(self, signature: type[Signature], outputs: Mapping[str, Any]) -> str:
         return _sections(signature.output_fields, outputs, False)
 
-    def parse(self, signature: type[Signature], completion: str) -> dict[str, Any]:
-        names = list(signature.output_fields)
-        sections = find_sections(completion, names, _MARKER_RE)
-        missing = [n for n in names if n not in sections]
-        if missing and len(names) == 1 and not _MARKER_RE.search(completion):
-            sections, missing = {names[0]: completion.strip()}, []
-        invalid: dict[str, str] = {}
-        values: dict[str, Any] = {}
-        for name, field in signature.output_fields.items():
-            if name not in sections:
-                continue
-            try:
-                values[name] = parse_value(unescape(sections[name]), field.annotation)
-            except ValueError as exc:
-                invalid[name] = str(exc)
-        if missing or invalid:
-            raise ParseError(completion, missing, invalid, self.name)
-        return values
+    def field_text(self, section: str) -> str:
+        return unescape(section)
 
 
 def _describe(fields: Mapping[str, Field], hints: bool = True) -> str:
