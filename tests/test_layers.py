@@ -38,7 +38,10 @@ LAYERS = [
     ("traces and data", {"traces", "dataset"}),
     ("training", {"train"}),
     ("evaluation", {"evaluate"}),
-    ("pipeline", {"optimize", "recipe", "recipe_sections", "run", "pipeline", "cli"}),
+    (
+        "pipeline",
+        {"optimize", "recipe", "recipe_sections", "run", "pipeline", "student_prompt", "cli"},
+    ),
 ]
 RANK = {part: rank for rank, (_, parts) in enumerate(LAYERS) for part in parts}
 

@@ -34,6 +34,7 @@ from typing import Any
 
 from apprentice.files import atomic_write, exclusive, folder_lock
 from apprentice.progress import library_bars, show_progress
+from apprentice.student_prompt import check_context, prompt_template, student_format
 
 __all__ = ["Job", "Pipeline", "StageOutcome", "adapter_groups"]
 
@@ -229,7 +230,8 @@ class Pipeline:
         from apprentice.traces.store import TraceStore, TraceStoreMismatch
 
         job, cfg = self.job, self.job.bootstrap
-        self.check_context()  # before the teacher is paid
+        # before the teacher is paid
+        check_context(job.train, self.student_path(), job.tiny)
         program = job.make_program()
         key = _hash(
             program_hash(program), dataset_hash(job.trainset), job.teacher_key, _section(cfg)
@@ -281,7 +283,7 @@ class Pipeline:
         store = TraceStore(self.traces_dir)
         threshold = job.bootstrap.threshold
         fmt = self.student_format()
-        template = self.prompt_template()
+        template = prompt_template(job.chat_template)
         key = _hash(
             store.content_hash(),
             program_hash(program),
@@ -325,69 +327,18 @@ class Pipeline:
         return self.job.student
 
     def student_format(self):
-        """The format the student is trained and served with: ``dataset.format``, where
-        ``auto`` is the T5 format for a seq2seq student (a T5 tokenizer keeps no newlines or
-        braces) and the chat format otherwise."""
+        """The format the student is trained and served with (``student_prompt``)."""
+        return student_format(self.job.dataset.format, self.student_path(), self.job.tiny)
+
+    def trained_prompt(self):
+        """(format, chat template and its variables) the dataset's rows were rendered with:
+        what the adapters learned, read from the dataset's manifest."""
+        from apprentice.dataset.build import read_dataset_manifest
         from apprentice.formats import format_named
-
-        name = self.job.dataset.format
-        if name == "auto":
-            if self.job.tiny is not None:
-                kind = self.job.tiny.kind
-            else:
-                from apprentice.train.students import kind_of_model
-
-                kind = kind_of_model(self.student_path())
-            name = "t5" if kind == "seq2seq" else "chat"
-        return format_named(name)
-
-    def check_context(self) -> None:
-        """Refuses a ``train.max_length`` above the student's context before anything runs,
-        when the student's files are on this machine (a local folder, or a hub model in the
-        local cache); otherwise the trainer checks it when it loads the student."""
-        if self.job.tiny is not None or str(self.student_path()).endswith(".gguf"):
-            return
-        from apprentice.model_context import local_context_length
-        from apprentice.train.data import row_limit
-
-        context = local_context_length(self.student_path())
-        if context is not None:
-            row_limit(self.job.train, context, self.student_path())
-
-    def prompt_template(self):
-        """The chat template the student is trained and served with (``chat_template``: a
-        Jinja file or text, ``none``, or None for the tokenizer's own); the dataset records
-        it with the date it fixes."""
-        from apprentice.formats.prompt import NO_TEMPLATE, PromptTemplate
-
-        value = self.job.chat_template
-        if value is None or value == NO_TEMPLATE:
-            return PromptTemplate(value)
-        if "{{" in value or "{%" in value:
-            return PromptTemplate(value)
-        path = Path(value).expanduser()
-        if not path.is_file():
-            raise ValueError(
-                f"chat_template {value!r:.120} is not a file, not Jinja text (no '{{{{' or "
-                f"'{{%') and not {NO_TEMPLATE!r}: give the template's file or its text"
-            )
-        return PromptTemplate(path.read_text())
-
-    def trained_format(self):
-        """The format the dataset's rows were rendered in: what the adapters learned."""
-        from apprentice.dataset.build import load_dataset_dir
-        from apprentice.formats import format_named
-
-        _, manifest = load_dataset_dir(self.dataset_dir)
-        return format_named(manifest.format)
-
-    def trained_template(self):
-        """The chat template and variables the dataset's rows were trained with."""
-        from apprentice.dataset.build import load_dataset_dir
         from apprentice.formats.prompt import PromptTemplate
 
-        _, manifest = load_dataset_dir(self.dataset_dir)
-        return PromptTemplate.from_config(manifest.template)
+        manifest = read_dataset_manifest(self.dataset_dir)
+        return format_named(manifest.format), PromptTemplate.from_config(manifest.template)
 
     def ensure_student(self, dataset_hash: str) -> str:
         """The student's path; a tiny student is built from the training rows on first use."""
@@ -421,10 +372,10 @@ class Pipeline:
         return str(path)
 
     def train_key(self) -> str:
-        from apprentice.dataset.build import load_dataset_dir
+        from apprentice.dataset.build import read_dataset_manifest
 
         job = self.job
-        _, manifest = load_dataset_dir(self.dataset_dir)
+        manifest = read_dataset_manifest(self.dataset_dir)
         groups = adapter_groups(job.make_program(), job.dataset.multitask)
         student = {"model": job.student, "tiny": _section(job.tiny)}
         return _hash(
@@ -433,12 +384,12 @@ class Pipeline:
 
     def train(self) -> StageOutcome:
         """One adapter per group of predictors (LoRA or full), each resumable."""
-        from apprentice.dataset.build import load_dataset_dir
+        from apprentice.dataset.build import read_dataset_manifest
         from apprentice.train import sft
 
         job = self.job
         self.require(self.dataset_dir / "manifest.json", "dataset")
-        _, manifest = load_dataset_dir(self.dataset_dir)
+        manifest = read_dataset_manifest(self.dataset_dir)
         groups = adapter_groups(job.make_program(), job.dataset.multitask)
         key = self.train_key()
         outs = self.adapter_dirs()
@@ -485,6 +436,7 @@ class Pipeline:
         def run() -> dict[str, Any]:
             program = job.make_program()
             groups = adapter_groups(program, job.dataset.multitask)
+            fmt, template = self.trained_prompt()
             compiled = bind_student(
                 program,
                 groups,
@@ -492,8 +444,8 @@ class Pipeline:
                 self.student_path(),
                 job.serve,
                 lm_options=job.lm_options,
-                format=self.trained_format(),
-                template=self.trained_template(),
+                format=fmt,
+                template=template,
             )
             compiled.save(self.program_file)
             self._compiled = compiled

@@ -302,7 +302,7 @@ class Run(Pipeline):
                 elif system in ("untrained", "fewshot"):
                     program = r.make_program() if system == "untrained" else self._fewshot()
                     cap = r.eval.untrained_max_new_tokens
-                    options = template_options(r.serve, self.trained_template())
+                    options = template_options(r.serve, self.trained_prompt()[1])
                     lm = student_lm(r.serve, self.student_path(), max_new_tokens=cap, **options)
                     program.set_lm(lm)
                     program.set_format(self.student_format())

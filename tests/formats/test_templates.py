@@ -148,8 +148,7 @@ def test_the_dataset_fixes_the_date_and_the_binding_serves_it(tmp_path):
 
 @pytest.mark.parametrize("value", ["no-such-file.jinja", "plain words"])
 def test_a_chat_template_that_is_neither_file_nor_jinja_is_refused(tmp_path, value):
-    from apprentice.pipeline import Job, Pipeline
+    from apprentice.student_prompt import prompt_template
 
-    job = Job(None, [], None, None, "student", None, None, None, None, None, chat_template=value)
     with pytest.raises(ValueError, match="not a file, not Jinja text"):
-        Pipeline(tmp_path, job, progress=False).prompt_template()
+        prompt_template(value)

@@ -28,7 +28,7 @@ from apprentice.traces.bootstrap import passes
 from apprentice.traces.capture import Trace
 from apprentice.traces.store import TraceStore
 
-__all__ = ["DatasetManifest", "build_dataset", "load_dataset_dir"]
+__all__ = ["DatasetManifest", "build_dataset", "load_dataset_dir", "read_dataset_manifest"]
 
 log = logging.getLogger(__name__)
 
@@ -248,6 +248,12 @@ def load_dataset_dir(path: str | os.PathLike) -> tuple[Any, DatasetManifest]:
     """Reads what ``build_dataset`` wrote: (DatasetDict, manifest)."""
     from datasets import load_from_disk
 
+    manifest = read_dataset_manifest(path)
+    return load_from_disk(str(Path(path) / "data")), manifest
+
+
+def read_dataset_manifest(path: str | os.PathLike) -> DatasetManifest:
+    """The manifest ``build_dataset`` wrote, without loading the rows."""
     path = Path(path)
     manifest_file = path / "manifest.json"
     if not manifest_file.exists():
@@ -261,4 +267,4 @@ def load_dataset_dir(path: str | os.PathLike) -> tuple[Any, DatasetManifest]:
         raise ValueError(
             f"{manifest_file} has version {data['version']}; this apprentice reads up to {VERSION}"
         )
-    return load_from_disk(str(path / "data")), DatasetManifest(**data)
+    return DatasetManifest(**data)
