@@ -161,3 +161,68 @@ def test_train_refuses_a_dataset_whose_rebuild_was_killed(tmp_path, monkeypatch,
     assert again.dataset().status == "resumed"  # the same inputs, built again whole
     _, new = load_dataset_dir(root / "dataset")
     assert new.val_fraction == 0.5 and new.content_hash != old.content_hash
+
+
+def test_the_dataset_manifest_counts_the_rows_too_long_for_the_student(tmp_path):
+    from apprentice.cli import _short
+    from apprentice.dataset import load_dataset_dir
+    from apprentice.train.tiny import make_tiny_student, task_corpus
+
+    # A student folder on this machine: its tokenizer counts the rows when the dataset is built.
+    corpus = task_corpus(TicketTriage(), make_examples(8), ap.ScriptedLM(teacher))
+    student = make_tiny_student(
+        "causal", corpus, tmp_path / "student", hidden_size=32, num_layers=1, vocab_size=400
+    )
+    # 200 tokens: the extract prompts fit, the longer classify prompts (ChainOfThought) do not.
+    overrides = [
+        *SHORT[:3],
+        f"student.model={student}",
+        "student.tiny=null",
+        "train.max_steps=1",
+        "train.batch_size=4",
+        "train.max_length=200",
+    ]
+    run = Run.open(RECIPE, overrides=overrides, run_dir=tmp_path / "run", progress=False)
+    run.bootstrap()
+    summary = run.dataset().summary
+    _, manifest = load_dataset_dir(tmp_path / "run" / "dataset")
+    assert manifest.lengths == {
+        "checked": True,
+        "max_length": 200,
+        "max_target_length": 256,
+        "splits": {
+            "train": {"rows": 14, "kept": 7, "prompts_too_long": 7, "targets_too_long": 0},
+            "validation": {"rows": 2, "kept": 1, "prompts_too_long": 1, "targets_too_long": 0},
+        },
+    }
+    assert summary["too_long"] == {"train": 7, "validation": 1}
+    assert _short("dataset", summary).endswith(
+        "too long for the student (training drops them): train 7, validation 1"
+    )
+    # Training applies the same rule and drops the same rows.
+    metrics = run.train().summary["multitask"]["metrics"]
+    assert metrics["rows"] == manifest.lengths["splits"]
+    # Another max_length is another count: the dataset stage runs again, its rows unchanged.
+    again = Run.open(
+        tmp_path / "run", overrides=[*overrides[:-1], "train.max_length=1024"], progress=False
+    )
+    assert again.dataset().status == "ran"
+    _, rebuilt = load_dataset_dir(tmp_path / "run" / "dataset")
+    assert rebuilt.content_hash == manifest.content_hash
+    assert {s: r["kept"] for s, r in rebuilt.lengths["splits"].items()} == {
+        "train": 14,
+        "validation": 2,
+    }
+
+
+def test_a_tiny_students_rows_are_counted_by_training_alone(tmp_path):
+    from apprentice.dataset import load_dataset_dir
+
+    run = Run.open(RECIPE, overrides=SHORT, run_dir=tmp_path / "run", progress=False)
+    run.bootstrap()
+    assert run.dataset().summary["too_long"] is None
+    _, manifest = load_dataset_dir(tmp_path / "run" / "dataset")
+    assert manifest.lengths == {
+        "checked": False,
+        "why": "a tiny student's tokenizer is trained in the train stage",
+    }

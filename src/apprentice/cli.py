@@ -202,7 +202,13 @@ def _short(stage: str, s: dict) -> str:
         )
     if stage == "dataset":
         counts = s.get("counts", {})
-        return ", ".join(f"{k} {sum(v.values())} rows" for k, v in counts.items())
+        text = ", ".join(f"{k} {sum(v.values())} rows" for k, v in counts.items())
+        long = {k: n for k, n in (s.get("too_long") or {}).items() if n}
+        if long:
+            text += "; too long for the student (training drops them): " + ", ".join(
+                f"{k} {n}" for k, n in long.items()
+            )
+        return text
     if stage == "train":
         return ", ".join(
             f"{name}: {v.get('method')} val loss {v.get('final_val_loss') or float('nan'):.4f}"

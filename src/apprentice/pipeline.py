@@ -34,7 +34,13 @@ from typing import Any
 
 from apprentice.files import atomic_write, exclusive, folder_lock
 from apprentice.progress import library_bars, show_progress
-from apprentice.student_prompt import check_context, prompt_template, student_format
+from apprentice.student_prompt import (
+    check_context,
+    length_check,
+    prompt_template,
+    student_format,
+    too_long,
+)
 
 __all__ = ["Job", "Pipeline", "StageOutcome", "adapter_groups"]
 
@@ -291,6 +297,11 @@ class Pipeline:
             threshold,
             fmt.name,
             template.chat_template,
+            # What the rows-too-long count depends on (length_check).
+            self.student_path(),
+            _section(job.tiny),
+            job.train.max_length,
+            job.train.max_target_length,
         )
 
         def run() -> dict[str, Any]:
@@ -304,6 +315,7 @@ class Pipeline:
                     val_fraction=job.dataset.val_fraction,
                     format=fmt,
                     template=template,
+                    lengths=length_check(self.student_path(), job.tiny, job.train),
                 )
             except ValueError as exc:
                 boot = self.state()["stages"].get("bootstrap", {}).get("summary", {})
@@ -318,6 +330,7 @@ class Pipeline:
                 "drops": manifest.drops,
                 "hash": manifest.content_hash,
                 "format": manifest.format,
+                "too_long": too_long(manifest.lengths),
             }
 
         exists = (self.dataset_dir / "manifest.json").exists()

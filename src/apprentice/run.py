@@ -350,6 +350,11 @@ class Run(Pipeline):
             "prompt format": stages.get("dataset", {}).get("summary", {}).get("format"),
             "bootstrap": stages.get("bootstrap", {}).get("summary"),
             "dataset rows": stages.get("dataset", {}).get("summary", {}).get("counts"),
+            # Counted when the dataset was built, with the student's tokenizer (None: a tiny
+            # student, or one not on this machine; training's count below still holds).
+            "rows too long for the student (dataset)": stages.get("dataset", {})
+            .get("summary", {})
+            .get("too_long"),
             # Rows too long for max_length (or the student's context) are dropped, never cut.
             "rows dropped for length": {
                 name: _dropped(entry.get("metrics", {}).get("rows", {}))

@@ -1,11 +1,12 @@
 """What a run decides about its student's prompts before anything is trained: the format
 (``dataset.format``, ``auto`` picking by the student's kind), the chat template
-(``student.chat_template``) and whether ``train.max_length`` fits the student's context.
-The pipeline records the first two in the dataset manifest; training and binding read
-them from there."""
+(``student.chat_template``), whether ``train.max_length`` fits the student's context, and
+how many rows are too long for it. The pipeline records the format, the template and the
+length count in the dataset manifest; training and binding read them from there."""
 
 from __future__ import annotations
 
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -13,7 +14,7 @@ if TYPE_CHECKING:
     from apprentice.formats.base import Format
     from apprentice.formats.prompt import PromptTemplate
 
-__all__ = ["check_context", "prompt_template", "student_format"]
+__all__ = ["check_context", "length_check", "prompt_template", "student_format", "too_long"]
 
 
 def student_format(name: str, student: str, tiny: Any = None) -> Format:
@@ -60,3 +61,78 @@ def prompt_template(value: str | None) -> PromptTemplate:
             f"'{{%') and not {NO_TEMPLATE!r}: give the template's file or its text"
         )
     return PromptTemplate(path.read_text())
+
+
+Rows = Mapping[str, Sequence[Mapping[str, Any]]]
+
+
+def length_check(
+    student: str, tiny: Any, train: Any
+) -> Callable[[Rows, PromptTemplate], dict[str, Any]]:
+    """A function that counts, per split, the dataset rows too long for the student: the
+    rule training applies (``dataset.tokenize``: a row over ``train.max_length`` or the
+    student's context, or a target over ``train.max_target_length``, is dropped, never cut),
+    run when the dataset is built so its manifest and the report say it before training.
+    A tiny student's tokenizer is trained from these rows in the train stage, and a hub
+    student not on this machine is never downloaded for this: their rows are counted by
+    training alone (the adapter's metrics), and the manifest says why."""
+
+    def check(splits: Rows, template: PromptTemplate) -> dict[str, Any]:
+        if tiny is not None:
+            return {
+                "checked": False,
+                "why": "a tiny student's tokenizer is trained in the train stage",
+            }
+        loaded = _local_tokenizer(student)
+        if isinstance(loaded, str):
+            return {"checked": False, "why": loaded}
+        config, tokenizer = loaded
+        from apprentice.dataset.tokenize import tokenize_rows
+        from apprentice.model_context import context_length
+        from apprentice.train.data import row_limit
+        from apprentice.train.students import student_kind
+
+        limit = row_limit(train, context_length(config, tokenizer), student)
+        counts = {}
+        for name, rows in splits.items():
+            _, report = tokenize_rows(
+                rows,
+                tokenizer,
+                kind=student_kind(config),
+                max_length=limit,
+                max_target_length=train.max_target_length,
+                template=template,
+            )
+            counts[name] = report.to_dict()
+        return {
+            "checked": True,
+            "max_length": limit,
+            "max_target_length": train.max_target_length,
+            "splits": counts,
+        }
+
+    return check
+
+
+def too_long(lengths: Mapping[str, Any]) -> dict[str, int] | None:
+    """Per split, the rows ``length_check`` found too long; None where it could not count."""
+    if not lengths.get("checked"):
+        return None
+    return {
+        split: r["prompts_too_long"] + r["targets_too_long"]
+        for split, r in lengths["splits"].items()
+    }
+
+
+def _local_tokenizer(student: str) -> tuple[Any, Any] | str:
+    """(config, tokenizer) of a student whose files are on this machine, else why not."""
+    from transformers import AutoConfig, AutoTokenizer
+
+    from apprentice.gguf import GGUFError, resolve_model
+
+    try:
+        name = str(resolve_model(student))
+        config = AutoConfig.from_pretrained(name, local_files_only=True)
+        return config, AutoTokenizer.from_pretrained(name, local_files_only=True)
+    except (GGUFError, OSError, ValueError) as exc:
+        return f"the student's tokenizer is not on this machine ({str(exc)[:200]})"

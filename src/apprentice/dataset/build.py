@@ -15,7 +15,7 @@ import os
 import shutil
 import time
 from collections import Counter, defaultdict
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -52,6 +52,9 @@ class DatasetManifest:
     # The chat template and its variables (the date fixed at build time) that causal
     # students are trained and served with: formats.prompt.PromptTemplate.to_config().
     template: dict[str, Any] = field(default_factory=dict)
+    # Rows too long for the student, per split (``student_prompt.length_check``): training
+    # drops them. ``{"checked": False, "why": ...}`` where they could not be counted here.
+    lengths: dict[str, Any] = field(default_factory=dict)
     schema: str = SCHEMA
     version: int = VERSION
     created: float = field(default_factory=time.time)
@@ -126,6 +129,8 @@ def build_dataset(
     seed: int = 0,
     format: Format | None = None,
     template: PromptTemplate | None = None,
+    lengths: Callable[[dict[str, list[dict[str, Any]]], PromptTemplate], dict[str, Any]]
+    | None = None,
 ) -> DatasetManifest:
     """Writes ``out_dir/data`` (a DatasetDict: train, validation) and ``out_dir/manifest.json``.
 
@@ -134,7 +139,8 @@ def build_dataset(
     Steps of one example always land in the same split. ``template`` (default: the
     tokenizer's own chat template) is recorded with today's date as its ``date_string``
     unless it names one: a template that writes a date (Llama 3.x) writes this one, in
-    training and when the student is served.
+    training and when the student is served. ``lengths(splits, template)`` counts the rows
+    too long for the student (``student_prompt.length_check``) into the manifest.
 
     The dataset is written into a new folder beside ``out_dir`` and switched in by renames
     once complete, so a build killed half-way leaves the previous dataset whole (or, killed
@@ -217,6 +223,9 @@ def build_dataset(
         seed=seed,
         content_hash=content,
         template=template.to_config(),
+        lengths=lengths({n: splits.get(n, []) for n in ("train", "validation")}, template)
+        if lengths is not None
+        else {},
     )
     (building / "manifest.json").write_text(json.dumps(manifest.to_dict(), indent=2))
     _switch(building, out_dir)
