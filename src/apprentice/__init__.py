@@ -29,6 +29,8 @@ from apprentice.lm import (
 from apprentice.lm.registry import UntrustedLMError
 from apprentice.module import Module, ProgramFileError
 from apprentice.optimize import (
+    GEPA,
+    BetterTogether,
     BootstrapFewShot,
     BootstrapFewShotWithRandomSearch,
     BootstrapFinetune,
@@ -69,6 +71,8 @@ __all__ = [
     "BootstrapFewShot",
     "BootstrapFewShotWithRandomSearch",
     "BootstrapFinetune",
+    "BetterTogether",
+    "GEPA",
     "BM25Retriever",
     "DenseRetriever",
     "Retrieve",
