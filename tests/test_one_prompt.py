@@ -16,6 +16,7 @@ CASES = [  # (student kind, BootstrapFinetune's format, the format it must resol
     ("causal", "auto", "chat"),
     ("causal", "json", "json"),
     ("seq2seq", "auto", "t5"),
+    ("causal", "baked", "baked"),
 ]
 
 

@@ -139,10 +139,12 @@ class BootstrapConfig(_Section):
 class DatasetConfig(_Section):
     multitask: bool = Field(True, description="one adapter for all predictors (else one each)")
     val_fraction: float = Field(0.1, ge=0, lt=1)
-    format: Literal["auto", "chat", "json", "t5"] = Field(
+    format: Literal["auto", "chat", "json", "t5", "baked"] = Field(
         "auto",
-        description="the student's prompt format: chat, json, or t5 (markers and escapes a "
-        "T5 tokenizer keeps); auto = t5 for a seq2seq student, else chat",
+        description="the student's prompt format: chat, json, t5 (markers and escapes a "
+        "T5 tokenizer keeps), or baked (chat sections without instructions, field "
+        "descriptions or demos: the adapter learns them); auto = t5 for a seq2seq "
+        "student, else chat",
     )
 
 

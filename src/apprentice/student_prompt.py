@@ -22,14 +22,20 @@ def student_format(name: str, student: str, tiny: Any = None) -> Format:
     student (a T5 tokenizer keeps no newlines or braces) and the chat format otherwise."""
     from apprentice.formats import format_named
 
-    if name == "auto":
+    if name in ("auto", "baked"):
         if tiny is not None:
             kind = tiny.kind
         else:
             from apprentice.train.students import kind_of_model
 
             kind = kind_of_model(student)
-        name = "t5" if kind == "seq2seq" else "chat"
+        if name == "baked" and kind == "seq2seq":
+            raise ValueError(
+                f"format 'baked' is a chat format, and student {student!r} is a seq2seq (T5) "
+                "model, whose tokenizer drops its newlines: use dataset.format 't5' or 'auto'"
+            )
+        if name == "auto":
+            name = "t5" if kind == "seq2seq" else "chat"
     return format_named(name)
 
 

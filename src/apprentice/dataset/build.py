@@ -155,6 +155,8 @@ def build_dataset(
     if not store.file.exists():
         raise FileNotFoundError(f"no traces at {store.file}: run the bootstrap stage first")
     fmt = format or default_format()
+    if fmt.name == "baked" and multitask:
+        _check_baked_steps_differ(program)
     drops: Counter = Counter()
     splits: dict[str, list[dict[str, Any]]] = defaultdict(list)
     # Rows are sorted by example id (then predictor order) before dedup, so the dataset does
@@ -231,6 +233,26 @@ def build_dataset(
     _switch(building, out_dir)
     log.info("dataset: %s rows %s, dropped %s", out_dir, counts, dict(drops))
     return manifest
+
+
+def _check_baked_steps_differ(program: Module) -> None:
+    """One adapter learns every predictor's rows: in the baked format (no instructions) two
+    predictors that read and write the same field names under other instructions would get
+    the same prompt for different tasks."""
+    from apprentice.formats.baked import layout_key
+
+    seen: dict[Any, tuple[str, str]] = {}
+    for path, predictor in program.named_predictors():
+        key = layout_key(predictor.signature)
+        instructions = predictor.signature.instructions
+        first, first_instructions = seen.setdefault(key, (path, instructions))
+        if first_instructions != instructions:
+            raise ValueError(
+                f"predictors {first!r} and {path!r} read {list(key[0])} and write "
+                f"{list(key[1])} under other instructions: in the baked format (no "
+                "instructions in the prompt) one adapter cannot tell them apart; train one "
+                "adapter per predictor (dataset.multitask: false) or use the chat format"
+            )
 
 
 def _sibling(out_dir: Path, what: str) -> Path:
