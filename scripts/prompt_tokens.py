@@ -27,6 +27,7 @@ def main() -> int:
 
     import apprentice as ap
     from apprentice.dataset.tokenize import render_prompt
+    from apprentice.formats import format_named
     from apprentice.gguf import resolve_model
 
     tokenizer = AutoTokenizer.from_pretrained(resolve_model(SMOLLM2))
@@ -34,7 +35,7 @@ def main() -> int:
     examples = make_examples(args.examples)
     print("| format | predictor | prompt tokens | completion tokens | row |")
     print("| --- | --- | ---: | ---: | ---: |")
-    for fmt in (ap.ChatFormat(), ap.JSONFormat()):
+    for fmt in (ap.ChatFormat(), ap.JSONFormat(), format_named("baked")):
         for name, predictor in program.named_predictors():
             signature = predictor.signature
             prompts, completions = [], []

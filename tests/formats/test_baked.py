@@ -13,8 +13,10 @@ def test_the_prompt_is_the_inputs_and_the_reply_order_alone():
     fmt = format_named("baked")
     demo = {**INPUTS, **OUTPUTS, "ticket": "I was charged twice"}
     messages = fmt.render(Triage, [demo], INPUTS)
-    assert [m["role"] for m in messages] == ["user"]
-    text = messages[0]["content"]
+    # An empty system message keeps a template's default one out (SmolLM2, Qwen2.5).
+    assert messages[0] == {"role": "system", "content": ""}
+    assert [m["role"] for m in messages] == ["system", "user"]
+    text = messages[1]["content"]
     assert text == ap.ChatFormat().user_message(Triage, INPUTS)
     assert "[[ticket]]\nThe app crashes when I log in." in text
     assert "Reply with the sections `[[label]]`, then `[[priority]]`" in text

@@ -75,6 +75,24 @@ def test_the_trained_prompt_is_the_served_prompt(student, name):
     assert ap.LocalLM(**_options(lm.to_config())).template == template
 
 
+@pytest.mark.parametrize("name", sorted(TEMPLATES))
+def test_a_baked_prompt_is_the_inputs_alone_in_every_template(student, name):
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(student)
+    baked = ap.formats.format_named("baked").render(SIGNATURE, [DEMO], INPUTS)
+    template = PromptTemplate(TEMPLATES[name], (("date_string", FIXED),))
+    prompt = render_prompt(baked, tokenizer, "causal", **template.options())
+    user = baked[1]["content"]
+    assert user in prompt and DEMO["ticket"] not in prompt
+    assert SIGNATURE.instructions not in prompt
+    # No template writes its default system text (SmolLM2, Qwen2.5 do without a system
+    # message); one that refuses a system message renders the user turn alone.
+    assert "You are" not in prompt
+    if name in REFUSE_SYSTEM:
+        assert prompt == render_prompt(baked[1:], tokenizer, "causal", **template.options())
+
+
 def _options(config: dict) -> dict:
     config = {k: v for k, v in config.items() if k != "backend"}
     config["base_model"] = config.pop("model")

@@ -3,8 +3,8 @@
 A trained student has learned what the full prompt tells it (the fields' types and
 descriptions, the layout, the instructions, the demos), so training and serving it on the
 inputs alone spends fewer prompt tokens on every call and every row ("prompt baking":
-the weights carry what the prompt said). The prompt is one user message: the input
-sections and the reply's order, which names the output fields and so tells apart two
+the weights carry what the prompt said). The prompt is an empty system message and one
+user message: the input sections and the reply's order, which names the output fields and so tells apart two
 steps that read the same inputs. Replies are the chat format's sections, parsed the same
 way. Steps that read and write the same field names cannot be told apart, so one adapter
 may not hold two such predictors (``dataset.build`` refuses it). Instructions and demos
@@ -35,7 +35,13 @@ class BakedFormat(ChatFormat):
         demos: Sequence[Mapping[str, Any]],
         inputs: Mapping[str, Any],
     ) -> list[Message]:
-        return [{"role": "user", "content": self.user_message(signature, inputs)}]
+        # An empty system message, not none: without one, some chat templates write their
+        # own (SmolLM2's "You are a helpful AI assistant named SmolLM...", Qwen2.5's), ~30
+        # tokens on every call. A template that refuses a system message drops it.
+        return [
+            {"role": "system", "content": ""},
+            {"role": "user", "content": self.user_message(signature, inputs)},
+        ]
 
 
 def layout_key(signature: type[Signature]) -> tuple[tuple[str, ...], tuple[str, ...]]:

@@ -92,7 +92,8 @@ def fold_system(messages: Sequence[Mapping[str, str]]) -> list[dict[str, str]]:
     out = [dict(m) for m in messages]
     if len(out) > 1 and out[0]["role"] == "system" and out[1]["role"] == "user":
         system = out.pop(0)
-        out[0]["content"] = f"{system['content']}\n\n{out[0]['content']}"
+        if system["content"]:  # an empty one (the baked format's) is dropped
+            out[0]["content"] = f"{system['content']}\n\n{out[0]['content']}"
     return out
 
 
