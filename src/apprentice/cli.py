@@ -167,6 +167,23 @@ def build_parser() -> argparse.ArgumentParser:
     convert.add_argument(
         "--out", type=Path, default=None, help="the folder to write (default: the GGUF cache)"
     )
+    export = sub.add_parser(
+        "export",
+        help="write a run's student as one merged checkpoint folder",
+        description="write the student of a run (or of one adapter folder) with its adapter "
+        "folded into the base model's weights, as a save_pretrained folder that transformers "
+        "and vLLM load without an adapter",
+    )
+    export.add_argument("target", type=Path, help="a run directory, or an adapter folder")
+    export.add_argument(
+        "--merged", type=Path, required=True, metavar="DIR", help="the folder to write (new)"
+    )
+    export.add_argument(
+        "--adapter",
+        default=None,
+        metavar="NAME",
+        help="which adapter of the run, when it has several (dataset.multitask: false)",
+    )
     try:
         from apprentice.serve.cli import add_serve_arguments
     except ImportError:  # the serving extra is optional
@@ -254,6 +271,31 @@ def _run_stage(args) -> int:
     return 0
 
 
+def _adapter_folder(target: Path, name: str | None) -> Path:
+    """The adapter folder ``target`` names: itself, or in a run directory the one adapter
+    (``name`` choosing among several)."""
+    if (target / "manifest.json").is_file() and not (target / "run.json").exists():
+        return target
+    found = {
+        p.parent.parent.name: p.parent
+        for p in sorted((target / "adapters").glob("*/adapter/manifest.json"))
+    }
+    if not found:
+        raise FileNotFoundError(
+            f"{target} is neither an adapter folder nor a run directory with a trained "
+            "adapter: run `apprentice train` first, or give the adapter's folder"
+        )
+    if name is not None:
+        if name not in found:
+            raise ValueError(f"run {target} has no adapter {name!r}; it has {sorted(found)}")
+        return found[name]
+    if len(found) > 1:
+        raise ValueError(
+            f"run {target} has adapters {sorted(found)}: choose one with --adapter NAME"
+        )
+    return next(iter(found.values()))
+
+
 def main(argv: list[str] | None = None) -> int:
     # Like `python -m`, the command imports from the working directory: recipes name their
     # program modules relative to the project root it runs from. The command owns its
@@ -276,6 +318,11 @@ def main(argv: list[str] | None = None) -> int:
             from apprentice.serve.cli import run_serve
 
             return run_serve(args)
+        if args.command == "export":
+            from apprentice.train.export import export_merged
+
+            print(export_merged(_adapter_folder(args.target, args.adapter), args.merged))
+            return 0
         if args.command == "convert":
             from apprentice.gguf import convert_gguf
 

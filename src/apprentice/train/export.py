@@ -4,12 +4,17 @@ The PEFT directory (adapter_config.json + adapter_model.safetensors) is the cont
 between training and every server; what it holds (the manifest, the content hash, vLLM's
 servability rules) lives in ``apprentice.adapter``, below every layer, and is re-exported
 here for the trainer. Servability is checked when the adapter is configured and saved,
-rather than when a server refuses it. (A merged copy of the weights is served by
-``LocalLM(merge=True)``; nothing writes one to disk yet.)
+rather than when a server refuses it. ``export_merged`` writes the base model with the
+adapter folded in as a plain checkpoint (``apprentice export RUN --merged DIR``), for
+servers and tools that take one model folder and no adapter.
 """
 
 from __future__ import annotations
 
+import json
+import os
+import shutil
+from pathlib import Path
 from typing import Any
 
 from apprentice.adapter import (
@@ -29,6 +34,7 @@ __all__ = [
     "adapter_hash",
     "check_lora_config",
     "check_servable",
+    "export_merged",
     "read_manifest",
     "write_manifest",
 ]
@@ -49,3 +55,67 @@ def check_lora_config(
         lora_modules=vllm_lora_modules(model) if model is not None else None,
         peft_config={"lora_alpha": lora.alpha, "use_rslora": lora.use_rslora},
     )
+
+
+MERGED_STAMP = "apprentice_merged.json"
+
+
+def export_merged(adapter_dir: str | os.PathLike, out_dir: str | os.PathLike) -> Path:
+    """Writes the adapter's base model with the adapter folded in (a full finetune: the
+    trained model itself) to ``out_dir`` as a ``save_pretrained`` checkpoint with the base
+    model's tokenizer and chat template, and ``apprentice_merged.json`` naming what it came
+    from. ``out_dir`` must be new or empty; it is written beside itself and renamed into
+    place once complete. The base model must be the one the adapter was trained on (its
+    content hash is checked)."""
+    from transformers import AutoModelForCausalLM, AutoModelForSeq2SeqLM, AutoTokenizer
+
+    from apprentice.lm.adapter_files import read_adapter
+    from apprentice.lm.local_adapters import merge_adapter
+    from apprentice.train.students import model_hash
+
+    adapter_dir, out = Path(adapter_dir), Path(out_dir)
+    manifest = read_manifest(adapter_dir)
+    if out.exists() and (not out.is_dir() or any(out.iterdir())):
+        raise FileExistsError(
+            f"{out} already exists and is not an empty folder: give a new folder for the "
+            "merged model (nothing was written)"
+        )
+    base = manifest.base_model
+    if manifest.method == "lora":
+        if not Path(base).is_dir():
+            raise FileNotFoundError(
+                f"the adapter's base model {base!r} is not on this machine: it is needed to "
+                "fold the adapter into its weights"
+            )
+        found = model_hash(base)
+        if found != manifest.base_model_hash:
+            raise ValueError(
+                f"the base model at {base} changed since the adapter was trained on it "
+                f"(content hash {found}, trained on {manifest.base_model_hash}): merging "
+                "would give a model nobody trained"
+            )
+    auto = AutoModelForSeq2SeqLM if manifest.kind == "seq2seq" else AutoModelForCausalLM
+    if manifest.method == "full":  # the adapter folder holds the whole trained model
+        model = auto.from_pretrained(adapter_dir)
+        tokenizer = AutoTokenizer.from_pretrained(adapter_dir)
+    else:
+        model = merge_adapter(auto.from_pretrained(base), read_adapter(adapter_dir))
+        tokenizer = AutoTokenizer.from_pretrained(base)
+    building = out.parent / f".{out.name}.building"
+    if building.exists():
+        shutil.rmtree(building)  # an export that was killed earlier
+    model.save_pretrained(building)
+    tokenizer.save_pretrained(building)
+    stamp = {
+        "base_model": base,
+        "base_model_hash": manifest.base_model_hash,
+        "adapter": str(adapter_dir.resolve()),
+        "adapter_hash": manifest.adapter_hash,
+        "method": manifest.method,
+        "kind": manifest.kind,
+    }
+    (building / MERGED_STAMP).write_text(json.dumps(stamp, indent=2))
+    if out.exists():
+        out.rmdir()  # empty, checked above
+    os.rename(building, out)
+    return out
