@@ -40,7 +40,16 @@ LAYERS = [
     ("evaluation", {"evaluate"}),
     (
         "pipeline",
-        {"optimize", "recipe", "recipe_sections", "run", "pipeline", "student_prompt", "cli"},
+        {
+            "optimize",
+            "recipe",
+            "recipe_sections",
+            "run",
+            "pipeline",
+            "student_prompt",
+            "eval_file",
+            "cli",
+        },
     ),
 ]
 RANK = {part: rank for rank, (_, parts) in enumerate(LAYERS) for part in parts}

@@ -105,6 +105,56 @@ def _add_launcher_arguments(parser: argparse.ArgumentParser) -> None:
     )
 
 
+def _add_program_file_arguments(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_argument_group(
+        "a saved program",
+        "apprentice eval PROGRAM.json --program pkg.mod:Class --data FILE --metric pkg.mod:fn "
+        "scores any saved program on any data file (JSONL, JSON, CSV, HF datasets folder)",
+    )
+    group.add_argument("--data", default=None, help="the examples: a file or datasets folder")
+    group.add_argument("--program", default=None, help="the program's class, pkg.module:Class")
+    group.add_argument("--metric", default=None, help="the metric, pkg.module:fn")
+    group.add_argument(
+        "--inputs",
+        default=None,
+        help="comma-separated input fields (default: the program's forward() arguments)",
+    )
+    group.add_argument("--split", default=None, help="the split of a DatasetDict folder")
+    group.add_argument("--limit", type=int, default=None, help="the first N examples only")
+    group.add_argument("--threads", type=int, default=8, help="examples run at once")
+    group.add_argument("--out", type=Path, default=None, help="write eval.json and a report")
+    group.add_argument(
+        "--trusted",
+        action="store_true",
+        help="load the file's LM settings as written (endpoints included): files you made",
+    )
+
+
+def _eval_program_file(args: argparse.Namespace) -> int:
+    from apprentice.eval_file import evaluate_program_file
+    from apprentice.evaluate.report import results_table
+
+    if args.metric is None:
+        raise ValueError("give the metric with --metric pkg.module:fn")
+    if args.overrides or args.run_dir is not None:
+        raise ValueError("--set and --run-dir are for recipes and runs, not a program file")
+    result = evaluate_program_file(
+        args.target,
+        program=args.program,
+        data=args.data,
+        metric=args.metric,
+        inputs=[f.strip() for f in args.inputs.split(",")] if args.inputs else None,
+        split=args.split,
+        limit=args.limit,
+        num_threads=args.threads,
+        out_dir=args.out,
+        trusted=args.trusted,
+        progress=not args.quiet,
+    )
+    print(results_table([result]))
+    return 0
+
+
 def _launcher_overrides(args: argparse.Namespace) -> list[str]:
     """The launcher flags as recipe overrides (train.launcher.*), so the run records them."""
     if getattr(args, "launcher", None) is None and (
@@ -144,6 +194,8 @@ def build_parser() -> argparse.ArgumentParser:
         _add_run_arguments(p)
         if name in ("train", "distill"):
             _add_launcher_arguments(p)
+        if name == "eval":
+            _add_program_file_arguments(p)
         if name in ("bootstrap", "distill"):
             p.add_argument(
                 "--reset-traces",
@@ -328,6 +380,8 @@ def main(argv: list[str] | None = None) -> int:
 
             print(convert_gguf(args.gguf, args.out))
             return 0
+        if args.command == "eval" and args.data is not None:
+            return _eval_program_file(args)
         return _run_stage(args)
     except KeyboardInterrupt:
         print("apprentice: interrupted; run the same command again to resume", file=sys.stderr)

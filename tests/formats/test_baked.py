@@ -63,6 +63,8 @@ def test_a_t5_student_is_refused_the_baked_format():
 
     from apprentice.student_prompt import student_format
 
-    with pytest.raises(ValueError, match="format 'baked' is a chat format.*use dataset.format 't5'"):
+    with pytest.raises(
+        ValueError, match="format 'baked' is a chat format.*use dataset.format 't5'"
+    ):
         student_format("baked", "t5-small", SimpleNamespace(kind="seq2seq"))
     assert student_format("baked", "x", SimpleNamespace(kind="causal")).name == "baked"

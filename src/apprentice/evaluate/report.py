@@ -26,7 +26,14 @@ from apprentice.module import Module
 from apprentice.settings import settings
 from apprentice.traces.capture import Step
 
-__all__ = ["PredictorStats", "SystemEval", "evaluate_system", "headline", "write_report"]
+__all__ = [
+    "PredictorStats",
+    "SystemEval",
+    "evaluate_system",
+    "headline",
+    "results_table",
+    "write_report",
+]
 
 log = logging.getLogger(__name__)
 
@@ -314,6 +321,11 @@ def headline(
 
 def _cell(text: Any) -> str:
     return str(text).replace("|", "\\|")
+
+
+def results_table(systems: Sequence[SystemEval], baseline: str | None = None) -> str:
+    """The report's results table as markdown (``baseline``: default the first system)."""
+    return "\n".join(_table(systems, baseline or systems[0].name))
 
 
 def _table(systems: Sequence[SystemEval], baseline: str) -> list[str]:
