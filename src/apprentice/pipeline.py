@@ -126,7 +126,10 @@ class Pipeline:
     def __init__(self, root: Path, job: Job, *, progress: bool = True) -> None:
         self.root = Path(root)
         self.job = job
-        self.progress = show_progress(progress)  # no bars in a log file
+        # Our loops draw a bar on a terminal and plain lines in a log (progress_bar); the
+        # libraries' bars only on a terminal.
+        self.progress = bool(progress)
+        self.library_bars = show_progress(progress)
         self.outcomes: list[StageOutcome] = []
         self.root.mkdir(parents=True, exist_ok=True)
         self._lock = folder_lock(self.root)
@@ -169,7 +172,7 @@ class Pipeline:
                 resumed = started.get("status") == "running" and started.get("hash") == key
                 self._record(stage, hash=key, status="running")
                 t0 = time.perf_counter()
-                with library_bars(self.progress):
+                with library_bars(self.library_bars):
                     summary = fn()
                 seconds = time.perf_counter() - t0
                 self._record(stage, hash=key, status="done", seconds=seconds, summary=summary)

@@ -251,7 +251,7 @@ class Evaluate:
 
     def _run(self, run_one: Callable[[int], ExampleResult]) -> list[ExampleResult]:
         """Runs every example on the pool; returns the results in devset order."""
-        from tqdm.auto import tqdm
+        from apprentice.progress import progress_bar
 
         budget = _ErrorBudget(self.max_errors)
 
@@ -267,11 +267,8 @@ class Evaluate:
 
         results: list[ExampleResult | None] = [None] * len(self.devset)
         done_count, errors, total = 0, 0, 0.0
-        bar = tqdm(
-            total=len(self.devset),
-            disable=not self.display_progress,
-            desc="Evaluate",
-            dynamic_ncols=True,
+        bar = progress_bar(
+            len(self.devset), "Evaluate", enabled=self.display_progress, unit="examples"
         )
         ctx = contextvars.copy_context()
         pool = ThreadPoolExecutor(self.num_threads, thread_name_prefix="evaluate")

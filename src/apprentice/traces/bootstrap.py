@@ -252,9 +252,9 @@ def bootstrap_traces(
                 best = trace
         return best, calls
 
-    from tqdm.auto import tqdm
+    from apprentice.progress import progress_bar
 
-    bar = tqdm(total=len(todo), disable=not progress, desc="Bootstrap", dynamic_ncols=True)
+    bar = progress_bar(len(todo), "Bootstrap", enabled=progress, unit="examples")
     start = time.perf_counter()
     pool = ThreadPoolExecutor(concurrency, thread_name_prefix="bootstrap")
     ctx = contextvars.copy_context()

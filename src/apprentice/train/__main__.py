@@ -6,7 +6,7 @@ from __future__ import annotations
 import logging
 import sys
 
-from apprentice.progress import library_bars
+from apprentice.progress import library_bars, show_progress
 from apprentice.train.launch import read_job
 from apprentice.train.sft import train_adapter
 
@@ -24,7 +24,7 @@ def main(argv: list[str]) -> int:
     )
     # Printed at every checkpoint of a model with tied embeddings, which is expected.
     logging.getLogger("accelerate.utils.other").setLevel(logging.ERROR)
-    with library_bars(job["progress"]):  # as in the process that launched this one
+    with library_bars(show_progress(job["progress"])):  # a terminal's, never a log's
         train_adapter(**job)
     return 0
 

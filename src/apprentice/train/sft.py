@@ -238,14 +238,14 @@ class AdapterTrainer:
     def train(self) -> None:
         """Micro-batches until ``total_steps`` optimizer steps; after each step, log, evaluate
         and checkpoint when they are due."""
-        from tqdm.auto import tqdm
+        from apprentice.progress import progress_bar
 
-        self.bar = tqdm(
-            total=self.total_steps,
+        self.bar = progress_bar(
+            self.total_steps,
+            f"Train {self.name}",
             initial=self.state["global_step"],
-            desc=f"Train {self.name}",
-            dynamic_ncols=True,
-            disable=not self.progress or not self.accelerator.is_main_process,
+            unit="steps",
+            enabled=self.progress and self.accelerator.is_main_process,
         )
         self.model.train()
         self.window = [0.0, 0]  # loss sum and micro-batches since the last logged step
@@ -306,7 +306,11 @@ class AdapterTrainer:
                 "tokens_per_s": self.state["tokens"] / max(elapsed, 1e-9),
             }
             self._log_event(event)
-            self.bar.set_postfix(loss=f"{event['loss']:.4f}", refresh=False)
+            self.bar.set_postfix(
+                loss=f"{event['loss']:.4f}",
+                tok_s=f"{event['tokens_per_s']:.0f}",
+                refresh=False,
+            )
             self.window = [0.0, 0]
         if step % (train.eval_every or self.steps_per_epoch) == 0 or step == total:
             self.last_val = self.evaluate()
