@@ -276,3 +276,24 @@ def test_a_larger_training_set_adds_traces_instead_of_refusing(tmp_path):
     # Before: "holds traces for a different dataset ... use a new --run-dir".
     grown = Run.open(root, overrides=["data.train.args.n=9"], progress=False).bootstrap()
     assert (grown.summary["skipped"], grown.summary["ran"], grown.summary["traces"]) == (6, 3, 9)
+
+
+def test_teacher_extra_body_reaches_the_lm_and_is_part_of_the_teachers_identity(
+    tmp_path, monkeypatch
+):
+    import yaml
+
+    from apprentice.recipe import RecipeError, load_recipe
+
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "secret")
+    path = _openai_recipe(tmp_path, "https://api.openai.com/v1")
+    data = yaml.safe_load(path.read_text())
+    data["teacher"]["extra_body"] = {"reasoning_effort": "low", "max_completion_tokens": 4096}
+    path.write_text(yaml.safe_dump(data))
+    recipe = load_recipe(path)
+    lm = recipe.make_teacher()
+    assert lm.extra_body == {"reasoning_effort": "low", "max_completion_tokens": 4096}
+    other = load_recipe(path, ["teacher.extra_body.reasoning_effort=high"])
+    assert other.section_hash("teacher") != recipe.section_hash("teacher")
+    with pytest.raises(RecipeError, match="teacher.extra_body goes to an endpoint"):
+        load_recipe(RECIPE, ["teacher.extra_body.top_k=5"])

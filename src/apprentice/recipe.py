@@ -146,6 +146,7 @@ class Recipe(ConfigSection):
             cache=cache,
             temperature=t.temperature,
             max_tokens=t.max_tokens,
+            extra_body=t.extra_body,
         )
 
     def load_split(self, name: Literal["train", "dev"], base: Path | None = None) -> list:

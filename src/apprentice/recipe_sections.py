@@ -72,11 +72,22 @@ class TeacherConfig(_Section):
     price: dict[str, float] | None = Field(
         None, description="USD per million tokens: {input: ..., output: ...}"
     )
+    extra_body: dict[str, Any] | None = Field(
+        None,
+        description="openai: provider options added to every request body, e.g. "
+        "{reasoning_effort: low} or {max_completion_tokens: 4096}; part of the teacher's "
+        "identity (other options are another teacher: new cache keys, new traces)",
+    )
 
     @model_validator(mode="after")
     def _script_for_scripted(self) -> TeacherConfig:
         if self.backend == "scripted" and not self.script:
             raise ValueError("teacher.backend 'scripted' needs teacher.script (pkg.mod:function)")
+        if self.backend == "scripted" and self.extra_body:
+            raise ValueError(
+                "teacher.extra_body goes to an endpoint's requests: set it with backend "
+                "'openai', or drop it for a scripted teacher"
+            )
         return self
 
 
