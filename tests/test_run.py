@@ -297,3 +297,36 @@ def test_teacher_extra_body_reaches_the_lm_and_is_part_of_the_teachers_identity(
     assert other.section_hash("teacher") != recipe.section_hash("teacher")
     with pytest.raises(RecipeError, match="teacher.extra_body goes to an endpoint"):
         load_recipe(RECIPE, ["teacher.extra_body.top_k=5"])
+
+
+def test_bootstrap_stops_at_the_cost_cap_and_a_higher_cap_goes_on(tmp_path, monkeypatch):
+    from apprentice.pipeline import StageError
+
+    monkeypatch.setenv("APPRENTICE_CACHE_DIR", str(tmp_path / "cache"))  # every call is paid
+    # The scripted teacher counts words as tokens: at $1 a token, each example (two calls,
+    # ~100 words each) costs ~$200, so a $300 cap stops after the first runs.
+    overrides = [
+        "data.train.args.n=12",
+        "bootstrap.concurrency=1",
+        "teacher.price.input=1000000",
+        "teacher.price.output=1000000",
+    ]
+    root = tmp_path / "run"
+    run = Run.open(RECIPE, overrides=[*overrides, "bootstrap.max_cost_usd=300"], run_dir=root)
+    with pytest.raises(StageError, match=r"stopped at the teacher cost cap: \$\d+\.\d+ spent of"):
+        run.bootstrap()
+    summary = run.state()["stages"]["bootstrap"]["summary"]
+    traced = summary["traces"]
+    assert 1 <= traced < 12 and summary["stopped_at_cost"]
+    spent = summary["teacher_cost_usd_total"]
+    assert 300 <= spent < 300 + 2 * 400  # in-flight runs finish: one or two past the cap
+    # The same cap again: spent already, nothing new runs, the same clear stop.
+    again = Run.open(root, overrides=[*overrides, "bootstrap.max_cost_usd=300"])
+    with pytest.raises(StageError, match="Raise the cap and run again"):
+        again.bootstrap()
+    assert again.state()["stages"]["bootstrap"]["summary"]["traces"] == traced
+    # A higher cap traces the rest, paying only for what was not traced.
+    done = Run.open(root, overrides=[*overrides, "bootstrap.max_cost_usd=100000"]).bootstrap()
+    assert done.summary["traces"] == 12 and done.summary["skipped"] == traced
+    assert done.summary["teacher_cost_usd_total"] < spent / traced * 12 * 1.5
+    assert not done.summary["stopped_at_cost"]

@@ -248,6 +248,8 @@ class Pipeline:
 
         def run() -> dict[str, Any]:
             teacher = job.make_teacher(self.teacher_cache_dir())
+            previous = self.state()["stages"].get("bootstrap", {}).get("summary", {})
+            spent_before = previous.get("teacher_cost_usd_total", 0)
             try:
                 result = bootstrap_traces(
                     program,
@@ -261,20 +263,32 @@ class Pipeline:
                     progress=self.progress,
                     reset=job.reset_traces,
                     retry_failed=cfg.retry_failed,
+                    max_cost_usd=getattr(cfg, "max_cost_usd", None),
+                    spent_usd=spent_before,
                 )
             except TraceStoreMismatch as exc:
                 raise TraceStoreMismatch(f"{exc}. {job.hints.get('mismatch', '')}") from None
-            previous = self.state()["stages"].get("bootstrap", {}).get("summary", {})
             summary = result.summary()
             usage = getattr(teacher, "usage", None)
             cost = (usage.summary().get("cost_usd") if usage else None) or 0.0
-            total = round(previous.get("teacher_cost_usd_total", 0) + cost, 6)
+            total = round(spent_before + cost, 6)
             summary["teacher_cost_usd"] = summary["teacher_cost_usd_total"] = total
             # What the store holds now, over every run that filled it.
             stored = list(TraceStore(self.traces_dir))
             summary["traces"] = len(stored)
             summary["passing"] = sum(passes(t, cfg.threshold) for t in stored)
             summary["failed_traces"] = sum(not t.ok for t in stored)
+            if result.stopped_at_cost:
+                # Kept as the stage's summary (the spend so far counts toward the next run's
+                # cap), and the run stops here: a dataset from part of the examples would
+                # be trained on without anyone asking for that.
+                self._record("bootstrap", summary=summary)
+                raise StageError(
+                    f"bootstrap stopped at the teacher cost cap: ${total:.4f} spent of "
+                    f"bootstrap.max_cost_usd=${cfg.max_cost_usd:g}; {len(stored)} of "
+                    f"{result.total} examples are traced (in {self.traces_dir}). Raise the "
+                    "cap and run again to trace the rest; nothing traced is paid twice"
+                )
             return summary
 
         # Always runs: the store skips traced examples, so a finished bootstrap costs nothing.

@@ -145,6 +145,13 @@ class BootstrapConfig(_Section):
     retry_failed: bool = Field(
         False, description="run again the examples whose stored trace failed (else reused)"
     )
+    max_cost_usd: float | None = Field(
+        None,
+        gt=0,
+        description="stop starting teacher runs once the run's teacher spend (all bootstrap "
+        "runs of this run directory, at teacher.price) reaches this many dollars; a later "
+        "run with a higher cap goes on from the stored traces",
+    )
 
 
 class DatasetConfig(_Section):

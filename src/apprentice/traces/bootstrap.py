@@ -57,6 +57,8 @@ class BootstrapResult:
     # Steps of attempts an Assert/Suggest re-run or BestOfN threw away (in kept traces too).
     rejected_steps: int = 0
     elapsed_s: float = 0.0
+    # max_cost_usd was reached: examples were left untraced (a later run traces them).
+    stopped_at_cost: bool = False
     traces: list[Trace] | None = field(default=None, repr=False)
 
     @property
@@ -76,6 +78,7 @@ class BootstrapResult:
             "rejected_steps": self.rejected_steps,
             "elapsed_s": round(self.elapsed_s, 3),
             "calls_per_s": round(self.calls_per_s, 1),
+            "stopped_at_cost": self.stopped_at_cost,
         }
 
 
@@ -186,6 +189,8 @@ def bootstrap_traces(
     progress: bool = True,
     reset: bool = False,
     retry_failed: bool = False,
+    max_cost_usd: float | None = None,
+    spent_usd: float = 0.0,
 ) -> BootstrapResult:
     """Runs the teacher over ``dataset`` and records one trace per example.
 
@@ -196,11 +201,17 @@ def bootstrap_traces(
     Failed traces are reused like the others unless ``retry_failed=True``, which runs
     those examples again (their new trace supersedes the failed one).
     Without a store, the traces are returned in ``result.traces``.
+
+    ``max_cost_usd``: once ``spent_usd`` (paid before, e.g. by earlier runs) plus what the
+    teacher LM has cost in this call reaches it, no new example starts; those in flight
+    finish and are stored, and ``result.stopped_at_cost`` is set. The teacher must be an LM
+    with a price table, or its spend could not be counted.
     """
     if concurrency < 1:
         raise ValueError(f"concurrency must be >= 1, got {concurrency}")
     if attempts < 1:
         raise ValueError(f"attempts must be >= 1, got {attempts}")
+    spent = _spend_counter(teacher, max_cost_usd, spent_usd)
     runner = _teacher_program(program, teacher)
     lm_concurrency = getattr(teacher, "concurrency", None)
     if lm_concurrency is not None and lm_concurrency < concurrency:
@@ -266,14 +277,26 @@ def bootstrap_traces(
         # a finished trace waits at most ``flush_interval`` for the disk, as promised.
         lull = (trace_store.flush_interval or None) if trace_store is not None else None
         upcoming = iter(todo)
-        in_flight = 0
+        in_flight = started = 0
         while True:
+            capped = spent is not None and not result.stopped_at_cost and started < len(todo)
+            if capped and spent() >= max_cost_usd:
+                result.stopped_at_cost = True
+                upcoming = iter(())  # the cap is reached: nothing new starts
+                log.warning(
+                    "bootstrap: the teacher has cost $%.4f, max_cost_usd is $%.4f: no new "
+                    "example starts (%d in flight finish)",
+                    spent(),
+                    max_cost_usd,
+                    in_flight,
+                )
             while in_flight < concurrency * 2:
                 nxt = next(upcoming, None)
                 if nxt is None:
                     break
                 pool.submit(ctx.copy().run, run_one, nxt[1]).add_done_callback(finished.put)
                 in_flight += 1
+                started += 1
             if not in_flight:
                 break
             try:
@@ -303,6 +326,22 @@ def bootstrap_traces(
     result.elapsed_s = time.perf_counter() - start
     log.info("bootstrap: %s", result.summary())
     return result
+
+
+def _spend_counter(teacher: Any, cap: float | None, before: float) -> Any:
+    """() -> dollars spent so far (``before`` plus the teacher's usage), or None without a
+    cap. A cap needs an LM teacher with a price table: otherwise spend reads as $0."""
+    if cap is None:
+        return None
+    if cap <= 0:
+        raise ValueError(f"max_cost_usd must be > 0, got {cap!r}")
+    usage = getattr(teacher, "usage", None)
+    if not isinstance(teacher, BaseLM) or usage is None or usage.price is None:
+        raise ValueError(
+            "max_cost_usd needs a teacher LM with a price table (teacher.price in a recipe, "
+            "price= on the LM): without one its spend cannot be counted"
+        )
+    return lambda: before + (usage.summary().get("cost_usd") or 0.0)
 
 
 def _grown(store: TraceStore, manifest: StoreManifest, examples: list[tuple[str, Example]]) -> bool:
