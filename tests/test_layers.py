@@ -48,6 +48,7 @@ LAYERS = [
             "pipeline",
             "student_prompt",
             "eval_file",
+            "estimate",
             "cli",
         },
     ),

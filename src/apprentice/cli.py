@@ -198,6 +198,12 @@ def build_parser() -> argparse.ArgumentParser:
             _add_program_file_arguments(p)
         if name in ("bootstrap", "distill"):
             p.add_argument(
+                "--dry-run",
+                action="store_true",
+                help="estimate the teacher's calls, tokens and cost from a sample of the "
+                "data (a stand-in answers; nothing is sent or written), then stop",
+            )
+            p.add_argument(
                 "--reset-traces",
                 action="store_true",
                 help="move the run's traces aside (traces/traces.<time>.jsonl, never deleted) "
@@ -293,7 +299,14 @@ def _short(stage: str, s: dict) -> str:
 
 
 def _run_stage(args) -> int:
-    from apprentice.run import STAGES, Run
+    from apprentice.run import STAGES, Run, locate
+
+    if getattr(args, "dry_run", False):
+        from apprentice.estimate import estimate_teacher
+
+        recipe, root = locate(args.target, args.overrides, args.run_dir)
+        print(estimate_teacher(recipe, root).text())
+        return 0
 
     overrides = args.overrides + _launcher_overrides(args)
     run = Run.open(

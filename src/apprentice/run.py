@@ -43,7 +43,7 @@ from apprentice.pipeline import Job, Pipeline, StageError, StageOutcome
 from apprentice.pipeline import _hash as stage_hash
 from apprentice.recipe import Recipe, RecipeError, load_recipe
 
-__all__ = ["STAGES", "Run", "StageOutcome", "recipe_job"]
+__all__ = ["STAGES", "Run", "StageOutcome", "locate", "recipe_job"]
 
 log = logging.getLogger(__name__)
 
@@ -104,6 +104,30 @@ def recipe_job(
     )
 
 
+def locate(
+    target: str | os.PathLike,
+    overrides: list[str] | None = None,
+    run_dir: str | os.PathLike | None = None,
+) -> tuple[Recipe, Path]:
+    """(the recipe, its run directory) for a recipe YAML or a run directory; nothing is
+    written."""
+    target = Path(target)
+    if target.is_dir():
+        recipe_file = target / "recipe.yaml"
+        if not recipe_file.exists():
+            raise RecipeError(
+                f"{target} is a directory without recipe.yaml; give a recipe YAML or a run "
+                "directory made by 'apprentice distill'"
+            )
+        recipe = load_recipe(recipe_file, overrides)
+        root = Path(run_dir) if run_dir else target
+    else:
+        recipe = load_recipe(target, overrides)
+        root = Path(run_dir or recipe.run_dir or Path("runs") / recipe.name)
+    recipe.check_data_files()
+    return recipe, root
+
+
 class Run(Pipeline):
     """``Run.open("recipes/demo/causal.yaml")`` or ``Run.open("runs/demo-causal")``.
 
@@ -154,20 +178,7 @@ class Run(Pipeline):
     ) -> Run:
         """The run of a recipe YAML or of a run directory; ``reset_traces`` moves the trace
         store's traces aside at the next bootstrap, so the teacher runs again."""
-        target = Path(target)
-        if target.is_dir():
-            recipe_file = target / "recipe.yaml"
-            if not recipe_file.exists():
-                raise RecipeError(
-                    f"{target} is a directory without recipe.yaml; give a recipe YAML or a run "
-                    "directory made by 'apprentice distill'"
-                )
-            recipe = load_recipe(recipe_file, overrides)
-            root = Path(run_dir) if run_dir else target
-        else:
-            recipe = load_recipe(target, overrides)
-            root = Path(run_dir or recipe.run_dir or Path("runs") / recipe.name)
-        recipe.check_data_files()
+        recipe, root = locate(target, overrides, run_dir)
         root.mkdir(parents=True, exist_ok=True)
         run = cls(
             recipe,
