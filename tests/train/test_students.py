@@ -141,3 +141,21 @@ def test_the_installed_vllms_own_check_runs_on_every_causal_adapter():
     pissa = PeftLoraConfig(r=8, target_modules=["q_proj"], init_lora_weights="pissa").to_dict()
     only_vllm = check_servable("causal", r=8, target_modules=["q_proj"], peft_config=pissa)
     assert len(only_vllm.reasons) == 1 and "PiSSA" in only_vllm.reasons[0]
+
+
+def test_a_gated_hub_model_names_the_token_fix(monkeypatch):
+    import transformers
+
+    def gated(name, **kwargs):
+        # What transformers raises for a gated repo (utils/hub.py), the Hub being offline here.
+        raise OSError(
+            f"You are trying to access a gated repo.\nMake sure to have access to it at "
+            f"https://huggingface.co/{name}.\n401 Client Error. (Request ID: x)"
+        )
+
+    monkeypatch.setattr(transformers.AutoConfig, "from_pretrained", gated)
+    with pytest.raises(StudentError) as caught:
+        load_student("meta-llama/Llama-3.2-1B")
+    message = str(caught.value)
+    assert "'meta-llama/Llama-3.2-1B' is a gated or private model" in message
+    assert "HF_TOKEN" in message and "hf auth login" in message and "\n" not in message

@@ -65,6 +65,19 @@ def _check_exists(name_or_path: str | os.PathLike) -> str:
     return str(path) if looks_local else name
 
 
+def _load_failure(name: str, exc: BaseException) -> str:
+    """One line for a student that cannot be loaded; a gated or private hub model names
+    the fix (the hub answers 401/403, which transformers wraps in an OSError)."""
+    text = str(exc)
+    if any(k in text for k in ("gated repo", "401", "403", "Unauthorized", "restricted")):
+        return (
+            f"student {name!r} is a gated or private model on the Hugging Face Hub: accept its "
+            "terms on the model's page, then set HF_TOKEN to a token with access (or run "
+            "`hf auth login`)"
+        )
+    return f"cannot load student config {name!r}: {' '.join(text.split())[:300]}"
+
+
 def student_kind(config: Any) -> Kind:
     return "seq2seq" if getattr(config, "is_encoder_decoder", False) else "causal"
 
@@ -81,7 +94,7 @@ def kind_of_model(name_or_path: str | os.PathLike) -> Kind:
     try:
         return student_kind(AutoConfig.from_pretrained(_check_exists(name)))
     except (OSError, ValueError) as exc:
-        raise StudentError(f"cannot load student config {name!r}: {exc}") from None
+        raise StudentError(_load_failure(name, exc)) from None
 
 
 def load_student(
@@ -100,7 +113,7 @@ def load_student(
     try:
         config = AutoConfig.from_pretrained(name)
     except (OSError, ValueError) as exc:
-        raise StudentError(f"cannot load student config {name!r}: {exc}") from None
+        raise StudentError(_load_failure(name, exc)) from None
     kind = student_kind(config)
     cls = AutoModelForSeq2SeqLM if kind == "seq2seq" else AutoModelForCausalLM
     options: dict[str, Any] = {}
