@@ -97,6 +97,16 @@ class TrainConfig(ConfigSection):
     eval_every: int | None = Field(
         None, ge=1, description="validation loss every N optimizer steps; None = each epoch"
     )
+    early_stopping_patience: int | None = Field(
+        None,
+        ge=1,
+        description="stop once the validation loss has not improved (by more than "
+        "early_stopping_min_delta) for this many evaluations in a row, and keep the weights "
+        "of the best evaluation; None = train every epoch",
+    )
+    early_stopping_min_delta: float = Field(
+        0.0, ge=0, description="the least fall in validation loss that counts as improving"
+    )
     save_every: int | None = Field(
         None, ge=1, description="checkpoint every N optimizer steps; None = each epoch"
     )

@@ -265,6 +265,7 @@ class AdapterTrainer:
                     self.state["epoch"] += 1
                     self.state["batch_in_epoch"] = 0
             self.bar.close()
+        self._restore_best()
         self.elapsed = time.perf_counter() - self.start
 
     def _epoch_batches(self):
@@ -318,9 +319,53 @@ class AdapterTrainer:
                 self._log_event(
                     {"step": step, "epoch": self.state["epoch"], "val_loss": self.last_val}
                 )
+                self._watch_plateau(step, self.last_val)
         if step % (train.save_every or self.steps_per_epoch) == 0 and step < total:
             self.state["elapsed_s"] = time.perf_counter() - self.start
             save_checkpoint(self.accelerator, self.out_dir, self.state, train.save_total_limit)
+
+    def _watch_plateau(self, step: int, val_loss: float) -> None:
+        """Early stopping: keeps the best evaluation's trainable weights (in memory) and
+        ends the run after ``early_stopping_patience`` evaluations without improving. The
+        validation loss is gathered from every process, so they all stop at the same step."""
+        train = self.train_config
+        if train.early_stopping_patience is None:
+            return
+        best = self.state.get("best_val_loss")
+        if best is None or val_loss < best - train.early_stopping_min_delta:
+            self.state.update(best_val_loss=val_loss, best_step=step, evals_without_gain=0)
+            self.best_weights = {
+                name: p.detach().to("cpu", copy=True)
+                for name, p in self.accelerator.unwrap_model(self.model).named_parameters()
+                if p.requires_grad
+            }
+            return
+        self.state["evals_without_gain"] = self.state.get("evals_without_gain", 0) + 1
+        if self.state["evals_without_gain"] >= train.early_stopping_patience:
+            log.info(
+                "early stop at step %d: validation loss %.4f, best %.4f at step %d",
+                step,
+                val_loss,
+                best,
+                self.state["best_step"],
+            )
+            self.state["stopped_early_at"] = step
+            self.total_steps = step  # the loop ends after this step
+
+    def _restore_best(self) -> None:
+        """After an early stop, the weights of the best evaluation go back into the model
+        (a run resumed after that evaluation kept no copy of them: its last weights stay)."""
+        best = getattr(self, "best_weights", None)
+        if self.state.get("stopped_early_at") is None or best is None:
+            return
+        import torch
+
+        model = self.accelerator.unwrap_model(self.model)
+        with torch.no_grad():
+            for name, p in model.named_parameters():
+                if name in best:
+                    p.copy_(best[name].to(p.device))
+        self.last_val = self.state["best_val_loss"]
 
     def evaluate(self) -> float | None:
         """Mean loss per target token over the validation rows (None without any), over
@@ -395,6 +440,9 @@ class AdapterTrainer:
             "packing": self.packing,
             "num_processes": self.accelerator.num_processes,
             "num_threads": state.get("num_threads"),
+            # early stopping (train.early_stopping_patience): None when it did not stop early
+            "stopped_early_at": state.get("stopped_early_at"),
+            "best_step": state.get("best_step"),
         }
 
     # -- helpers ----------------------------------------------------------------------------
