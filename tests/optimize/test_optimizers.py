@@ -99,3 +99,25 @@ def test_random_search_scores_every_candidate_and_keeps_the_best():
         compiled
     )
     assert result.score == 1.0
+
+
+def test_bootstrap_finetune_stops_at_its_cost_cap_before_any_training(tmp_path, monkeypatch):
+    import pytest
+
+    from apprentice.pipeline import StageError
+
+    monkeypatch.setenv("APPRENTICE_CACHE_DIR", str(tmp_path / "cache"))  # every call is paid
+    priced = ap.ScriptedLM(teacher, price=ap.Price(input=1e6, output=1e6))  # $1 a word
+    optimizer = ap.BootstrapFinetune(
+        metric=metric,
+        student=tmp_path / "never-loaded",  # the run stops before training needs it
+        run_dir=tmp_path / "run",
+        progress=False,
+        concurrency=1,
+        max_cost_usd=250,
+    )
+    with pytest.raises(StageError, match="stopped at the teacher cost cap"):
+        optimizer.compile(TicketTriage(), trainset=make_examples(10), teacher=priced)
+    traced = len(list(ap.TraceStore(tmp_path / "run" / "traces")))
+    assert 1 <= traced < 10
+    assert not (tmp_path / "run" / "dataset").exists()

@@ -46,6 +46,9 @@ class BootstrapFinetune(Optimizer):
     program keeps it: each predictor is bound to the format its adapter was trained on.
     ``chat_template``: a causal student's chat template instead of its tokenizer's (a Jinja
     file or text, or ``none`` for the plain layout), trained and served alike.
+    ``max_cost_usd``: no new teacher run starts once the teacher (an LM with a price table)
+    has cost this much in this run_dir; compile stops with what was traced kept, and a
+    higher cap goes on from there (``bootstrap.max_cost_usd`` of a recipe).
     """
 
     def __init__(
@@ -68,6 +71,7 @@ class BootstrapFinetune(Optimizer):
         serve: Any = None,
         format: str = "auto",
         chat_template: str | None = None,
+        max_cost_usd: float | None = None,
     ) -> None:
         from apprentice.serve.config import ServeConfig
         from apprentice.train.config import LoraConfig, TrainConfig
@@ -91,6 +95,7 @@ class BootstrapFinetune(Optimizer):
         self.serve = serve if isinstance(serve, ServeConfig) else ServeConfig(**(serve or {}))
         self.format = format
         self.chat_template = chat_template
+        self.max_cost_usd = max_cost_usd
         self.results: dict[str, Any] = {}
 
     def compile(self, student, *, trainset, teacher=None, valset=None) -> Module:
@@ -128,6 +133,7 @@ class BootstrapFinetune(Optimizer):
                 attempts=self.attempts,
                 concurrency=self.concurrency,
                 retry_failed=self.retry_failed,
+                max_cost_usd=self.max_cost_usd,
             ),
             dataset=DatasetConfig(
                 multitask=self.multitask, val_fraction=self.val_fraction, format=self.format
