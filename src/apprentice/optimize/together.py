@@ -87,7 +87,7 @@ class BetterTogether(Optimizer):
         if "w" in steps and self.weight_optimizer is None:
             raise ValueError(
                 f"strategy {strategy!r} has a weight step but no weight_optimizer was given: "
-                "pass weight_optimizer=ap.BootstrapFinetune(metric, student=...)"
+                "pass weight_optimizer=ap.BootstrapFinetune(metric=metric, student=...)"
             )
         trainset = _check_trainset(trainset)
         valset = _check_trainset(valset if valset is not None else trainset, "valset")
