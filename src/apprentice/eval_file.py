@@ -57,7 +57,9 @@ def evaluate_program_file(
             named = json.loads(path.read_text()).get("program")
         except (OSError, ValueError, AttributeError):
             named = None
-        hint = f" (the file says it was saved from {named!r})" if isinstance(named, str) else ""
+        hint = (
+            f" (the file says it was saved from {named!r:.120})" if isinstance(named, str) else ""
+        )
         raise RecipeError(
             f"give the program's class with --program pkg.module:Class{hint}: a program file "
             "never chooses the code that runs"
