@@ -181,9 +181,9 @@ def test_t5_student_learns_to_classify_tickets(tmp_path):
     result = ap.Evaluate(
         devset=HELDOUT, metric=_category_metric, num_threads=16, display_progress=False
     )(compiled)
-    # Stated bar: >= 0.9 on held-out tickets (measured 0.97 in the two-step demo run). The
-    # tiny random-init T5 does not learn to copy order ids (0% on that step; see
-    # docs/benchmarks.md), so its quality test is the classification step.
+    # Stated bar: >= 0.9 on held-out tickets. Copying order ids takes the demo recipe's
+    # 6000 tickets and 8 heads (~25 min of training, docs/benchmarks.md): more than CI
+    # holds, so this test's quality check is the classification step.
     assert result.score >= 0.9, result.score
 
 
