@@ -5,32 +5,18 @@ the file."""
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 from recipes.demo.task import TicketTriage, make_examples, metric
 
 import apprentice as ap
 from apprentice.cli import main
-from apprentice.run import Run
+from tiny_run import trained_run
 
-ROOT = Path(__file__).resolve().parents[1]
-SHORT = [
-    "data.train.args.n=8",
-    "data.dev.args.n=2",
-    "bootstrap.concurrency=2",
-    "student.tiny.hidden_size=32",
-    "student.tiny.num_layers=1",
-    "train.max_steps=2",
-    "train.batch_size=4",
-    "serve.max_new_tokens=16",
-]
+STAGES = ("bootstrap", "dataset", "train", "bind")
 
 
 def test_a_saved_program_is_scored_on_a_data_file(tmp_path, capsys):
-    root = tmp_path / "run"
-    run = Run.open(ROOT / "recipes/demo/causal.yaml", overrides=SHORT, run_dir=root, progress=False)
-    for stage in ("bootstrap", "dataset", "train", "bind"):
-        getattr(run, stage)()
+    root = trained_run(tmp_path / "run", "serve.max_new_tokens=16", stages=STAGES)
     examples = make_examples(3, seed=11)
     data = tmp_path / "tickets.jsonl"
     data.write_text("".join(json.dumps(e.to_dict()) + "\n" for e in examples))

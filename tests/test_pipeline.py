@@ -11,18 +11,7 @@ from recipes.demo.task import TicketTriage, make_examples, metric, teacher
 
 import apprentice as ap
 from apprentice.run import Run
-
-ROOT = Path(__file__).resolve().parents[1]
-RECIPE = ROOT / "recipes/demo/causal.yaml"
-SHORT = [
-    "data.train.args.n=8",
-    "data.dev.args.n=2",
-    "bootstrap.concurrency=2",
-    "student.tiny.hidden_size=32",
-    "student.tiny.num_layers=1",
-    "train.max_steps=2",
-    "train.batch_size=4",
-]
+from tiny_run import RECIPE, SHORT
 
 
 def _lm_config(root: Path) -> dict:

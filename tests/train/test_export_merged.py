@@ -10,28 +10,11 @@ import pytest
 import torch
 
 from apprentice.cli import main
-from apprentice.run import Run
-
-ROOT = Path(__file__).resolve().parents[2]
-RECIPE = ROOT / "recipes/demo/causal.yaml"
-SHORT = [
-    "data.train.args.n=8",
-    "data.dev.args.n=2",
-    "bootstrap.concurrency=2",
-    "student.tiny.hidden_size=32",
-    "student.tiny.num_layers=1",
-    "train.max_steps=3",
-    "train.batch_size=4",
-]
+from tiny_run import trained_run
 
 
 def _trained(tmp_path: Path, *overrides: str) -> Path:
-    root = tmp_path / "run"
-    run = Run.open(RECIPE, overrides=[*SHORT, *overrides], run_dir=root, progress=False)
-    run.bootstrap()
-    run.dataset()
-    run.train()
-    return root
+    return trained_run(tmp_path / "run", "train.max_steps=3", *overrides)
 
 
 def _logits(model, tokenizer) -> torch.Tensor:
