@@ -337,27 +337,29 @@ def _run_stage(args) -> int:
 
 
 def _adapter_folder(target: Path, name: str | None) -> Path:
-    """The adapter folder ``target`` names: itself, or in a run directory the one adapter
-    (``name`` choosing among several)."""
-    if (target / "manifest.json").is_file() and not (target / "run.json").exists():
-        return target
-    found = {
-        p.parent.parent.name: p.parent
-        for p in sorted((target / "adapters").glob("*/adapter/manifest.json"))
-    }
+    """The adapter folder ``target`` names (what ``apprentice serve`` finds there: itself,
+    a run's one adapter, or its full finetune), ``name`` choosing among a run's several."""
+    from apprentice.serve.servable import find_servable
+
+    missing = (
+        f"{target} is neither an adapter folder nor a run directory with a trained adapter: "
+        "run `apprentice train` first, or give the adapter's folder"
+    )
+    try:
+        servable = find_servable(target)
+    except FileNotFoundError:
+        raise FileNotFoundError(missing) from None
+    found = dict(servable.adapters)
+    if not found and (Path(servable.base_model) / "manifest.json").is_file():
+        found = {servable.name: Path(servable.base_model)}  # a full finetune
     if not found:
-        raise FileNotFoundError(
-            f"{target} is neither an adapter folder nor a run directory with a trained "
-            "adapter: run `apprentice train` first, or give the adapter's folder"
-        )
+        raise FileNotFoundError(missing)
     if name is not None:
         if name not in found:
-            raise ValueError(f"run {target} has no adapter {name!r}; it has {sorted(found)}")
+            raise ValueError(f"{target} has no adapter {name!r}; it has {sorted(found)}")
         return found[name]
     if len(found) > 1:
-        raise ValueError(
-            f"run {target} has adapters {sorted(found)}: choose one with --adapter NAME"
-        )
+        raise ValueError(f"{target} has adapters {sorted(found)}: choose one with --adapter NAME")
     return next(iter(found.values()))
 
 
