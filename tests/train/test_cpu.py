@@ -81,3 +81,15 @@ def test_bf16_auto_is_on_for_real_students_on_a_bf16_cpu_only(monkeypatch):
     assert model.use_bf16("auto", "cpu", 135_000_000) is False
     assert model.use_bf16(True, "cpu", 800_000) is True
     assert isinstance(threads.cpu_has_bf16(), bool)
+
+
+def test_forced_bf16_on_a_cpu_without_bf16_units_is_warned_about(monkeypatch):
+    from apprentice.train import model
+
+    monkeypatch.setattr(model, "cpu_has_bf16", lambda: False)
+    warning = model.slow_bf16_warning(True, "cpu")
+    assert warning is not None and "train.bf16: auto" in warning
+    assert model.slow_bf16_warning(False, "cpu") is None
+    assert model.slow_bf16_warning(True, "cuda") is None
+    monkeypatch.setattr(model, "cpu_has_bf16", lambda: True)
+    assert model.slow_bf16_warning(True, "cpu") is None

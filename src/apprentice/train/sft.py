@@ -42,7 +42,13 @@ from apprentice.train.export import (
     write_manifest,
 )
 from apprentice.train.launch import in_launched_process, launch_training
-from apprentice.train.model import resolve_targets, use_bf16, use_packing, wrap_lora
+from apprentice.train.model import (
+    resolve_targets,
+    slow_bf16_warning,
+    use_bf16,
+    use_packing,
+    wrap_lora,
+)
 from apprentice.train.resume import check_out_dir, run_fingerprint, save_checkpoint
 from apprentice.train.students import load_student, model_hash
 from apprentice.train.val_loss import combine_row_losses, row_losses
@@ -146,6 +152,8 @@ class AdapterTrainer:
         self.kind, self.tokenizer = self.student.kind, self.student.tokenizer
         model = self.student.model
         self.bf16 = use_bf16(train.bf16, self.device_type, model.num_parameters())
+        if warning := slow_bf16_warning(self.bf16, self.device_type):
+            log.warning(warning)
         self.vocab_before = model.get_input_embeddings().weight.shape[0]
         self.targets: list[str] = []
         if train.full_finetune:
