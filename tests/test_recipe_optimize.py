@@ -8,7 +8,7 @@ import json
 
 import pytest
 
-from apprentice.cli import main
+from apprentice.cli import _short, main
 from apprentice.recipe import RecipeError, load_recipe
 from apprentice.recipe_optimize import split_valset
 from apprentice.run import Run
@@ -50,6 +50,9 @@ def test_p_w_p_runs_as_a_stage_and_every_steps_score_is_reported(tmp_path):
     ]
     assert all(s["seconds"] > 0 for s in steps[1:])
     assert run.state()["stages"]["optimize"]["summary"]["steps"] == steps
+    line = _short("optimize", run.outcomes[4].summary)  # what `apprentice distill` prints
+    scores = ", ".join(f"{s['step']} {s['score']:.3f}" for s in steps)
+    assert line == f"p -> w -> p on 2 held out: {scores}; kept {result['kept']}"
 
     # Each step's program is saved; the p step put 2 demos on each predictor, and the w
     # step trained on traces of that program (its demos are in every training prompt).
