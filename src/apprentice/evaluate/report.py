@@ -400,7 +400,9 @@ def _optimize_section(result: dict[str, Any], systems: Sequence[SystemEval]) -> 
         "",
         f"Each step starts from the previous step's program; every program is scored on "
         f"{result['valset']} training examples held out of the {result['trainset']} the "
-        "steps learn from, and the best is kept (the earlier step on a tie).",
+        "steps learn from, and the best is kept (the earlier step on a tie). Teacher calls: "
+        "answered by the teacher (from its cache); wall time: the step's optimizer, its "
+        "scoring not included.",
     ]
     if final is not None:
         lines.append(
