@@ -43,6 +43,7 @@ LAYERS = [
         {
             "optimize",
             "recipe",
+            "recipe_optimize",
             "recipe_sections",
             "run",
             "pipeline",

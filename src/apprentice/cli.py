@@ -38,11 +38,14 @@ machine unless you name the recipe's host with --allow-key-host HOST.
 """
 
 _STAGE_HELP = {
-    "distill": "run every stage: bootstrap, dataset, train, bind, eval, report",
+    "distill": "run every stage: bootstrap, dataset, train, bind, optimize (with an "
+    "optimize section), eval, report",
     "bootstrap": "run the teacher over the training data and record traces",
     "dataset": "turn passing traces into a training dataset",
     "train": "finetune the student on the dataset (LoRA or full), then bind it",
     "bind": "bind the trained student to the program on the recipe's serve backend",
+    "optimize": "BetterTogether: prompt and weight steps as the recipe's optimize section "
+    "says, each step scored",
     "eval": "score teacher, untrained and trained student on the dev set",
     "report": "write report.md and plots from the evaluation results",
 }
@@ -291,6 +294,9 @@ def _short(stage: str, s: dict) -> str:
         )
     if stage == "bind":
         return f"{s.get('backend')}: {s.get('program')}"
+    if stage == "optimize":
+        steps = ", ".join(f"{step['step']} {step['score']:.3f}" for step in s.get("steps", []))
+        return f"{s.get('strategy')} on {s.get('valset')} held out: {steps}; kept {s.get('kept')}"
     if stage == "eval":
         return ", ".join(f"{k} {v:.3f}" for k, v in s.items())
     if stage == "report":

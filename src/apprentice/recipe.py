@@ -16,6 +16,7 @@ import importlib
 import json
 import os
 import re
+import typing
 from pathlib import Path
 from typing import Any, Literal
 
@@ -29,6 +30,7 @@ from apprentice.recipe_sections import (
     DatasetConfig,
     DataSource,
     EvalConfig,
+    OptimizeConfig,
     ServeConfig,
     StudentConfig,
     TeacherConfig,
@@ -63,6 +65,11 @@ class Recipe(ConfigSection):
     train: TrainConfig = TrainConfig()
     serve: ServeConfig = ServeConfig()
     eval: EvalConfig = EvalConfig()
+    optimize: OptimizeConfig | None = Field(
+        None,
+        description="BetterTogether: prompt and weight steps composed by a strategy string, "
+        "after the plain distillation (apprentice optimize); absent: no such stage",
+    )
     run_dir: str | None = Field(None, description="default: runs/<name> beside the recipe's cwd")
 
     @field_validator("name")
@@ -109,20 +116,26 @@ class Recipe(ConfigSection):
         return metric
 
     def make_teacher(
-        self, *, cache_dir: str | os.PathLike | None = None, allow_key_hosts: tuple[str, ...] = ()
+        self,
+        *,
+        cache_dir: str | os.PathLike | None = None,
+        allow_key_hosts: tuple[str, ...] = (),
+        config: TeacherConfig | None = None,
+        where: str = "teacher",
     ):
-        """The teacher LM. An ``openai`` teacher whose ``base_url`` is neither a known
-        provider's API nor this machine is refused unless its host is in ``allow_key_hosts``
-        or ``$APPRENTICE_ALLOW_KEY_HOSTS``: the recipe must not send a key elsewhere silently."""
+        """The teacher LM (or another LM configured like it: ``config``, found in the recipe
+        at ``where``). An ``openai`` LM whose ``base_url`` is neither a known provider's API
+        nor this machine is refused unless its host is in ``allow_key_hosts`` or
+        ``$APPRENTICE_ALLOW_KEY_HOSTS``: the recipe must not send a key elsewhere silently."""
         from apprentice.lm.usage import Price
 
-        t = self.teacher
+        t = config or self.teacher
         price = Price(**t.price) if t.price else None
         cache: Any = str(Path(cache_dir) / "teacher.sqlite") if cache_dir is not None else False
         if t.backend == "scripted":
             from apprentice.lm.scripted import ScriptedLM
 
-            return ScriptedLM(import_object(t.script, "teacher.script"), price=price, cache=cache)
+            return ScriptedLM(import_object(t.script, f"{where}.script"), price=price, cache=cache)
         from apprentice.lm.key_hosts import key_host_refusal
         from apprentice.lm.openai import OpenAILM
 
@@ -133,7 +146,7 @@ class Recipe(ConfigSection):
         key = os.environ.get(t.api_key_env)
         if not key:
             raise RecipeError(
-                f"teacher.api_key_env: environment variable {t.api_key_env} is not set; export "
+                f"{where}.api_key_env: environment variable {t.api_key_env} is not set; export "
                 "the endpoint's API key there"
             )
         return OpenAILM(
@@ -367,10 +380,9 @@ def _circular_key(node: Any, where: str = "", parents: tuple[int, ...] = ()) -> 
 
 def _first_error(exc: ValidationError) -> str:
     error = exc.errors()[0]
-    loc = [str(p) for p in error["loc"]]
+    loc, valid = _named_loc(Recipe, [str(p) for p in error["loc"]])
     where = ".".join(loc) or "(top level)"
     if error["type"] == "extra_forbidden":
-        valid = _fields_at(Recipe, loc[:-1])
         close = difflib.get_close_matches(loc[-1], valid, n=1, cutoff=0.5)
         hint = f"; did you mean {close[0]!r}?" if close else f"; valid keys: {', '.join(valid)}"
         return f"unknown key {where!r}{hint}"
@@ -381,14 +393,36 @@ def _first_error(exc: ValidationError) -> str:
     return f"{where}: {error['msg'].removeprefix('Value error, ')}{shown}"
 
 
-def _fields_at(model: type[BaseModel], loc: list[str]) -> list[str]:
+def _named_loc(model: type[BaseModel] | None, loc: list[str]) -> tuple[list[str], list[str]]:
+    """(``loc`` as recipe keys, the valid keys beside its last one). Pydantic puts the tag of
+    a tagged union (``optimize.prompt``'s ``gepa``) in the path; a recipe has no such key."""
+    keys: list[str] = []
+    parent: type[BaseModel] | None = model
+    annotation: Any = None
     for part in loc:
-        field = model.model_fields.get(part)
+        tagged = _tagged_models(annotation)
+        if part in tagged:  # the tag: not a key, but it says which section follows
+            model, annotation = tagged[part], None
+            continue
+        keys.append(part)
+        parent = model
+        field = model.model_fields.get(part) if model is not None else None
         annotation = getattr(field, "annotation", None)
-        candidates = [annotation, *getattr(annotation, "__args__", ())]
+        candidates = [annotation, *typing.get_args(annotation)]
         model = next(
             (c for c in candidates if isinstance(c, type) and issubclass(c, BaseModel)), None
         )
-        if model is None:
-            return []
-    return list(model.model_fields)
+    return keys, list(parent.model_fields) if parent is not None else []
+
+
+def _tagged_models(annotation: Any) -> dict[str, type[BaseModel]]:
+    """tag -> model of a union written ``Annotated[Model, Tag("tag")] | ...``."""
+    from pydantic import Tag
+
+    found = {}
+    for option in typing.get_args(annotation):
+        args = typing.get_args(option)
+        for meta in args[1:]:
+            if isinstance(meta, Tag) and isinstance(args[0], type):
+                found[meta.tag] = args[0]
+    return found

@@ -7,9 +7,16 @@ unknown keys) come from ``ConfigSection``.
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import Field, ValidationInfo, field_validator, model_validator
+from pydantic import (
+    Discriminator,
+    Field,
+    Tag,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
 
 from apprentice.config import ConfigSection
 from apprentice.serve.config import ServeConfig
@@ -20,6 +27,7 @@ __all__ = [
     "DataSource",
     "DatasetConfig",
     "EvalConfig",
+    "OptimizeConfig",
     "ServeConfig",
     "StudentConfig",
     "TeacherConfig",
@@ -82,7 +90,7 @@ class TeacherConfig(_Section):
     @model_validator(mode="after")
     def _script_for_scripted(self) -> TeacherConfig:
         if self.backend == "scripted" and not self.script:
-            raise ValueError("teacher.backend 'scripted' needs teacher.script (pkg.mod:function)")
+            raise ValueError("backend 'scripted' needs script (pkg.mod:function)")
         if self.backend == "scripted" and self.extra_body:
             raise ValueError(
                 "teacher.extra_body goes to an endpoint's requests: set it with backend "
@@ -179,3 +187,134 @@ class EvalConfig(_Section):
         description="also score the untrained student prompted with this many of the "
         "teacher's passing runs as demos (BootstrapFewShot): what prompting alone buys; 0 = off",
     )
+
+
+# -- optimize: BetterTogether from a recipe ----------------------------------------------------
+
+
+class BootstrapFewShotOptions(_Section):
+    """``ap.BootstrapFewShot``: demos are the teacher's passing runs of the program."""
+
+    name: Literal["bootstrap_fewshot"] = Field(description="the prompt optimizer")
+    max_bootstrapped_demos: int = Field(4, ge=0, description="teacher runs kept as demos")
+    max_labeled_demos: int = Field(
+        16, ge=0, description="demo slots left over filled with labelled training examples"
+    )
+    max_rounds: int = Field(1, ge=1, description="passes over the training examples")
+
+
+class RandomSearchOptions(_Section):
+    """``ap.BootstrapFewShotWithRandomSearch``: several demo sets, the best on the valset."""
+
+    name: Literal["random_search"] = Field(description="the prompt optimizer")
+    num_candidate_programs: int = Field(
+        8, ge=0, description="bootstrapped candidates (besides zero-shot and labelled-only)"
+    )
+    max_bootstrapped_demos: int = Field(4, ge=1, description="most teacher runs per candidate")
+    max_labeled_demos: int = Field(16, ge=0, description="labelled demos per candidate")
+    seed: int = Field(0, description="shuffles the training examples per candidate")
+
+
+class GEPAOptions(_Section):
+    """``ap.GEPA``: a proposer LM rewrites each predictor's instruction from its failing runs."""
+
+    name: Literal["gepa"] = Field(description="the prompt optimizer")
+    max_metric_calls: int | None = Field(
+        None, ge=1, description="budget: program runs scored (give this or max_full_evals)"
+    )
+    max_full_evals: int | None = Field(
+        None, ge=1, description="budget: passes over the training and validation examples"
+    )
+    reflection_minibatch_size: int = Field(3, ge=1, description="runs read per proposal")
+    examples_per_proposal: int = Field(6, ge=1, description="most runs shown to the proposer")
+    seed: int = Field(0, description="the search's random seed")
+    proposer: TeacherConfig | None = Field(
+        None,
+        description="the LM that proposes instructions, configured like teacher; "
+        "default: the recipe's teacher",
+    )
+
+    @model_validator(mode="after")
+    def _one_budget(self) -> GEPAOptions:
+        if (self.max_metric_calls is None) == (self.max_full_evals is None):
+            raise ValueError(
+                "give gepa exactly one budget: max_metric_calls (program runs scored) or "
+                f"max_full_evals (passes over the data); got max_metric_calls="
+                f"{self.max_metric_calls}, max_full_evals={self.max_full_evals}"
+            )
+        return self
+
+
+PROMPT_OPTIMIZERS = {
+    "bootstrap_fewshot": BootstrapFewShotOptions,
+    "random_search": RandomSearchOptions,
+    "gepa": GEPAOptions,
+}
+
+
+def _optimizer_name(value: Any) -> Any:
+    return value.get("name") if isinstance(value, dict) else getattr(value, "name", None)
+
+
+# Chosen by ``name`` with a function: a ``discriminator="name"`` cannot be used on fields
+# that ConfigSection's before-validator also checks.
+PromptOptimizerConfig = Annotated[
+    Annotated[BootstrapFewShotOptions, Tag("bootstrap_fewshot")]
+    | Annotated[RandomSearchOptions, Tag("random_search")]
+    | Annotated[GEPAOptions, Tag("gepa")],
+    Discriminator(_optimizer_name),
+]
+
+
+class WeightOptimizerConfig(_Section):
+    """``ap.BootstrapFinetune`` with the recipe's own student, bootstrap, dataset, lora,
+    train and serve sections: one place says how the student is trained."""
+
+    name: Literal["bootstrap_finetune"] = Field(
+        "bootstrap_finetune", description="the weight optimizer"
+    )
+
+
+class OptimizeConfig(_Section):
+    """``ap.BetterTogether`` over the recipe's program: prompt (``p``) and weight (``w``)
+    steps in the order ``strategy`` gives, each from the previous step's program, every
+    step scored on examples held out of the training split; the best program is kept."""
+
+    strategy: str = Field(
+        "p -> w -> p",
+        description="'p' (prompt step) and 'w' (weight step) joined by '->', run left to right",
+    )
+    prompt: PromptOptimizerConfig = Field(
+        default_factory=lambda: RandomSearchOptions(name="random_search"),
+        description="the prompt optimizer: {name: bootstrap_fewshot | random_search | gepa, "
+        "...its options}",
+    )
+    weights: WeightOptimizerConfig = Field(
+        default_factory=WeightOptimizerConfig, description="the weight optimizer"
+    )
+    val_fraction: float = Field(
+        0.2,
+        ge=0,
+        lt=1,
+        description="share of the training examples held out to score every step (the rest "
+        "are what the steps learn from); 0 = score on the training examples themselves",
+    )
+    num_threads: int = Field(8, ge=1, description="examples scored at once")
+
+    @field_validator("prompt", mode="before")
+    @classmethod
+    def _a_known_optimizer(cls, value: Any) -> Any:
+        name = _optimizer_name(value)
+        if name not in PROMPT_OPTIMIZERS:
+            raise ValueError(
+                f"prompt optimizer name {name!r} is not one of "
+                f"{', '.join(PROMPT_OPTIMIZERS)}; write e.g. prompt: {{name: random_search}}"
+            )
+        return value
+
+    @field_validator("strategy")
+    @classmethod
+    def _a_chain_of_steps(cls, strategy: str) -> str:
+        from apprentice.optimize.together import parse_strategy
+
+        return " -> ".join(parse_strategy(strategy))

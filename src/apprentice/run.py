@@ -12,6 +12,8 @@ evaluation of every system on the dev set, and the report.
       student/           a tiny student built from config (offline demos only)
       adapters/<name>/   train: checkpoints, train_log.jsonl, adapter/ (PEFT dir + manifest)
       program.json       bind: the compiled program, bound to the student's backend
+      optimize/          optimize (only with an optimize section): BetterTogether's steps,
+                         each one's score and program, and the program kept
       eval/<system>.json eval: teacher, untrained student, trained student on the dev set
       report/            report.md + PNG plots
 
@@ -47,12 +49,13 @@ __all__ = ["STAGES", "Run", "StageOutcome", "locate", "recipe_job"]
 
 log = logging.getLogger(__name__)
 
-STAGES = ("bootstrap", "dataset", "train", "bind", "eval", "report")
+STAGES = ("bootstrap", "dataset", "train", "bind", "optimize", "eval", "report")
 SYSTEMS = {
     "teacher": "teacher",
     "untrained": "student (untrained)",
     "fewshot": "student (untrained, few-shot)",
     "trained": "student (trained)",
+    "optimized": "student (BetterTogether)",
 }
 
 
@@ -200,8 +203,34 @@ class Run(Pipeline):
     def distill(self) -> list[StageOutcome]:
         with self._exclusive():  # held across the stages, so no one slips in between
             for stage in STAGES:
+                if stage == "optimize" and self.recipe.optimize is None:
+                    continue
                 getattr(self, stage)()
         return self.outcomes
+
+    def optimize(self) -> StageOutcome:
+        """BetterTogether over the program, as the recipe's ``optimize`` section says
+        (``recipe_optimize.py``), into ``optimize/``."""
+        from apprentice.recipe_optimize import optimize_key, optimize_program
+
+        if self.recipe.optimize is None:
+            raise RecipeError(
+                f"recipe {self.recipe.name!r} has no optimize section: add one, e.g. "
+                "optimize: {strategy: 'p -> w -> p', prompt: {name: bootstrap_fewshot}} "
+                "(recipes/demo/together.yaml)"
+            )
+        self.require(self.dataset_dir / "manifest.json", "dataset")
+        key = optimize_key(self)
+        out = self.root / "optimize"
+        exists = (out / "result.json").exists() and (out / "program.json").exists()
+        return self._stage("optimize", key, lambda: optimize_program(self, key), exists=exists)
+
+    def optimized_program(self):
+        """The program the optimize stage kept, loaded from optimize/program.json."""
+        path = self.root / "optimize" / "program.json"
+        self.require(path, "optimize")
+        # trusted: written by this run, whose program already runs code of its choosing
+        return self.recipe.make_program().load(path, trusted=True)
 
     def bootstrap(self) -> StageOutcome:
         from apprentice.traces.store import TraceStoreMismatch
@@ -286,11 +315,20 @@ class Run(Pipeline):
                 base, _file_hash(self.program_file), self.state()["stages"].get("train")
             ),
         }
+        if r.optimize is not None:
+            # The optimize stage's record changes whenever it runs again.
+            self.require(self.root / "optimize" / "program.json", "optimize")
+            keys["optimized"] = stage_hash(
+                base,
+                _file_hash(self.root / "optimize" / "program.json"),
+                self.state()["stages"].get("optimize"),
+            )
         wanted = (
             ["teacher"] * r.eval.teacher
             + ["untrained"] * r.eval.untrained
             + ["fewshot"] * bool(r.eval.fewshot)
             + ["trained"]
+            + ["optimized"] * (r.optimize is not None)
         )
         out_dir = self.root / "eval"
         out_dir.mkdir(exist_ok=True)
@@ -317,6 +355,8 @@ class Run(Pipeline):
                     lm = student_lm(r.serve, self.student_path(), max_new_tokens=cap, **options)
                     program.set_lm(lm)
                     program.set_format(self.student_format())
+                elif system == "optimized":
+                    program = self.optimized_program()
                 else:
                     program = self.compiled_program()
                 result = evaluate_system(
@@ -374,6 +414,10 @@ class Run(Pipeline):
             "training": training,
         }
 
+        optimized = self.root / "optimize" / "result.json"
+        steps = json.loads(optimized.read_text()) if optimized.exists() else None
+        final = SYSTEMS["optimized"] if steps is not None else SYSTEMS["trained"]
+
         def run() -> dict[str, Any]:
             path = write_report(
                 self.root / "report",
@@ -381,6 +425,8 @@ class Run(Pipeline):
                 train_logs=logs,
                 title=f"apprentice report: {self.recipe.name}",
                 extra=extra,
+                optimize=steps,
+                candidate=final if any(s.name == final for s in systems) else SYSTEMS["trained"],
             )
             return {"report": str(path)}
 

@@ -373,6 +373,45 @@ def _training_section(out_dir: Path, train_logs: dict[str, Path] | None) -> list
     return [*lines, *notes, ""]
 
 
+def _optimize_section(result: dict[str, Any], systems: Sequence[SystemEval]) -> list[str]:
+    """BetterTogether's steps: each program's score on the held-out training examples, the
+    teacher calls and wall time the step took, and which program was kept."""
+    lines = [f"## Optimize: BetterTogether `{result['strategy']}`", ""]
+    names = {"start": "start", "p": result["prompt_optimizer"], "w": result["weight_optimizer"]}
+    lines += [
+        "| step | optimizer | valset score | teacher calls (cached) | wall time | kept |",
+        "|---|---|---|---|---|---|",
+    ]
+    for step in result["steps"]:
+        calls = step.get("teacher_calls")
+        cached = step.get("teacher_cached_calls")
+        call_text = "—" if calls is None else f"{calls} ({cached})"
+        row = [
+            f"{step['index']}: {step['step']}",
+            names.get(step["step"], step["step"]),
+            f"{step['score']:.3f}",
+            call_text,
+            _seconds(step["seconds"]) if step["step"] != "start" else "—",
+            "yes" if step["index"] == result["kept"] else "",
+        ]
+        lines.append("| " + " | ".join(_cell(c) for c in row) + " |")
+    final = next((s for s in systems if s.name == "student (BetterTogether)"), None)
+    lines += [
+        "",
+        f"Each step starts from the previous step's program; every program is scored on "
+        f"{result['valset']} training examples held out of the {result['trainset']} the "
+        "steps learn from, and the best is kept (the earlier step on a tie). Teacher calls: "
+        "answered by the teacher (from its cache); wall time: the step's optimizer, its "
+        "scoring not included.",
+    ]
+    if final is not None:
+        lines.append(
+            f"The kept program scores **{final.score:.3f}** on the {final.n} held-out dev "
+            "examples (system `student (BetterTogether)` above)."
+        )
+    return [*lines, ""]
+
+
 def _value(value: Any) -> str:
     if isinstance(value, float):
         return f"{value:.4g}"
@@ -390,9 +429,12 @@ def write_report(
     extra: dict[str, Any] | None = None,
     baseline: str = "teacher",
     candidate: str = "student (trained)",
+    optimize: dict[str, Any] | None = None,
 ) -> Path:
     """Writes ``out_dir/report.md``, ``quality_cost.png`` and (given training logs, as
-    ``train_log.jsonl`` files or the adapter directories holding them) ``loss.png``."""
+    ``train_log.jsonl`` files or the adapter directories holding them) ``loss.png``.
+    ``optimize``: a run's ``optimize/result.json`` (BetterTogether's steps), shown as a
+    table of every step's score, teacher calls and wall time."""
     if not systems:
         raise ValueError("write_report needs at least one SystemEval, got none")
     out_dir = Path(out_dir)
@@ -421,6 +463,8 @@ def write_report(
         [s.cost_per_1k for s in systems],
         [_cost_cell(s) for s in systems],
     )
+    if optimize is not None:
+        lines += _optimize_section(optimize, systems)
     lines += _training_section(out_dir, train_logs)
     if extra:
         lines += ["## Run", ""]

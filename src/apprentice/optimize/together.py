@@ -29,12 +29,17 @@ STEPS = {"p": "prompt", "w": "weights"}
 
 @dataclass(frozen=True)
 class StepScore:
-    """One program of the strategy: ``step`` is ``start`` or the strategy's p / w in order."""
+    """One program of the strategy: ``step`` is ``start`` or the strategy's p / w in order.
+    ``teacher_calls`` / ``teacher_cached_calls``: the calls the step made to the teacher
+    (answered by it / from its cache), counted by the teacher's usage; None without a
+    teacher that counts them."""
 
     index: int
     step: str
     score: float
     seconds: float
+    teacher_calls: int | None = None
+    teacher_cached_calls: int | None = None
 
 
 def parse_strategy(strategy: str) -> list[str]:
@@ -98,24 +103,30 @@ class BetterTogether(Optimizer):
             display_progress=self.display_progress,
         )
         self.step_scores, self.programs = [], []
+        usage = getattr(teacher, "usage", None)
 
-        def keep(step: str, program: Module, seconds: float) -> None:
+        def teacher_calls() -> tuple[int, int] | tuple[None, None]:
+            return (usage.calls, usage.cached_calls) if usage is not None else (None, None)
+
+        def keep(step: str, program: Module, seconds: float, before) -> None:
+            after = teacher_calls()
+            spent = [a - b if a is not None else None for a, b in zip(after, before, strict=True)]
             score = evaluate(program).score
-            self.step_scores.append(StepScore(len(self.programs), step, score, seconds))
+            self.step_scores.append(StepScore(len(self.programs), step, score, seconds, *spent))
             self.programs.append(program)
             log.info("BetterTogether %s: %.4f on the valset (%.1f s)", step, score, seconds)
 
         program = student.deepcopy()
-        keep("start", program, 0.0)
+        keep("start", program, 0.0, teacher_calls())
         for index, step in enumerate(steps, 1):
-            start = time.perf_counter()
+            start, before = time.perf_counter(), teacher_calls()
             optimizer = self.prompt_optimizer if step == "p" else self.weight_optimizer
             if step == "w" and steps.count("w") > 1:
                 optimizer = _own_run_dir(optimizer, index)
             # A weight step's teacher (BootstrapFinetune): this program run by the teacher LM,
             # or by its own LM without one (its instructions and demos either way).
             program = optimizer.compile(program, trainset=trainset, teacher=teacher, valset=valset)
-            keep(step, program, time.perf_counter() - start)
+            keep(step, program, time.perf_counter() - start, before)
         best = max(self.step_scores, key=lambda s: (s.score, -s.index))
         chosen = self.programs[best.index]
         chosen.candidate_scores = list(self.step_scores)
