@@ -32,6 +32,7 @@ import re
 import runpy
 import subprocess
 import sys
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -46,27 +47,73 @@ LANGUAGES = PYTHON | SHELL | {"text", "yaml"}
 
 
 # -- Python ----------------------------------------------------------------------------------
+@dataclass
+class Ran:
+    """What a Python block left: its namespace, the requests the stand-in endpoint saw, its
+    working directory and the stand-in student's folder."""
+
+    ns: dict
+    seen: list
+    cwd: Path
+    student: str | None
+
+
+def _quick_start(ran: Ran) -> None:
+    assert ran.ns["pred"].answer == "Paris" and ran.ns["pred"].reasoning == "The passage says so."
+    [seen] = ran.seen
+    assert seen.body["model"] == "gpt-4o-mini"
+    assert seen.headers["authorization"] == "Bearer sk-stand-in"  # from $OPENAI_API_KEY
+    prompt = seen.body["messages"][-1]["content"]
+    assert "Paris is the capital of France." in prompt and "capital of France?" in prompt
+
+
+def _finetune(ran: Ran) -> None:
+    compiled, loaded = ran.ns["student"], ran.ns["TicketTriage"]().load("triage.json")
+    for program in (compiled, loaded):  # the compiled program and the one loaded again
+        assert type(program.classify.lm).__name__ == "LocalLM"
+        assert program.classify.lm.adapter == "multitask"
+    assert (ran.cwd / "runs/triage/adapters/multitask/adapter/manifest.json").is_file()
+    assert ran.student in (ran.cwd / "triage.json").read_text()
+
+
+def _together(ran: Ran) -> None:
+    together = ran.ns["together"]
+    assert [s.step for s in together.step_scores] == ["start", "p", "w", "p"]
+    assert ran.ns["best"] in together.programs
+    # The prompt steps asked the stand-in endpoint for new instructions.
+    assert any("`new_instruction`" in s.body["messages"][0]["content"] for s in ran.seen)
+    assert type(together.programs[2].extract.lm).__name__ == "LocalLM"  # the trained student
+
+
+def _lm_per_predictor(ran: Ran) -> None:
+    # Only the last call's extract step reached the served student; classify stayed local.
+    [seen] = ran.seen
+    assert seen.body["model"] == "multitask" and "`order_id`" in seen.body["messages"][0]["content"]
+    assert ran.ns["program"].extract.lm is ran.ns["student_lm"]
+    assert ran.ns["program"].classify.lm is ran.ns["teacher_lm"]
+
+
 @dataclass(frozen=True)
 class PyBlock:
+    check: Callable[[Ran], None]  # what the block must have done
     stand_ins: tuple[tuple[str, str, str], ...] = ()  # (text in the block, its stand-in, why)
     slow: bool = False  # trains a student
 
 
 STUDENT = "a 1-layer causal student built from config on the ticket task's text (no model offline)"
+ENDPOINT = ('base_url="https://api.openai.com/v1"', 'base_url="{url}"', "a hosted endpoint")
+SECONDS = ("make_examples(300)", "make_examples(16)", "16 tickets train in seconds")
 PYTHON_BLOCKS = {
-    ("README.md", "import apprentice as ap"): PyBlock(
-        (('base_url="https://api.openai.com/v1"', 'base_url="{url}"', "a hosted endpoint"),)
-    ),
+    ("README.md", "import apprentice as ap"): PyBlock(_quick_start, (ENDPOINT,)),
     ("README.md", "import apprentice as ap #2"): PyBlock(
-        (
-            ('student="path/or/hub-name"', 'student="{student}"', STUDENT),
-            ("make_examples(300)", "make_examples(16)", "16 tickets train in seconds"),
-        ),
+        _finetune,
+        (('student="path/or/hub-name"', 'student="{student}"', STUDENT), SECONDS),
         slow=True,
     ),
     ("README.md", "import apprentice as ap #3"): PyBlock(
+        _together,
         (
-            ('base_url="https://api.openai.com/v1"', 'base_url="{url}"', "a hosted endpoint"),
+            ENDPOINT,
             # A random-init student writes to its token limit: 16 tokens, not 256, per call.
             (
                 'ap.LocalLM("path/or/hub-name")',
@@ -79,13 +126,14 @@ PYTHON_BLOCKS = {
                 STUDENT,
             ),
             ("max_metric_calls=300", "max_metric_calls=24", "a budget that runs in seconds"),
-            ("make_examples(300)", "make_examples(16)", "16 tickets train in seconds"),
+            SECONDS,
             ("make_examples(50, seed=7)", "make_examples(6, seed=7)", "a 6-ticket valset"),
         ),
         slow=True,
     ),
     ("README.md", "import apprentice as ap #4"): PyBlock(
-        (('base_url="http://127.0.0.1:8000/v1"', 'base_url="{url}"', "a served student"),)
+        _lm_per_predictor,
+        (('base_url="http://127.0.0.1:8000/v1"', 'base_url="{url}"', "a served student"),),
     ),
 }
 
@@ -142,64 +190,26 @@ def _source(key, **values) -> str:
     return source
 
 
-def _run(key, tmp_path, monkeypatch, **values) -> dict:
+@pytest.mark.parametrize(
+    "key",
+    [
+        pytest.param(k, marks=[pytest.mark.slow] if b.slow else [], id=BLOCKS[k].where())
+        for k, b in PYTHON_BLOCKS.items()
+    ],
+)
+def test_python_block(key, request, tmp_path, monkeypatch):
+    import apprentice as ap
+
+    wants = " ".join(stand_in for _, stand_in, _ in PYTHON_BLOCKS[key].stand_ins)
+    server = request.getfixturevalue("endpoint") if "{url}" in wants else None
+    student = str(request.getfixturevalue("tiny_student")) if "{student}" in wants else None
+    url = server.url if server else None
     monkeypatch.chdir(tmp_path)
     monkeypatch.syspath_prepend(str(ROOT))  # the blocks import recipes.demo.task
-    namespace = {"__name__": "__doc_block__"}
-    exec(compile(_source(key, **values), f"{BLOCKS[key].where()}", "exec"), namespace)
-    return namespace
-
-
-def test_the_quick_start_asks_the_endpoint_and_parses_its_answer(endpoint, tmp_path, monkeypatch):
-    ns = _run(("README.md", "import apprentice as ap"), tmp_path, monkeypatch, url=endpoint.url)
-    assert ns["pred"].answer == "Paris" and ns["pred"].reasoning == "The passage says so."
-    [seen] = endpoint.seen
-    assert seen.body["model"] == "gpt-4o-mini"
-    assert seen.headers["authorization"] == "Bearer sk-stand-in"  # from $OPENAI_API_KEY
-    prompt = seen.body["messages"][-1]["content"]
-    assert "Paris is the capital of France." in prompt and "capital of France?" in prompt
-
-
-def test_choosing_an_lm_per_predictor(endpoint, tmp_path, monkeypatch):
-    ns = _run(("README.md", "import apprentice as ap #4"), tmp_path, monkeypatch, url=endpoint.url)
-    # Only the last call's extract step reached the served student; classify stayed local.
-    [seen] = endpoint.seen
-    assert seen.body["model"] == "multitask" and "`order_id`" in seen.body["messages"][0]["content"]
-    assert ns["program"].extract.lm is ns["student_lm"]
-    assert ns["program"].classify.lm is ns["teacher_lm"]
-
-
-@pytest.mark.slow
-def test_bootstrap_finetune_from_python(tiny_student, tmp_path, monkeypatch):
-    import apprentice as ap
-
-    key = ("README.md", "import apprentice as ap #2")
+    ns = {"__name__": "__doc_block__"}  # a fresh namespace: the block runs alone
     try:
-        ns = _run(key, tmp_path, monkeypatch, student=tiny_student)
-        compiled, loaded = ns["student"], ns["TicketTriage"]().load("triage.json")
-        for program in (compiled, loaded):
-            assert type(program.classify.lm).__name__ == "LocalLM"
-            assert program.classify.lm.adapter == "multitask"
-        run = tmp_path / "runs" / "triage"
-        assert (run / "adapters" / "multitask" / "adapter" / "manifest.json").is_file()
-        assert str(tiny_student) in (tmp_path / "triage.json").read_text()
-    finally:
-        ap.release_engines()
-
-
-@pytest.mark.slow
-def test_prompts_and_weights_together(endpoint, tiny_student, tmp_path, monkeypatch):
-    import apprentice as ap
-
-    key = ("README.md", "import apprentice as ap #3")
-    try:
-        ns = _run(key, tmp_path, monkeypatch, url=endpoint.url, student=tiny_student)
-        together = ns["together"]
-        assert [s.step for s in together.step_scores] == ["start", "p", "w", "p"]
-        assert ns["best"] in together.programs
-        # The prompt steps asked the stand-in endpoint for new instructions.
-        assert any("`new_instruction`" in s.body["messages"][0]["content"] for s in endpoint.seen)
-        assert type(together.programs[2].extract.lm).__name__ == "LocalLM"
+        exec(compile(_source(key, url=url, student=student), BLOCKS[key].where(), "exec"), ns)
+        PYTHON_BLOCKS[key].check(Ran(ns, server.seen if server else [], tmp_path, student))
     finally:
         ap.release_engines()
 
@@ -397,12 +407,6 @@ def test_every_python_block_is_classified_and_every_entry_is_a_block():
         f"unclassified: {sorted(python - set(PYTHON_BLOCKS))}; "
         f"gone from the docs: {sorted(set(PYTHON_BLOCKS) - python)}"
     )
-    tested = {
-        n
-        for n, obj in globals().items()
-        if n.startswith("test_") and "_run" in obj.__code__.co_names
-    }
-    assert len(tested) == len(PYTHON_BLOCKS)  # one test function per Python block
 
 
 def test_every_shell_entry_is_still_a_block():
