@@ -100,10 +100,11 @@ def _section(config: Any) -> Any:
     return config.model_dump(mode="json") if hasattr(config, "model_dump") else config
 
 
-def _loading_key(loading: Any) -> list[Any]:
+def _loading_key(loading: Any, *, hub_only: bool = False) -> list[Any]:
     """A stage key's part for how the student loads: nothing for the defaults (older runs
-    keep their keys), else the options set."""
-    changed = loading.changed()
+    keep their keys), else the options set (``hub_only``: those that choose the config and
+    tokenizer, revision and remote code)."""
+    changed = loading.hub_options() if hub_only else loading.changed()
     return [changed] if changed else []
 
 
@@ -249,6 +250,12 @@ class Pipeline:
         job, cfg = self.job, self.job.bootstrap
         # before the teacher is paid
         self.student_loading().check(self.student_path())
+        if self.student_loading().load_in_4bit and job.train.full_finetune:
+            raise StageError(
+                "student.load_in_4bit trains a LoRA adapter on a frozen 4-bit base, and "
+                "train.full_finetune would update the 4-bit weights themselves: set one of "
+                "them to false"
+            )
         check_context(job.train, self.student_path(), job.tiny, self.student_loading())
         program = job.make_program()
         key = _hash(
@@ -326,7 +333,7 @@ class Pipeline:
             # What the rows-too-long count depends on (length_check).
             self.student_path(),
             _section(job.tiny),
-            *_loading_key(self.student_loading()),
+            *_loading_key(self.student_loading(), hub_only=True),
             job.train.max_length,
             job.train.max_target_length,
         )
