@@ -215,3 +215,31 @@ def test_a_tiny_students_rows_are_counted_by_training_alone(tmp_path):
         "checked": False,
         "why": "a tiny student's tokenizer is trained in the train stage",
     }
+
+
+def test_the_students_loading_options_reach_binding_and_retrain_when_changed(tmp_path):
+    root = tmp_path / "run"
+    eager = ["student.attn_implementation=eager"]
+    first = Run.open(RECIPE, overrides=[*SHORT, *eager], run_dir=root, progress=False)
+    assert _stages(first, ("bootstrap", "dataset", "train", "bind"))["train"] == "ran"
+    assert _lm_config(root)["loading"] == {"attn_implementation": "eager"}
+    manifest = json.loads(next((root / "adapters").rglob("manifest.json")).read_text())
+    assert manifest["base_model_options"] == {"attn_implementation": "eager"}
+    program = first.compiled_program()
+    [lm] = {id(p.lm.engine): p.lm for _, p in program.named_predictors()}.values()
+    assert lm.engine.network.config._attn_implementation == "eager"
+    # Another dtype for the base is another training run; the same options are reused.
+    same = Run.open(root, progress=False)
+    assert _stages(same, ("dataset", "train")) == {"dataset": "reused", "train": "reused"}
+    bf16 = Run.open(root, overrides=["student.dtype=bfloat16"], progress=False)
+    assert _stages(bf16, ("dataset", "train")) == {"dataset": "reused", "train": "ran"}
+
+
+@pytest.mark.skipif(__import__("torch").cuda.is_available(), reason="a machine without CUDA")
+def test_4bit_is_refused_before_the_teacher_is_paid(tmp_path):
+    run = Run.open(
+        RECIPE, overrides=[*SHORT, "student.load_in_4bit=true"], run_dir=tmp_path, progress=False
+    )
+    with pytest.raises(ValueError, match="student.load_in_4bit.*CUDA"):
+        run.bootstrap()
+    assert not (tmp_path / "traces" / "traces.jsonl").exists()

@@ -216,6 +216,9 @@ class AdapterManifest:
     metrics: dict[str, Any]
     servable: dict[str, Any]
     adapter_hash: str = ""
+    # How the base was loaded (StudentLoading.changed(): revision, dtype, 4-bit, ...);
+    # export --merged and serving load it the same way. Empty: the defaults.
+    base_model_options: dict[str, Any] = field(default_factory=dict)
     schema: str = SCHEMA
     version: int = VERSION
     created: float = field(default_factory=time.time)

@@ -29,10 +29,13 @@ def context_length(config: Any, tokenizer: Any) -> int:
     return DEFAULT_CONTEXT
 
 
-def local_context_length(name_or_path: str) -> int | None:
+def local_context_length(
+    name_or_path: str, hub_options: dict[str, Any] | None = None
+) -> int | None:
     """``context_length`` of a model whose config is on this machine (a folder, or a hub name
     in the local cache), read from its config and ``tokenizer_config.json`` without loading
-    the tokenizer; None when the files are not here (nothing is downloaded)."""
+    the tokenizer; None when the files are not here (nothing is downloaded).
+    ``hub_options``: the student's ``revision`` and ``trust_remote_code``."""
     import json
     from pathlib import Path
     from types import SimpleNamespace
@@ -40,7 +43,9 @@ def local_context_length(name_or_path: str) -> int | None:
     from transformers import AutoConfig
 
     try:
-        config = AutoConfig.from_pretrained(name_or_path, local_files_only=True)
+        config = AutoConfig.from_pretrained(
+            name_or_path, local_files_only=True, **hub_options or {}
+        )
     except (OSError, ValueError):
         return None
     limit = None
@@ -50,7 +55,10 @@ def local_context_length(name_or_path: str) -> int | None:
         try:
             from huggingface_hub import try_to_load_from_cache
 
-            cached = try_to_load_from_cache(name_or_path, "tokenizer_config.json")
+            revision = (hub_options or {}).get("revision")
+            cached = try_to_load_from_cache(
+                name_or_path, "tokenizer_config.json", revision=revision
+            )
             tokenizer_config = Path(cached) if isinstance(cached, str) else None
         except (ImportError, ValueError):
             tokenizer_config = None

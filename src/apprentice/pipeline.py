@@ -84,6 +84,7 @@ class Job:
     serve: Any  # serve.config.ServeConfig
     tiny: Any = None  # recipe_sections.TinyStudent
     chat_template: str | None = None  # a Jinja file or text, "none", or None (the tokenizer's)
+    loading: Any = None  # student_loading.StudentLoading: how the base loads; None = defaults
     teacher_key: str = ""
     reset_traces: bool = False
     lm_options: dict[str, Any] = field(default_factory=dict)
@@ -97,6 +98,14 @@ def _hash(*parts: Any) -> str:
 
 def _section(config: Any) -> Any:
     return config.model_dump(mode="json") if hasattr(config, "model_dump") else config
+
+
+def _loading_key(loading: Any, *, hub_only: bool = False) -> list[Any]:
+    """A stage key's part for how the student loads: nothing for the defaults (older runs
+    keep their keys), else the options set (``hub_only``: those that choose the config and
+    tokenizer, revision and remote code)."""
+    changed = loading.hub_options() if hub_only else loading.changed()
+    return [changed] if changed else []
 
 
 def adapter_groups(program: Any, multitask: bool) -> dict[str, list[str]]:
@@ -240,7 +249,14 @@ class Pipeline:
 
         job, cfg = self.job, self.job.bootstrap
         # before the teacher is paid
-        check_context(job.train, self.student_path(), job.tiny)
+        self.student_loading().check(self.student_path())
+        if self.student_loading().load_in_4bit and job.train.full_finetune:
+            raise StageError(
+                "student.load_in_4bit trains a LoRA adapter on a frozen 4-bit base, and "
+                "train.full_finetune would update the 4-bit weights themselves: set one of "
+                "them to false"
+            )
+        check_context(job.train, self.student_path(), job.tiny, self.student_loading())
         program = job.make_program()
         key = _hash(
             program_hash(program), dataset_hash(job.trainset), job.teacher_key, _section(cfg)
@@ -317,6 +333,7 @@ class Pipeline:
             # What the rows-too-long count depends on (length_check).
             self.student_path(),
             _section(job.tiny),
+            *_loading_key(self.student_loading(), hub_only=True),
             job.train.max_length,
             job.train.max_target_length,
         )
@@ -332,7 +349,9 @@ class Pipeline:
                     val_fraction=job.dataset.val_fraction,
                     format=fmt,
                     template=template,
-                    lengths=length_check(self.student_path(), job.tiny, job.train),
+                    lengths=length_check(
+                        self.student_path(), job.tiny, job.train, self.student_loading()
+                    ),
                 )
             except ValueError as exc:
                 boot = self.state()["stages"].get("bootstrap", {}).get("summary", {})
@@ -356,9 +375,17 @@ class Pipeline:
     def student_path(self) -> str:
         return self.job.student
 
+    def student_loading(self):
+        """How the student's base is loaded (``StudentLoading``; the defaults unless set)."""
+        from apprentice.student_loading import StudentLoading
+
+        return self.job.loading or StudentLoading()
+
     def student_format(self):
         """The format the student is trained and served with (``student_prompt``)."""
-        return student_format(self.job.dataset.format, self.student_path(), self.job.tiny)
+        return student_format(
+            self.job.dataset.format, self.student_path(), self.job.tiny, self.student_loading()
+        )
 
     def trained_prompt(self):
         """(format, chat template and its variables) the dataset's rows were rendered with:
@@ -408,6 +435,8 @@ class Pipeline:
         manifest = read_dataset_manifest(self.dataset_dir)
         groups = adapter_groups(job.make_program(), job.dataset.multitask)
         student = {"model": job.student, "tiny": _section(job.tiny)}
+        if self.student_loading().changed():  # the defaults add no key (older runs)
+            student["loading"] = self.student_loading().changed()
         return _hash(
             manifest.content_hash, student, _section(job.lora), _section(job.train), groups
         )
@@ -440,6 +469,7 @@ class Pipeline:
                     predictors=group,
                     name=name,
                     progress=self.progress,
+                    loading=self.student_loading(),
                 )
                 keep = ("steps", "final_train_loss", "final_val_loss", "elapsed_s")
                 summary[name] = {k: result.metrics.get(k) for k in keep} | {
@@ -461,7 +491,9 @@ class Pipeline:
         for out in outs.values():
             self.require(out / "adapter" / "manifest.json", "train")
         train_entry = self.state()["stages"].get("train")
-        key = _hash(train_entry, _section(job.serve), job.lm_options)
+        key = _hash(
+            train_entry, _section(job.serve), job.lm_options, *_loading_key(self.student_loading())
+        )
 
         def run() -> dict[str, Any]:
             program = job.make_program()
@@ -476,6 +508,7 @@ class Pipeline:
                 lm_options=job.lm_options,
                 format=fmt,
                 template=template,
+                loading=self.student_loading(),
             )
             compiled.save(self.program_file)
             self._compiled = compiled

@@ -20,6 +20,7 @@ from pydantic import (
 
 from apprentice.config import ConfigSection
 from apprentice.serve.config import ServeConfig
+from apprentice.student_loading import StudentLoading
 
 __all__ = [
     "BootstrapConfig",
@@ -130,7 +131,11 @@ def _head_size_ok(hidden: int, heads: int, kind: str | None) -> bool:
     return hidden % heads == 0 and (kind != "causal" or (hidden // heads) % 2 == 0)
 
 
-class StudentConfig(_Section):
+class StudentConfig(StudentLoading):
+    """Which base model the student is (``model`` or ``tiny``) and how it is loaded (the
+    options of ``StudentLoading``: revision, dtype, attn_implementation, load_in_4bit,
+    trust_remote_code), in training, serving and ``export --merged`` alike."""
+
     model: str | None = Field(None, description="local path or hub name of the base student")
     tiny: TinyStudent | None = Field(None, description="build a tiny student instead (offline)")
     chat_template: str | None = Field(
@@ -143,7 +148,20 @@ class StudentConfig(_Section):
     def _one_student(self) -> StudentConfig:
         if (self.model is None) == (self.tiny is None):
             raise ValueError("give exactly one of 'model' or 'tiny'")
+        if self.tiny is not None:
+            for option in ("revision", "trust_remote_code"):
+                if getattr(self, option) not in (None, False):
+                    raise ValueError(
+                        f"student.{option} is for a model loaded from the hub; a tiny student "
+                        f"is built from its config here: drop student.{option}"
+                    )
+        else:
+            self.check(self.model, here=False)  # this machine is checked when it loads
         return self
+
+    def loading(self) -> StudentLoading:
+        """The options of how the base is loaded, without which base it is."""
+        return StudentLoading(**{k: getattr(self, k) for k in StudentLoading.model_fields})
 
 
 class BootstrapConfig(_Section):

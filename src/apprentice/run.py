@@ -96,6 +96,7 @@ def recipe_job(
         student=recipe.student.model or str(root / "student"),
         tiny=recipe.student.tiny,
         chat_template=recipe.student.chat_template,
+        loading=recipe.student.loading(),
         bootstrap=recipe.bootstrap,
         dataset=recipe.dataset,
         lora=recipe.lora,
@@ -352,7 +353,13 @@ class Run(Pipeline):
                     program = r.make_program() if system == "untrained" else self._fewshot()
                     cap = r.eval.untrained_max_new_tokens
                     options = template_options(r.serve, self.trained_prompt()[1])
-                    lm = student_lm(r.serve, self.student_path(), max_new_tokens=cap, **options)
+                    lm = student_lm(
+                        r.serve,
+                        self.student_path(),
+                        max_new_tokens=cap,
+                        loading=r.student.loading(),
+                        **options,
+                    )
                     program.set_lm(lm)
                     program.set_format(self.student_format())
                 elif system == "optimized":

@@ -17,9 +17,10 @@ if TYPE_CHECKING:
 __all__ = ["check_context", "length_check", "prompt_template", "student_format", "too_long"]
 
 
-def student_format(name: str, student: str, tiny: Any = None) -> Format:
+def student_format(name: str, student: str, tiny: Any = None, loading: Any = None) -> Format:
     """The format ``name`` (``dataset.format``); ``auto`` is the T5 format for a seq2seq
-    student (a T5 tokenizer keeps no newlines or braces) and the chat format otherwise."""
+    student (a T5 tokenizer keeps no newlines or braces) and the chat format otherwise.
+    ``loading`` (``StudentLoading``): the revision and remote code its config is read with."""
     from apprentice.formats import format_named
 
     if name in ("auto", "baked"):
@@ -28,7 +29,7 @@ def student_format(name: str, student: str, tiny: Any = None) -> Format:
         else:
             from apprentice.train.students import kind_of_model
 
-            kind = kind_of_model(student)
+            kind = kind_of_model(student, loading)
         if name == "baked" and kind == "seq2seq":
             raise ValueError(
                 f"format 'baked' is a chat format, and student {student!r} is a seq2seq (T5) "
@@ -39,7 +40,7 @@ def student_format(name: str, student: str, tiny: Any = None) -> Format:
     return format_named(name)
 
 
-def check_context(train: Any, student: str, tiny: Any = None) -> None:
+def check_context(train: Any, student: str, tiny: Any = None, loading: Any = None) -> None:
     """Refuses a ``train.max_length`` above the student's context before anything runs,
     when the student's files are on this machine (a local folder, or a hub model in the
     local cache); otherwise the trainer checks it when it loads the student."""
@@ -48,7 +49,7 @@ def check_context(train: Any, student: str, tiny: Any = None) -> None:
     from apprentice.model_context import local_context_length
     from apprentice.train.data import row_limit
 
-    context = local_context_length(student)
+    context = local_context_length(student, _hub_options(loading))
     if context is not None:
         row_limit(train, context, student)
 
@@ -73,7 +74,7 @@ Rows = Mapping[str, Sequence[Mapping[str, Any]]]
 
 
 def length_check(
-    student: str, tiny: Any, train: Any
+    student: str, tiny: Any, train: Any, loading: Any = None
 ) -> Callable[[Rows, PromptTemplate], dict[str, Any]]:
     """A function that counts, per split, the dataset rows too long for the student: the
     rule training applies (``dataset.tokenize``: a row over ``train.max_length`` or the
@@ -89,7 +90,7 @@ def length_check(
                 "checked": False,
                 "why": "a tiny student's tokenizer is trained in the train stage",
             }
-        loaded = _local_tokenizer(student)
+        loaded = _local_tokenizer(student, _hub_options(loading))
         if isinstance(loaded, str):
             return {"checked": False, "why": loaded}
         config, tokenizer = loaded
@@ -130,7 +131,12 @@ def too_long(lengths: Mapping[str, Any]) -> dict[str, int] | None:
     }
 
 
-def _local_tokenizer(student: str) -> tuple[Any, Any] | str:
+def _hub_options(loading: Any) -> dict[str, Any]:
+    """The revision and remote-code options of a ``StudentLoading`` (None: none)."""
+    return loading.hub_options() if loading is not None else {}
+
+
+def _local_tokenizer(student: str, hub_options: dict[str, Any]) -> tuple[Any, Any] | str:
     """(config, tokenizer) of a student whose files are on this machine, else why not."""
     from transformers import AutoConfig, AutoTokenizer
 
@@ -138,7 +144,7 @@ def _local_tokenizer(student: str) -> tuple[Any, Any] | str:
 
     try:
         name = str(resolve_model(student))
-        config = AutoConfig.from_pretrained(name, local_files_only=True)
-        return config, AutoTokenizer.from_pretrained(name, local_files_only=True)
+        config = AutoConfig.from_pretrained(name, local_files_only=True, **hub_options)
+        return config, AutoTokenizer.from_pretrained(name, local_files_only=True, **hub_options)
     except (GGUFError, OSError, ValueError) as exc:
         return f"the student's tokenizer is not on this machine ({str(exc)[:200]})"

@@ -51,6 +51,10 @@ OPTIONS = frozenset(
         "enforce_eager",
         "tensor_parallel_size",
         "pipeline_parallel_size",
+        "revision",
+        "tokenizer_revision",
+        "trust_remote_code",
+        "quantization",
     }
 )
 BLOCK = 4  # tokens per KV block (vLLM's default is 16; small prompts here)

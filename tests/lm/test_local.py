@@ -409,3 +409,28 @@ def test_the_engine_stops_on_the_tokenizers_eos_as_well_as_the_generation_config
     # Before: eos_ids was {other} only, so it generated MAX_NEW eos tokens ("length").
     assert reply.finish_reasons == ["stop"] and reply.usage.completion_tokens == 1
     assert reply.texts == [""]
+
+
+# -- how the base loads (student.attn_implementation, trust_remote_code, revision) ---------------
+def test_loading_options_reach_the_engine_and_the_saved_config(students):
+    from apprentice.lm.registry import UntrustedLMError
+
+    plain = make_lm(students)
+    eager = make_lm(students, loading={"attn_implementation": "eager"})
+    assert eager.engine is not plain.engine  # another kernel: another engine
+    assert eager.engine.network.config._attn_implementation == "eager"
+    assert plain.engine.network.config._attn_implementation == "sdpa"  # transformers' default
+    assert eager.with_adapter("b").engine is eager.engine
+    assert "loading" not in plain.to_config()  # the defaults: a config as before
+    config = json.loads(json.dumps(eager.to_config()))
+    assert config["loading"] == {"attn_implementation": "eager"}
+    assert lm_from_config(config).engine is eager.engine
+    # Remote code named by a program file runs only when the caller trusts the file.
+    config["loading"] = {"trust_remote_code": True}
+    with pytest.raises(UntrustedLMError, match="trust_remote_code"):
+        lm_from_config(config)
+
+
+def test_a_revision_of_a_local_base_is_refused(students):
+    with pytest.raises(ValueError, match=r"student.revision 'v1'.*local path"):
+        make_lm(students, loading={"revision": "v1"})

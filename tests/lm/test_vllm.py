@@ -255,3 +255,30 @@ def test_an_error_after_generate_fails_its_requests_and_the_engine_serves_on(mod
     assert "outputs" in str(answers[0]) and "vLLM" in str(answers[0])
     lm.engine.llm.generate = real_generate
     assert lm.generate([ask("again", max_tokens=5)])[0].text.startswith("base")
+
+
+def test_the_students_loading_options_reach_vllm(models, fake_vllm):
+    """trust_remote_code reaches vllm.LLM; dtype and attention are not vLLM's (serve.dtype
+    is its dtype), so they neither reach it nor make another engine."""
+    lm = VLLMLM(models["causal"], loading={"trust_remote_code": True, "dtype": "bfloat16"})
+    [llm] = fake_vllm.made
+    assert llm.options["trust_remote_code"] is True
+    assert llm.options["dtype"] == "auto"  # VLLMLM's own dtype, not the student's bf16
+    assert "revision" not in llm.options and "quantization" not in llm.options
+    assert lm.with_adapter(None).engine is lm.engine
+    config = json.loads(json.dumps(lm.to_config()))
+    assert config["loading"] == {"trust_remote_code": True, "dtype": "bfloat16"}
+    assert lm_from_config(config, trusted=True).engine is lm.engine
+
+
+def test_vllm_arguments_for_a_pinned_4bit_hub_student():
+    from apprentice.student_loading import StudentLoading
+
+    loading = StudentLoading(revision="0123abcd", load_in_4bit=True, attn_implementation="eager")
+    assert vllm_engine.vllm_loading(loading) == {
+        "revision": "0123abcd",
+        "tokenizer_revision": "0123abcd",
+        "quantization": "bitsandbytes",
+    }
+    assert vllm_engine.vllm_loading(StudentLoading()) == {}
+    assert set(vllm_engine.vllm_loading(loading)) <= fake_vllm_module.OPTIONS  # vLLM's names

@@ -13,6 +13,7 @@ does, so the student sees at inference exactly what it was trained on.
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Any
 
@@ -24,6 +25,7 @@ from apprentice.lm.engine_view import EngineView, check_batching
 from apprentice.lm.engines import EngineTable, model_key, release_engines, weights_stamp
 from apprentice.lm.local_engine import LocalEngine
 from apprentice.lm.usage import Price
+from apprentice.student_loading import StudentLoading
 
 __all__ = ["BASE", "EngineStats", "LocalEngine", "LocalLM", "get_engine", "release_engines"]
 
@@ -41,6 +43,10 @@ class LocalLM(EngineView):
     ``merge=True`` folds the one adapter in ``adapters`` into the weights of an engine of its
     own (nothing is written to disk): 1.3-1.6x faster on CPU for tiny students, the same
     greedy outputs up to float rounding, but that engine serves only this adapter.
+
+    ``loading`` (a ``StudentLoading`` or its dict): the base's hub revision, attention
+    kernel, 4-bit quantization and remote code, as the student was trained; its dtype is
+    not used (``dtype`` is).
     """
 
     backend = "local"
@@ -61,7 +67,9 @@ class LocalLM(EngineView):
         price: Price | None = None,
         history_size: int = 200,
         template: PromptTemplate | dict[str, Any] | None = None,
+        loading: StudentLoading | dict[str, Any] | None = None,
     ) -> None:
+        loading = StudentLoading.model_validate(loading or {})
         check_batching(
             max_batch_size=max_batch_size,
             batch_wait_ms=batch_wait_ms,
@@ -74,9 +82,11 @@ class LocalLM(EngineView):
                     f"got adapters={adapters!r}, adapter={adapter!r}"
                 )
             adapter = adapter or next(iter(adapters))
-            self.engine = get_engine(base_model, device, dtype, merged=(adapter, adapters[adapter]))
+            self.engine = get_engine(
+                base_model, device, dtype, merged=(adapter, adapters[adapter]), loading=loading
+            )
         else:
-            self.engine = get_engine(base_model, device, dtype)
+            self.engine = get_engine(base_model, device, dtype, loading=loading)
             for name, path in (adapters or {}).items():
                 self.engine.load_adapter(name, path)
         self._check_loaded(adapter, base_model)
@@ -90,6 +100,7 @@ class LocalLM(EngineView):
         self.max_new_tokens = max_new_tokens
         self.template = PromptTemplate.from_config(template) if template is not None else None
         self.merge = merge
+        self.loading = loading
 
     @property
     def kind(self) -> str:
@@ -110,6 +121,7 @@ class LocalLM(EngineView):
             adapter=name,
             device=self.device_option,
             dtype=self.dtype_option,
+            loading=self.loading,
             **self._view_options(),
         )
 
@@ -121,6 +133,8 @@ class LocalLM(EngineView):
             "device": self.device_option,
             "dtype": str(dtype).removeprefix("torch.") if dtype is not None else None,
             "merge": self.merge,
+            # only when set: a config saved before these options loads the same
+            **({"loading": self.loading.changed()} if self.loading.changed() else {}),
         }
 
     def _dtype_key(self) -> str:
@@ -140,22 +154,28 @@ def get_engine(
     dtype: Any = None,
     *,
     merged: tuple[str, str | Path] | None = None,
+    loading: StudentLoading | None = None,
 ) -> LocalEngine:
-    """The process's engine for (base model, device, dtype), loading the model on first use.
-    ``device`` defaults to cuda when available, else cpu; ``dtype`` to bf16 on cuda, fp32 on
-    cpu. ``merged=(name, path)``: an engine of its own with that adapter merged into the weights."""
+    """The process's engine for (base model, device, dtype, loading), loading the model on
+    first use. ``device`` defaults to cuda when available, else cpu; ``dtype`` to bf16 on
+    cuda, fp32 on cpu. ``merged=(name, path)``: an engine of its own with that adapter
+    merged into the weights. ``loading``: revision, attention, 4-bit, remote code."""
+    loading = loading or StudentLoading()
+    loading.check(str(base_model))
     key_model = model_key(base_model)
     device = _resolve_device(device)
     dtype = _resolve_dtype(dtype, device)
     merged_key = ""
     if merged is not None:
         merged_key = f"{merged[0]}:{adapter_hash(adapter_dir(*merged))}"
-    key = (key_model, device, str(dtype), merged_key)
+    how = json.dumps(loading.model_dump(mode="json", exclude={"dtype"}), sort_keys=True)
+    key = (key_model, device, str(dtype), merged_key, how)
     stamp = weights_stamp(key_model)
     with _TABLE.lock:
         held = _TABLE.engines.get(key)
         if held is None or held[0] != stamp:
-            held = _TABLE.engines[key] = (stamp, LocalEngine(key_model, device, dtype, merged))
+            engine = LocalEngine(key_model, device, dtype, merged, loading=loading)
+            held = _TABLE.engines[key] = (stamp, engine)
     return held[1]
 
 

@@ -33,6 +33,7 @@ from apprentice.lm.engine import (
 from apprentice.lm.local_adapters import add_slot, merge_adapter, remove_slot
 from apprentice.lm.local_batch import Sampling, generate_batch
 from apprentice.model_context import context_length
+from apprentice.student_loading import StudentLoading
 
 __all__ = ["AdapterNotLoaded", "EngineStats", "LocalEngine", "adapter_dir", "context_length"]
 
@@ -45,22 +46,30 @@ class LocalEngine(Engine):
     label = "local"
 
     def __init__(
-        self, base_model: str, device: str, dtype: Any, merged: tuple[str, Path] | None = None
+        self,
+        base_model: str,
+        device: str,
+        dtype: Any,
+        merged: tuple[str, Path] | None = None,
+        *,
+        loading: StudentLoading | None = None,
     ) -> None:
         from transformers import AutoConfig, AutoTokenizer
 
         self.base_model = base_model
         self.device = device
         self.dtype = dtype
+        self.loading = loading or StudentLoading()
+        hub = self.loading.hub_options()
         try:
-            config = AutoConfig.from_pretrained(base_model)
+            config = AutoConfig.from_pretrained(base_model, **hub)
         except OSError as exc:
             raise FileNotFoundError(
                 f"cannot load base model {base_model!r}: not a local model directory, and "
                 f"loading it as a hub name failed: {exc}"
             ) from None
         self.kind = "seq2seq" if getattr(config, "is_encoder_decoder", False) else "causal"
-        self.tokenizer = AutoTokenizer.from_pretrained(base_model)
+        self.tokenizer = AutoTokenizer.from_pretrained(base_model, **hub)
         self.max_model_len = context_length(config, self.tokenizer)
         self.network = self._load_base()
         # merged: one adapter folded into the weights (faster; no base, no other adapters)
@@ -83,7 +92,10 @@ class LocalEngine(Engine):
         import transformers
 
         auto = "AutoModelForSeq2SeqLM" if self.kind == "seq2seq" else "AutoModelForCausalLM"
-        model = getattr(transformers, auto).from_pretrained(self.base_model, dtype=self.dtype)
+        options = self.loading.model_options(dtype=self.dtype, device=self.device)
+        model = getattr(transformers, auto).from_pretrained(self.base_model, **options)
+        if "device_map" in options:  # 4-bit: placed on the device as it loaded
+            return model.eval()
         return model.to(self.device).eval()
 
     def _merge(self, name: str, path: str | Path) -> None:

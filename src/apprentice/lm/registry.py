@@ -67,6 +67,13 @@ def check_lm_config(
         )
     if trusted:
         return
+    loading = config.get("loading")
+    if isinstance(loading, dict) and loading.get("trust_remote_code"):
+        raise UntrustedLMError(
+            f"{where}: lm.loading.trust_remote_code comes from the file: loading it would run "
+            f"the model repository's own code for {config.get('model')!r}. Load the file with "
+            "trusted=True if you trust it"
+        )
     if backend == "openai":
         _check_endpoint(config, dict(allowed_endpoints or {}), where)
     else:

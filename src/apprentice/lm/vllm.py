@@ -53,6 +53,7 @@ from apprentice.lm.vllm_engine import (  # re-exported: the vllm backend's publi
     kv_cache_bytes,
     release_vllm_engine,
 )
+from apprentice.student_loading import StudentLoading
 
 __all__ = [
     "INSTALL_HINT",
@@ -81,6 +82,9 @@ class VLLMLM(EngineView):
     a GPU None leaves it to ``gpu_memory_utilization``).
     ``max_batch_size`` rows at most share a generate call; a call starts when that many
     wait or no request came for ``batch_wait_ms``. Temperature None or 0 is greedy.
+    ``loading`` (a ``StudentLoading`` or its dict): the student's hub revision, remote code
+    and ``load_in_4bit`` (vLLM's bitsandbytes quantization); its dtype and attention kernel
+    are not used (``dtype`` is; vLLM picks its attention backend).
     """
 
     backend = "vllm"
@@ -108,7 +112,10 @@ class VLLMLM(EngineView):
         price: Price | None = None,
         history_size: int = 200,
         template: PromptTemplate | dict[str, Any] | None = None,
+        loading: StudentLoading | dict[str, Any] | None = None,
     ) -> None:
+        if isinstance(loading, dict):
+            loading = StudentLoading.model_validate(loading)
         if max_lora_rank not in VLLM_LORA_RANKS:
             raise ValueError(
                 f"max_lora_rank must be one of {sorted(VLLM_LORA_RANKS)}, got {max_lora_rank!r}"
@@ -141,6 +148,7 @@ class VLLMLM(EngineView):
             tensor_parallel_size,
             pipeline_parallel_size,
             kv_cache_gib,
+            loading,
         )
         self.engine = get_vllm_engine(base_model, options, adapters=len(adapters or {}))
         for name, path in (adapters or {}).items():
@@ -165,7 +173,11 @@ class VLLMLM(EngineView):
         )
 
     def to_config(self) -> dict[str, Any]:
-        return {**self._base_config(), **vars(self.options)}
+        config = {**self._base_config(), **vars(self.options)}
+        loading = config.pop("loading")
+        if loading is not None and loading.changed():  # only when set: older configs load alike
+            config["loading"] = loading.changed()
+        return config
 
     def _dtype_key(self) -> str:
         return self.engine.dtype  # what served: "auto" resolved

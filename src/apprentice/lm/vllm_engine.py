@@ -24,6 +24,7 @@ from apprentice.lm.adapter_files import AdapterFiles
 from apprentice.lm.base import Request, Response, Usage
 from apprentice.lm.engine import BASE, AdapterLoadError, Engine, Job
 from apprentice.lm.engines import EngineTable, model_key, weights_stamp
+from apprentice.student_loading import StudentLoading
 
 __all__ = [
     "INSTALL_HINT",
@@ -36,6 +37,7 @@ __all__ = [
     "is_cpu_build",
     "kv_cache_bytes",
     "release_vllm_engine",
+    "vllm_loading",
 ]
 
 log = logging.getLogger(__name__)
@@ -113,6 +115,9 @@ class EngineOptions:
     tensor_parallel_size: int = 1  # GPUs each layer is split over
     pipeline_parallel_size: int = 1  # GPUs the layers are split over
     kv_cache_gib: float | None = None  # None: gpu_memory_utilization on a GPU, 1 GiB on a CPU
+    # The student's revision, remote code and 4-bit (bitsandbytes) quantization; its dtype
+    # and attention kernel are not vLLM's (``dtype`` above; vLLM picks its attention backend).
+    loading: StudentLoading | None = None
 
 
 class VLLMEngine(Engine):
@@ -137,7 +142,9 @@ class VLLMEngine(Engine):
         self.dtype = options.dtype
         self.base_rows_alone = self.cpu  # see the module docstring
         _free_cuda_cache()  # what training left cached is memory vLLM would not get
+        loading = options.loading or StudentLoading()
         self.llm = vllm.LLM(
+            **vllm_loading(loading),
             model=base_model,
             enable_lora=True,
             max_lora_rank=options.max_lora_rank,
@@ -153,7 +160,7 @@ class VLLMEngine(Engine):
         )
         # vLLM's own limit, after it fitted the KV cache (vllm/v1/engine/core.py)
         self.max_model_len = self.llm.llm_engine.model_config.max_model_len
-        self.tokenizer = AutoTokenizer.from_pretrained(base_model)
+        self.tokenizer = AutoTokenizer.from_pretrained(base_model, **loading.hub_options())
         self._ids = itertools.count(1)  # LoRARequest ids: positive, never reused
         # What vLLM loads is a private copy of the bytes that were hashed; it may read the
         # copy again after evicting the adapter, so copies live as long as the engine.
@@ -281,13 +288,29 @@ class VLLMEngine(Engine):
         )
 
 
+def vllm_loading(loading: StudentLoading) -> dict[str, Any]:
+    """``vllm.LLM``'s arguments for how the student loads: ``revision`` (the tokenizer's
+    too), ``trust_remote_code``, and ``quantization="bitsandbytes"`` for ``load_in_4bit``
+    (vLLM quantizes the checkpoint to 4-bit as it loads). Only the options set."""
+    options: dict[str, Any] = {}
+    if loading.revision is not None:
+        options["revision"] = options["tokenizer_revision"] = loading.revision
+    if loading.trust_remote_code:
+        options["trust_remote_code"] = True
+    if loading.load_in_4bit:
+        options["quantization"] = "bitsandbytes"
+    return options
+
+
 # -- checks and one engine per (base model, options) --------------------------------------------
-def check_vllm_servable(base_model: str) -> None:
+def check_vllm_servable(base_model: str, loading: StudentLoading | None = None) -> None:
     """Refuses a student vLLM cannot serve (encoder-decoder, e.g. T5), before loading vLLM."""
     from transformers import AutoConfig
 
+    loading = loading or StudentLoading()
+    loading.check(base_model)
     try:
-        config = AutoConfig.from_pretrained(base_model)
+        config = AutoConfig.from_pretrained(base_model, **loading.hub_options())
     except OSError as exc:
         raise FileNotFoundError(
             f"cannot read the config of base model {base_model!r}: {exc}"
@@ -321,12 +344,14 @@ def get_vllm_engine(
     same base model is refused: each reserves its own memory (on a GPU, its share of it),
     so a second one, e.g. for a larger ``max_lora_rank``, would fail or starve the first."""
     model = model_key(base_model)
-    check_vllm_servable(model)
+    check_vllm_servable(model, options.loading)
     cpu = is_cpu_build()
     options = dataclasses.replace(
         options,
         dtype=engine_dtype(options.dtype, cpu),
         kv_cache_gib=engine_kv_cache_gib(options.kv_cache_gib, cpu),
+        # dtype and attention are not vLLM's to take from the student; the defaults: None
+        loading=_vllm_part(options.loading),
     )
     key = (model, options)
     stamp = weights_stamp(model)
@@ -355,6 +380,19 @@ def _refuse_second_engine(key: tuple[str, EngineOptions]) -> None:
                 f"this VLLMLM asks for {said}. Use the running engine's options, or call "
                 "apprentice.release_engines() first"
             )
+
+
+def _vllm_part(loading: StudentLoading | None) -> StudentLoading | None:
+    """What of ``loading`` reaches vLLM (``vllm_loading``); None when that is nothing, so
+    engines of the same options share the key."""
+    if loading is None:
+        return None
+    part = StudentLoading(
+        revision=loading.revision,
+        load_in_4bit=loading.load_in_4bit,
+        trust_remote_code=loading.trust_remote_code,
+    )
+    return part if part.changed() else None
 
 
 def release_vllm_engine(engine: VLLMEngine) -> None:

@@ -28,6 +28,7 @@ from typing import TYPE_CHECKING, Any
 
 from apprentice.adapter import smallest_lora_rank
 from apprentice.serve.config import ServeConfig
+from apprentice.student_loading import StudentLoading
 
 if TYPE_CHECKING:
     from apprentice.formats.base import Format
@@ -64,11 +65,16 @@ def student_lm(
     max_new_tokens: int | None = None,
     max_lora_rank: int = 16,
     max_loras: int | None = None,
+    loading: StudentLoading | None = None,
     **options: Any,
 ) -> BaseLM:
     """The LM serving ``base`` (with ``adapters`` loaded, answering with ``adapter``) on the
-    backend ``serve`` names. ``options`` go to the LM's constructor as they are."""
+    backend ``serve`` names. ``options`` go to the LM's constructor as they are; ``loading``
+    (the student's revision, attention, 4-bit, remote code) to the in-process backends,
+    while a server loaded its base its own way."""
     new_tokens = max_new_tokens or serve.max_new_tokens
+    if loading is not None and loading.changed() and serve.backend != "openai":
+        options.setdefault("loading", loading)
     if serve.backend == "local":
         from apprentice.lm.local import LocalLM
 
@@ -168,6 +174,7 @@ def bind_student(
     lm_options: dict[str, Any] | None = None,
     format: Format | None = None,
     template: PromptTemplate | None = None,
+    loading: StudentLoading | None = None,
 ) -> Module:
     """A copy of ``program`` with each predictor bound to the student and the adapter trained
     for its group (``groups``: adapter name -> predictor paths; ``adapter_dirs``: adapter name
@@ -175,7 +182,8 @@ def bind_student(
     on (saved with the program, so a loaded program prompts the student the same way), and
     to ``template``, the chat template and variables they were trained with: in process the
     student LM renders with it; a server gets them in each request (``chat_template_kwargs``,
-    and ``chat_template`` when it is not the model's own)."""
+    and ``chat_template`` when it is not the model's own). ``loading``: how the base is
+    loaded (``StudentLoading``; a full finetune's folder takes it without the revision)."""
     from apprentice.adapter import read_manifest
     from apprentice.serve.swap import with_adapter
 
@@ -190,11 +198,11 @@ def bind_student(
         "max_lora_rank": vllm_rank([int((m.lora_config or {}).get("r", 1)) for m in lora.values()]),
         "max_loras": max(SHARED_LORAS, len(lora)),
     }
-    served = _served_names(serve, base, lora, engine_options)
+    served = _served_names(serve, base, lora, engine_options, loading)
     shared = None
     if lora:
         adapters = {served[n]: adapter_dirs[n] for n in lora}
-        shared = student_lm(serve, base, adapters=adapters, **engine_options)
+        shared = student_lm(serve, base, adapters=adapters, loading=loading, **engine_options)
     program = program.deepcopy()
     by_path = {path: name for name, group in groups.items() for path in group}
     unbound = [path for path, _ in program.named_predictors() if path not in by_path]
@@ -209,7 +217,8 @@ def bind_student(
         if name in lora:
             predictor.lm = with_adapter(shared, served[name])
         else:  # a full finetune: its folder is a base model of its own
-            predictor.lm = student_lm(serve, str(adapter_dirs[name]), **options)
+            own = loading.local_copy() if loading is not None else None
+            predictor.lm = student_lm(serve, str(adapter_dirs[name]), loading=own, **options)
     return program
 
 
@@ -229,7 +238,11 @@ def template_options(
 
 
 def _served_names(
-    serve: ServeConfig, base: str, manifests: dict[str, Any], options: dict[str, Any]
+    serve: ServeConfig,
+    base: str,
+    manifests: dict[str, Any],
+    options: dict[str, Any],
+    loading: StudentLoading | None = None,
 ) -> dict[str, str]:
     """The name each adapter is served under: on a server always with its content hash (a
     plain ``vllm serve`` keeps no versions of its own); in process its own name, unless
@@ -237,7 +250,7 @@ def _served_names(
     served). VLLMLM versions the names it hands to vLLM itself (``apprentice.adapter``)."""
     if serve.backend == "openai":
         return {n: f"{n}-{m.adapter_hash[:8]}" for n, m in manifests.items()}
-    engine = student_lm(serve, base, **options).engine if manifests else None
+    engine = student_lm(serve, base, loading=loading, **options).engine if manifests else None
     names = {}
     for name, manifest in manifests.items():
         clash = name in engine.adapter_names() and engine.adapter_hash(name) != (

@@ -66,15 +66,20 @@ def export_merged(adapter_dir: str | os.PathLike, out_dir: str | os.PathLike) ->
     model's tokenizer and chat template, and ``apprentice_merged.json`` naming what it came
     from. ``out_dir`` must be new or empty; it is written beside itself and renamed into
     place once complete. The base model must be the one the adapter was trained on (its
-    content hash is checked)."""
+    content hash is checked; a hub base is merged only at a pinned ``student.revision``).
+    The base loads as it trained (the manifest's ``base_model_options``: revision, dtype,
+    attention, remote code), but never in 4-bit: a QLoRA adapter is folded into the
+    unquantized base, in the student's dtype."""
     from transformers import AutoModelForCausalLM, AutoModelForSeq2SeqLM, AutoTokenizer
 
     from apprentice.lm.adapter_files import read_adapter
     from apprentice.lm.local_adapters import merge_adapter
+    from apprentice.student_loading import StudentLoading
     from apprentice.train.students import model_hash
 
     adapter_dir, out = Path(adapter_dir), Path(out_dir)
     manifest = read_manifest(adapter_dir)
+    loading = StudentLoading.model_validate(manifest.base_model_options)
     if out.exists() and (not out.is_dir() or any(out.iterdir())):
         raise FileExistsError(
             f"{out} already exists and is not an empty folder: give a new folder for the "
@@ -82,12 +87,13 @@ def export_merged(adapter_dir: str | os.PathLike, out_dir: str | os.PathLike) ->
         )
     base = manifest.base_model
     if manifest.method == "lora":
-        if not Path(base).is_dir():
+        if not Path(base).is_dir() and loading.revision is None:
             raise FileNotFoundError(
                 f"the adapter's base model {base!r} is not on this machine: it is needed to "
-                "fold the adapter into its weights"
+                "fold the adapter into its weights (a hub base is loaded only when the "
+                "adapter was trained at a pinned student.revision)"
             )
-        found = model_hash(base)
+        found = model_hash(base, loading.revision)
         if found != manifest.base_model_hash:
             raise ValueError(
                 f"the base model at {base} changed since the adapter was trained on it "
@@ -96,11 +102,13 @@ def export_merged(adapter_dir: str | os.PathLike, out_dir: str | os.PathLike) ->
             )
     auto = AutoModelForSeq2SeqLM if manifest.kind == "seq2seq" else AutoModelForCausalLM
     if manifest.method == "full":  # the adapter folder holds the whole trained model
-        model = auto.from_pretrained(adapter_dir)
-        tokenizer = AutoTokenizer.from_pretrained(adapter_dir)
+        own = loading.local_copy()
+        model = auto.from_pretrained(adapter_dir, **own.model_options(quantize=False))
+        tokenizer = AutoTokenizer.from_pretrained(adapter_dir, **own.hub_options())
     else:
-        model = merge_adapter(auto.from_pretrained(base), read_adapter(adapter_dir))
-        tokenizer = AutoTokenizer.from_pretrained(base)
+        base_model = auto.from_pretrained(base, **loading.model_options(quantize=False))
+        model = merge_adapter(base_model, read_adapter(adapter_dir))
+        tokenizer = AutoTokenizer.from_pretrained(base, **loading.hub_options())
     building = out.parent / f".{out.name}.building"
     if building.exists():
         shutil.rmtree(building)  # an export that was killed earlier
@@ -109,6 +117,7 @@ def export_merged(adapter_dir: str | os.PathLike, out_dir: str | os.PathLike) ->
     stamp = {
         "base_model": base,
         "base_model_hash": manifest.base_model_hash,
+        "base_model_options": manifest.base_model_options,
         "adapter": str(adapter_dir.resolve()),
         "adapter_hash": manifest.adapter_hash,
         "method": manifest.method,

@@ -24,6 +24,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from apprentice.student_loading import StudentLoading
 from apprentice.train.config import LauncherConfig, LoraConfig, TrainConfig
 
 __all__ = [
@@ -81,6 +82,7 @@ def launch_training(
     predictors: list[str] | None,
     name: str,
     progress: bool,
+    loading: StudentLoading | None = None,
 ) -> Path:
     """Runs train_adapter on these arguments under accelerate, waits, and returns the
     adapter's folder."""
@@ -95,6 +97,7 @@ def launch_training(
         "predictors": predictors,
         "name": name,
         "progress": progress,
+        "loading": (loading or StudentLoading()).model_dump(mode="json"),
         "log_level": logging.getLogger().getEffectiveLevel(),
     }
     job_file = out_dir / JOB_FILE
@@ -120,6 +123,7 @@ def read_job(job_file: str | os.PathLike) -> dict[str, Any]:
     job = json.loads(Path(job_file).read_text())
     job["lora"] = LoraConfig.model_validate(job["lora"])
     job["train"] = TrainConfig.model_validate(job["train"])
+    job["loading"] = StudentLoading.model_validate(job.get("loading") or {})
     return job
 
 

@@ -63,6 +63,7 @@ def run_fingerprint(
     bf16: bool,
     packing: bool,
     processes: int = 1,
+    student_loading: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """What decides a training run's result, as JSON."""
     train_config = train if isinstance(train, dict) else train.model_dump()
@@ -75,6 +76,8 @@ def run_fingerprint(
         "bf16": bf16,
         "packing": packing,
     }
+    if student_loading:  # how the base was loaded (dtype, 4-bit, ...); none adds no key
+        fingerprint["student_loading"] = student_loading
     if processes > 1:  # batch_size is per process; one process adds no key (older runs)
         fingerprint["processes"] = processes
     return fingerprint
@@ -91,6 +94,7 @@ def manifest_fingerprint(manifest: AdapterManifest) -> dict[str, Any]:
         bf16=manifest.metrics.get("bf16"),
         packing=manifest.metrics.get("packing"),
         processes=manifest.metrics.get("num_processes") or 1,
+        student_loading=manifest.base_model_options,
     )
 
 

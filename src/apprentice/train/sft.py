@@ -25,6 +25,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from apprentice.student_loading import StudentLoading
 from apprentice.train.config import LoraConfig, TrainConfig
 from apprentice.train.cpu import choose_threads, cpu_threads
 from apprentice.train.data import (
@@ -75,8 +76,11 @@ def train_adapter(
     predictors: list[str] | None = None,
     name: str = "adapter",
     progress: bool = True,
+    loading: StudentLoading | None = None,
 ) -> TrainResult:
     """Trains on ``dataset_dir`` (rows of ``predictors``, or all) and exports to ``out_dir/adapter``.
+    ``loading`` says how the student is loaded (``student:`` revision, dtype, attention,
+    4-bit, remote code).
 
     What this same run (same dataset, rows, student and settings) left in ``out_dir`` is
     taken over: its finished adapter is returned as it is, its newest checkpoint is
@@ -95,11 +99,12 @@ def train_adapter(
             predictors=predictors,
             name=name,
             progress=progress,
+            loading=loading,
         )
         return _finished(adapter_dir)
     rows = load_rows(dataset_dir, predictors)
     trainer = AdapterTrainer(out_dir, lora=lora, train=train, name=name, progress=progress)
-    trainer.setup_model(student)
+    trainer.setup_model(student, loading)
     trainer.setup_data(rows)
     previous = check_out_dir(trainer.accelerator, trainer.out_dir, trainer.fingerprint())
     if previous.adapter is not None:
@@ -143,14 +148,30 @@ class AdapterTrainer:
         self.last_val: float | None = None
 
     # -- setup ------------------------------------------------------------------------------
-    def setup_model(self, student: str | os.PathLike) -> None:
+    def setup_model(
+        self, student: str | os.PathLike, loading: StudentLoading | None = None
+    ) -> None:
         """Loads the student, checks the LoRA config (servable by vLLM unless told otherwise)
-        and wraps the model with peft; a full finetune trains the model itself."""
+        and wraps the model with peft; a full finetune trains the model itself. A 4-bit
+        base (``loading.load_in_4bit``, QLoRA) is prepared by peft for k-bit training."""
         lora, train = self.lora, self.train_config
-        self.student = load_student(student)
-        self.student_hash = model_hash(self.student.name)
+        self.loading = loading or StudentLoading()
+        if self.loading.load_in_4bit and train.full_finetune:
+            raise ValueError(
+                "student.load_in_4bit trains a LoRA adapter on a frozen 4-bit base, and "
+                "train.full_finetune would update the 4-bit weights themselves: set one of "
+                "them to false"
+            )
+        self.student = load_student(student, loading=self.loading)
+        self.student_hash = model_hash(self.student.name, self.loading.revision)
         self.kind, self.tokenizer = self.student.kind, self.student.tokenizer
         model = self.student.model
+        if self.loading.load_in_4bit:
+            from peft import prepare_model_for_kbit_training
+
+            model = prepare_model_for_kbit_training(
+                model, use_gradient_checkpointing=train.gradient_checkpointing
+            )
         self.bf16 = use_bf16(train.bf16, self.device_type, model.num_parameters())
         if warning := slow_bf16_warning(self.bf16, self.device_type):
             log.warning(warning)
@@ -194,6 +215,7 @@ class AdapterTrainer:
             dataset_hash=self.rows.dataset_hash,
             predictors=self.rows.predictors,
             student_hash=self.student_hash,
+            student_loading=self.loading.changed(),
             train=self.train_config,
             lora=self._lora_record(),
             bf16=self.bf16,
@@ -411,6 +433,7 @@ class AdapterTrainer:
             method="full" if train.full_finetune else "lora",
             base_model=str(self.student.name),
             base_model_hash=self.student_hash,
+            base_model_options=self.loading.changed(),
             dataset_hash=self.rows.dataset_hash,
             predictors=self.rows.predictors,
             train_config=train.model_dump(),

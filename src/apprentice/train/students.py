@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from apprentice.files import looks_like_local_path
+from apprentice.student_loading import StudentLoading
 
 __all__ = [
     "Student",
@@ -82,49 +83,68 @@ def student_kind(config: Any) -> Kind:
     return "seq2seq" if getattr(config, "is_encoder_decoder", False) else "causal"
 
 
-def kind_of_model(name_or_path: str | os.PathLike) -> Kind:
+def kind_of_model(name_or_path: str | os.PathLike, loading: StudentLoading | None = None) -> Kind:
     """``seq2seq`` or ``causal``, read from the model's config alone (a ``.gguf`` student is
     a Llama-family checkpoint: causal). Used to choose the student's prompt format before
-    the model is loaded."""
+    the model is loaded; ``loading`` gives the config's revision and remote code."""
     from transformers import AutoConfig
 
     name = str(name_or_path)
     if name.endswith(".gguf"):
         return "causal"
+    loading = loading or StudentLoading()
     try:
-        return student_kind(AutoConfig.from_pretrained(_check_exists(name)))
+        loading.check(name, here=False)
+    except ValueError as exc:
+        raise StudentError(str(exc)) from None
+    try:
+        return student_kind(
+            AutoConfig.from_pretrained(_check_exists(name), **loading.hub_options())
+        )
     except (OSError, ValueError) as exc:
         raise StudentError(_load_failure(name, exc)) from None
 
 
 def load_student(
-    name_or_path: str | os.PathLike, *, dtype: Any = None, device: str | None = None
+    name_or_path: str | os.PathLike,
+    *,
+    dtype: Any = None,
+    device: str | None = None,
+    loading: StudentLoading | None = None,
 ) -> Student:
     """Loads a student by its config: encoder-decoder -> seq2seq, otherwise causal. A
-    ``.gguf`` file is converted into a checkpoint first (once; see apprentice.gguf)."""
+    ``.gguf`` file is converted into a checkpoint first (once; see apprentice.gguf).
+    ``loading`` says how (revision, dtype, attention, 4-bit, remote code; checked before
+    anything loads); ``dtype`` overrides its dtype."""
     from transformers import AutoConfig, AutoModelForCausalLM, AutoModelForSeq2SeqLM, AutoTokenizer
 
     from apprentice.gguf import GGUFError, resolve_model
 
+    loading = loading or StudentLoading()
+    try:
+        loading.check(str(name_or_path))
+    except ValueError as exc:
+        raise StudentError(str(exc)) from None
     try:
         name = _check_exists(resolve_model(name_or_path))
     except GGUFError as exc:
         raise StudentError(str(exc)) from None
     try:
-        config = AutoConfig.from_pretrained(name)
+        config = AutoConfig.from_pretrained(name, **loading.hub_options())
     except (OSError, ValueError) as exc:
         raise StudentError(_load_failure(name, exc)) from None
     kind = student_kind(config)
     cls = AutoModelForSeq2SeqLM if kind == "seq2seq" else AutoModelForCausalLM
-    options: dict[str, Any] = {}
-    if dtype is not None:
-        options["dtype"] = dtype
-    model = cls.from_pretrained(name, **options)
-    tokenizer = AutoTokenizer.from_pretrained(name)
+    options = loading.model_options(dtype=dtype, device=device)
+    try:
+        model = cls.from_pretrained(name, **options)
+    except ImportError as exc:  # e.g. flash_attention_2 without the flash-attn package
+        raise StudentError(f"cannot load student {name!r} as asked: {exc}") from None
+    tokenizer = AutoTokenizer.from_pretrained(name, **loading.hub_options())
     if tokenizer.pad_token_id is None:
         # Reuse eos for padding: the vocabulary is never changed.
         tokenizer.pad_token = tokenizer.eos_token
-    if device is not None:
+    if device is not None and "device_map" not in options:  # a 4-bit model is placed as loaded
         model.to(device)
     return Student(model, tokenizer, kind, name, getattr(config, "model_type", "unknown"))
 
@@ -156,12 +176,15 @@ def default_target_modules(model: Any, family: str) -> list[str]:
     return chosen
 
 
-def model_hash(name_or_path: str | os.PathLike) -> str:
-    """Content hash of a local model's weights and config (name hash for hub names)."""
+def model_hash(name_or_path: str | os.PathLike, revision: str | None = None) -> str:
+    """Content hash of a local model's weights and config; for a hub name, a hash of the
+    name and its ``revision`` (student.revision: another revision is another student)."""
     path = Path(name_or_path)
     digest = hashlib.sha256()
     if not path.is_dir():
         digest.update(str(name_or_path).encode())
+        if revision is not None:
+            digest.update(f"@{revision}".encode())
         return digest.hexdigest()[:16]
     for file in sorted(path.iterdir()):
         if file.suffix in (".safetensors", ".bin", ".json") and file.is_file():
