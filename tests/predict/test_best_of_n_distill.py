@@ -7,64 +7,15 @@ attempt. Only the chosen attempt of each ticket becomes a training row."""
 
 from __future__ import annotations
 
-import re
-from collections import Counter
-
 import pytest
-from recipes.demo.task import CATEGORIES, ClassifyTicket, make_examples, teacher
+from recipes.demo.attempts import ClassifyBest, flaky_teacher, flawed, metric
+from recipes.demo.task import make_examples
 
 import apprentice as ap
 from apprentice.lm.local import LocalLM
 from apprentice.train.tiny import make_tiny_student, task_corpus
 
 HELDOUT = make_examples(40, seed=7)
-EVIDENCE = {
-    "billing": ("charged", "invoice", "billed"),
-    "bug": ("crash", "error", "does nothing"),
-    "shipping": ("arrived", "delivered", "ship"),
-}
-
-
-def has_evidence(inputs: dict, prediction: ap.Prediction) -> float:
-    """The verifier: the ticket holds one of the chosen queue's words."""
-    return float(any(word in inputs["ticket"] for word in EVIDENCE[prediction.category]))
-
-
-def metric(example: ap.Example, prediction: ap.Prediction, trace=None) -> float:
-    return float(prediction.category == example.category)
-
-
-class ClassifyBest(ap.Module):
-    def __init__(self) -> None:
-        self.best = ap.BestOfN(
-            ap.Predict(ClassifyTicket), N=2, reward_fn=has_evidence, threshold=1.0
-        )
-
-    def forward(self, ticket: str) -> ap.Prediction:
-        return self.best(ticket=ticket)
-
-
-def flawed(ticket: str) -> bool:
-    """Every third ticket, by its order number, is one the teacher first gets wrong."""
-    return int(re.search(r"A(\d{5})", ticket).group(1)) % 3 == 0
-
-
-def flaky_teacher():
-    """The demo's teacher, except that on every third ticket (by its order number) its
-    odd-numbered replies name the next queue: a sampler whose first sample on a hard
-    ticket is wrong and whose next one is right (odd/even, so the corpus run and the
-    bootstrap run both see a wrong first attempt)."""
-    calls: Counter = Counter()
-
-    def answer(signature, inputs):
-        reply = teacher(signature, inputs)
-        ticket = inputs["ticket"]
-        calls[ticket] += 1
-        if flawed(ticket) and calls[ticket] % 2 == 1:
-            reply["category"] = CATEGORIES[(CATEGORIES.index(reply["category"]) + 1) % 3]
-        return reply
-
-    return answer
 
 
 def score(program, examples=HELDOUT) -> float:

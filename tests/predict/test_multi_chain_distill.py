@@ -7,50 +7,15 @@ weigh the attempts: it answers with the majority."""
 
 from __future__ import annotations
 
-import re
-from collections import Counter
-
 import pytest
-from recipes.demo.task import CATEGORIES, ClassifyTicket, make_examples, teacher
+from recipes.demo.attempts import CompareTriage, metric, sampling_teacher
+from recipes.demo.task import make_examples
 
 import apprentice as ap
 from apprentice.lm.local import LocalLM
 from apprentice.train.tiny import make_tiny_student, task_corpus
 
 HELDOUT = make_examples(40, seed=7)
-
-
-def metric(example: ap.Example, prediction: ap.Prediction, trace=None) -> float:
-    return float(prediction.category == example.category)
-
-
-class CompareTriage(ap.Module):
-    def __init__(self) -> None:
-        self.attempt = ap.ChainOfThought(ClassifyTicket, n=3)
-        self.compare = ap.MultiChainComparison(ClassifyTicket, M=3)
-
-    def forward(self, ticket: str) -> ap.Prediction:
-        return self.compare(self.attempt(ticket=ticket), ticket=ticket)
-
-
-def sampling_teacher():
-    """The demo's teacher for the attempts, except that every third sample (the last of
-    each request's three) names the next queue; the comparer answers with the majority."""
-    calls: Counter = Counter()
-
-    def answer(signature, inputs):
-        if "attempts" in signature.input_fields:
-            votes = Counter(re.findall(r"category: (\w+)»", inputs["attempts"]))
-            best, count = votes.most_common(1)[0]
-            return {"rationale": f"{count} of 3 attempts say {best}.", "category": best}
-        reply = teacher(signature, inputs)
-        calls[inputs["ticket"]] += 1
-        if calls[inputs["ticket"]] % 3 == 0:
-            wrong = CATEGORIES[(CATEGORIES.index(reply["category"]) + 1) % 3]
-            reply = {"reasoning": f"The ticket mentions {wrong} matters.", "category": wrong}
-        return reply
-
-    return answer
 
 
 def score(program, examples=HELDOUT) -> float:
