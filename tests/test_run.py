@@ -330,3 +330,17 @@ def test_bootstrap_stops_at_the_cost_cap_and_a_higher_cap_goes_on(tmp_path, monk
     assert done.summary["traces"] == 12 and done.summary["skipped"] == traced
     assert done.summary["teacher_cost_usd_total"] < spent / traced * 12 * 1.5
     assert not done.summary["stopped_at_cost"]
+
+
+@pytest.mark.parametrize(
+    ("trained", "prompted"), [("baked", "chat"), ("chat", "chat"), ("json", "json")]
+)
+def test_the_prompted_baselines_read_the_full_prompt_when_the_student_is_baked(
+    tmp_path, trained, prompted
+):
+    # The untrained and few-shot students learnt nothing: a baked prompt (no instructions,
+    # no field descriptions) would score them on a prompt made for an adapter.
+    overrides = [*SMALL, f"dataset.format={trained}"]
+    run = Run.open(RECIPE, overrides=overrides, run_dir=tmp_path / "run", progress=False)
+    assert run.student_format().name == trained
+    assert run.prompted_format().name == prompted

@@ -387,6 +387,16 @@ class Pipeline:
             self.job.dataset.format, self.student_path(), self.job.tiny, self.student_loading()
         )
 
+    def prompted_format(self):
+        """The format of the students that are prompted, not trained (the untrained and
+        few-shot baselines): the student's, except that a baked student's prompt leaves out
+        the instructions and field descriptions its adapter learned, which a prompted model
+        needs, so they get the chat format's full prompt."""
+        from apprentice.formats import format_named
+
+        fmt = self.student_format()
+        return format_named("chat") if fmt.name == "baked" else fmt
+
     def trained_prompt(self):
         """(format, chat template and its variables) the dataset's rows were rendered with:
         what the adapters learned, read from the dataset's manifest."""

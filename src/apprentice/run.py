@@ -304,12 +304,14 @@ class Run(Pipeline):
                 self.student_path(),
                 r.section_hash("student", "serve", "dataset"),
                 self._tiny_stamp(),
+                self.prompted_format().name,
             ),
             "fewshot": stage_hash(
                 base,
                 self.student_path(),
                 r.section_hash("student", "serve", "teacher", "data", "bootstrap", "dataset"),
                 self._tiny_stamp(),
+                self.prompted_format().name,
             ),
             # The train stage's record changes whenever adapters are retrained in place.
             "trained": stage_hash(
@@ -361,7 +363,7 @@ class Run(Pipeline):
                         **options,
                     )
                     program.set_lm(lm)
-                    program.set_format(self.student_format())
+                    program.set_format(self.prompted_format())
                 elif system == "optimized":
                     program = self.optimized_program()
                 else:
