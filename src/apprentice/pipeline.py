@@ -237,10 +237,12 @@ class Pipeline:
             program_hash,
         )
         from apprentice.traces.store import TraceStore, TraceStoreMismatch
+        from apprentice.train.tracking import check_trackers
 
         job, cfg = self.job, self.job.bootstrap
         # before the teacher is paid
         check_context(job.train, self.student_path(), job.tiny)
+        check_trackers(job.train)
         program = job.make_program()
         key = _hash(
             program_hash(program), dataset_hash(job.trainset), job.teacher_key, _section(cfg)
