@@ -32,7 +32,7 @@ LAYERS = [
         },
     ),
     ("lm", {"lm"}),
-    ("programs", {"module", "predict", "retrieve", "settings"}),
+    ("programs", {"module", "predict", "retrieve", "settings", "tracing"}),
     # serving binds programs to LMs and adapters; it needs nothing from data or training
     ("serving", {"serve"}),
     ("traces and data", {"traces", "dataset"}),

@@ -243,3 +243,19 @@ def test_4bit_is_refused_before_the_teacher_is_paid(tmp_path):
     with pytest.raises(ValueError, match="student.load_in_4bit.*CUDA"):
         run.bootstrap()
     assert not (tmp_path / "traces" / "traces.jsonl").exists()
+
+
+def test_a_tracker_without_its_package_stops_the_run_before_the_teacher_is_paid(tmp_path):
+    import importlib.util
+
+    if importlib.util.find_spec("wandb") is not None:
+        pytest.skip("wandb is installed here")
+    run = Run.open(
+        RECIPE,
+        overrides=[*SHORT, "train.report_to=wandb"],
+        run_dir=tmp_path / "run",
+        progress=False,
+    )
+    with pytest.raises(ValueError, match="pip install wandb"):
+        run.bootstrap()
+    assert not (tmp_path / "run" / "traces").exists()

@@ -58,6 +58,7 @@ from apprentice.traces import (
     bootstrap_traces,
     capture,
 )
+from apprentice.tracing import disable_tracing, enable_tracing
 
 __version__ = "0.1.0"
 
@@ -131,6 +132,8 @@ __all__ = [
     "answer_passage_match",
     "configure",
     "context",
+    "disable_tracing",
+    "enable_tracing",
     "ensure_signature",
     "exact_match",
     "inspect_history",

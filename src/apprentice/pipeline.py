@@ -246,6 +246,7 @@ class Pipeline:
             program_hash,
         )
         from apprentice.traces.store import TraceStore, TraceStoreMismatch
+        from apprentice.train.tracking import check_trackers
 
         job, cfg = self.job, self.job.bootstrap
         # before the teacher is paid
@@ -257,6 +258,7 @@ class Pipeline:
                 "them to false"
             )
         check_context(job.train, self.student_path(), job.tiny, self.student_loading())
+        check_trackers(job.train)
         program = job.make_program()
         key = _hash(
             program_hash(program), dataset_hash(job.trainset), job.teacher_key, _section(cfg)

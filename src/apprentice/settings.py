@@ -44,6 +44,9 @@ class Settings:
     # How many times a program run is re-run with feedback when an ap.Suggest/ap.Assert
     # fails inside it (apprentice.predict.assertions); 0 turns backtracking off.
     max_backtracks: int = DEFAULT_MAX_BACKTRACKS
+    # An OpenTelemetry Tracer: every program run, module, predictor and LM call becomes a
+    # span (apprentice.tracing; ap.enable_tracing sets it). None: no spans, no cost.
+    tracer: Any = None
 
 
 _ROOT_LOCK = threading.Lock()
@@ -59,6 +62,13 @@ def settings() -> Settings:
     """The settings in force here: ``configure``'s, with the enclosing ``context``s on top."""
     overrides = _overrides.get()
     return replace(_root, **overrides) if overrides else _root
+
+
+def current_tracer() -> Any:
+    """``settings().tracer``, read without building the merged Settings: every module call
+    reads it, and inside a ``context`` block ``settings()`` costs microseconds."""
+    overrides = _overrides.get()
+    return overrides.get("tracer", _root.tracer)
 
 
 def __getattr__(name: str) -> Any:
@@ -126,6 +136,12 @@ def _checked(changes: dict[str, Any]) -> dict[str, Any]:
             "(query, k) -> list[str] such as ap.BM25Retriever(corpus), or None"
         )
     _check_backtracks(changes)
+    tracer = changes.get("tracer")
+    if tracer is not None and not callable(getattr(tracer, "start_as_current_span", None)):
+        raise TypeError(
+            f"tracer={tracer!r} is not an OpenTelemetry Tracer; use ap.enable_tracing(exporter) "
+            "or pass provider.get_tracer(...), or None"
+        )
     if "observers" in changes:
         observers = changes["observers"]
         if not isinstance(observers, (list, tuple)):

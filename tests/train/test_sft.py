@@ -61,6 +61,7 @@ def test_lora_run_exports_a_peft_adapter_with_its_manifest(demo_dataset, tiny_ca
     assert model_hash(tiny_causal) == base_hash  # the base is untouched, nothing merged
     assert [e["step"] for e in _log(tmp_path) if "loss" in e] == [1, 2, 3, 4]
     assert any("val_loss" in e for e in _log(tmp_path))
+    assert not (tmp_path / "tracking").exists()  # no tracker unless train.report_to names one
 
 
 def test_full_finetune_of_t5_lowers_the_loss(demo_dataset, tiny_t5, tmp_path):
@@ -138,6 +139,8 @@ def test_checkpoints_of_another_config_or_dataset_are_set_aside_not_resumed(
     options = {"lora": LoraConfig(r=8), "progress": False}
     train_adapter(demo_dataset, tiny_causal, out, train=config, **options)
     assert (out / "checkpoints" / "step-2").exists()  # left behind, as by a killed run
+    (out / "tracking").mkdir()  # as train.report_to leaves it
+    (out / "tracking" / "events").write_text("old run")
 
     # Before: the new run resumed the old one's step-2 state (optimizer, schedule, step
     # count) and trained steps 3-4 only, under another learning rate.
@@ -147,6 +150,7 @@ def test_checkpoints_of_another_config_or_dataset_are_set_aside_not_resumed(
     assert "train.learning_rate" in caplog.text and "not resumed" in caplog.text
     stale = list((out / ".stale").glob("checkpoints.*/step-2/trainer_state.json"))
     assert len(stale) == 1  # set aside, never deleted
+    assert [p.read_text() for p in (out / ".stale").glob("tracking*/events")] == ["old run"]
 
     # Other rows (one predictor's only) are another dataset: also a fresh start.
     caplog.clear()

@@ -32,7 +32,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from apprentice.settings import settings
+from apprentice.settings import current_tracer, settings
 from apprentice.signature import InputField, SignatureError
 
 if TYPE_CHECKING:
@@ -297,7 +297,20 @@ class _Backtracker:
 
 
 def call_module(module: Module, args: tuple, kwargs: dict) -> Any:
-    """``module(...)``: plain ``forward`` inside a run; the outermost call backtracks."""
+    """``module(...)``: plain ``forward`` inside a run; the outermost call backtracks. With
+    tracing on (``settings().tracer``), the call is a span (apprentice/tracing.py)."""
+    tracer = current_tracer()
+    if tracer is not None:
+        from apprentice.tracing import module_span, record_outputs
+
+        with module_span(tracer, module, _BACKTRACKER.get() is None, kwargs) as span:
+            result = _call_module(module, args, kwargs)
+            record_outputs(span, result)
+            return result
+    return _call_module(module, args, kwargs)
+
+
+def _call_module(module: Module, args: tuple, kwargs: dict) -> Any:
     if _BACKTRACKER.get() is not None:
         return module.forward(*args, **kwargs)
     backtracker = _Backtracker(settings().max_backtracks)
@@ -320,6 +333,18 @@ def call_module(module: Module, args: tuple, kwargs: dict) -> Any:
 
 async def acall_module(module: Module, args: tuple, kwargs: dict) -> Any:
     """The async twin of ``call_module``."""
+    tracer = current_tracer()
+    if tracer is not None:
+        from apprentice.tracing import module_span, record_outputs
+
+        with module_span(tracer, module, _BACKTRACKER.get() is None, kwargs) as span:
+            result = await _acall_module(module, args, kwargs)
+            record_outputs(span, result)
+            return result
+    return await _acall_module(module, args, kwargs)
+
+
+async def _acall_module(module: Module, args: tuple, kwargs: dict) -> Any:
     if _BACKTRACKER.get() is not None:
         return await module.aforward(*args, **kwargs)
     backtracker = _Backtracker(settings().max_backtracks)

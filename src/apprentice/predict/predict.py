@@ -13,7 +13,7 @@ from apprentice.formats.base import Format, ParseError
 from apprentice.formats.values import to_jsonable
 from apprentice.module import Predictor, ProgramFileError
 from apprentice.predict.assertions import finish_call, sampling_of, start_call
-from apprentice.settings import settings
+from apprentice.settings import current_tracer, settings
 from apprentice.signature import Signature, ensure_signature
 
 __all__ = ["Predict", "RequestMeta", "StepRecord", "default_format"]
@@ -175,7 +175,15 @@ class Predict(Predictor):
         lm, fmt, demos, inputs, calls, request = self._prepare(kwargs)
         start = time.perf_counter()
         try:
-            response = lm.generate([request])[0]
+            tracer = current_tracer()
+            if tracer is None:
+                response = lm.generate([request])[0]
+            else:
+                from apprentice.tracing import lm_span, record_response
+
+                with lm_span(tracer, lm, request) as span:
+                    response = lm.generate([request])[0]
+                    record_response(span, lm, response)
         except Exception as exc:
             self._observe(lm, demos, inputs, request, None, [], start, exc, calls)
             raise
@@ -189,7 +197,15 @@ class Predict(Predictor):
         lm, fmt, demos, inputs, calls, request = self._prepare(kwargs)
         start = time.perf_counter()
         try:
-            response = (await lm.agenerate([request]))[0]
+            tracer = current_tracer()
+            if tracer is None:
+                response = (await lm.agenerate([request]))[0]
+            else:
+                from apprentice.tracing import lm_span, record_response
+
+                with lm_span(tracer, lm, request) as span:
+                    response = (await lm.agenerate([request]))[0]
+                    record_response(span, lm, response)
         except Exception as exc:
             self._observe(lm, demos, inputs, request, None, [], start, exc, calls)
             raise

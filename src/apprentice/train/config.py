@@ -123,6 +123,22 @@ class TrainConfig(ConfigSection):
         default_factory=LauncherConfig,
         description="start the training under accelerate launch (docs/training.md)",
     )
+    report_to: list[Literal["tensorboard", "mlflow", "wandb"]] = Field(
+        default_factory=list,
+        description="experiment trackers that get the loss, validation loss, learning rate, "
+        "tokens/s and the run's settings and hashes (through accelerate); empty = none",
+    )
+    tracking_dir: str | None = Field(
+        None,
+        description="where the trackers write (TensorBoard events, MLflow's database when "
+        "MLFLOW_TRACKING_URI is unset, wandb's files); None = <adapter folder>/tracking",
+    )
+    tracking_project: str = Field(
+        "apprentice",
+        min_length=1,
+        description="the TensorBoard subfolder, MLflow experiment or wandb project; each "
+        "adapter is one run in it, named after the adapter",
+    )
 
     @field_validator("num_threads")
     @classmethod
@@ -130,6 +146,18 @@ class TrainConfig(ConfigSection):
         if value != "auto" and value < 1:
             raise ValueError(f"num_threads must be 'auto' or >= 1, got {value}")
         return value
+
+    @field_validator("report_to", mode="before")
+    @classmethod
+    def _one_tracker_or_a_list(cls, value):
+        if isinstance(value, str):  # `train.report_to=tensorboard` on the command line
+            return [value]
+        return value
+
+    @field_validator("report_to")
+    @classmethod
+    def _each_tracker_once(cls, value):
+        return list(dict.fromkeys(value))
 
     @field_validator("bf16", "packing", mode="before")
     @classmethod

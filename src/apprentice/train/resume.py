@@ -49,6 +49,9 @@ _OPERATIONAL = frozenset(
         "eval_every",
         "save_every",
         "launcher",  # the number of processes it starts is recorded on its own
+        "report_to",
+        "tracking_dir",
+        "tracking_project",
     }
 )
 
@@ -142,8 +145,8 @@ def check_out_dir(accelerator: Any, out_dir: Path, fingerprint: dict[str, Any]) 
             return OutDir(checkpoint=checkpoint)
         what = f"checkpoint {checkpoint} is from another training run and is not resumed"
         stale.append((what, [checkpoint.parent], why))
-    if stale:  # the training log goes with the run that wrote it
-        stale[-1][1].append(out_dir / "train_log.jsonl")
+    if stale:  # the training log and tracker files go with the run that wrote them
+        stale[-1][1].extend([out_dir / "train_log.jsonl", out_dir / "tracking"])
     _set_aside_stale(accelerator, out_dir, stale)
     return OutDir()
 

@@ -52,6 +52,7 @@ from apprentice.train.model import (
 )
 from apprentice.train.resume import check_out_dir, run_fingerprint, save_checkpoint
 from apprentice.train.students import load_student, model_hash
+from apprentice.train.tracking import Tracking, accelerator_options, check_trackers
 from apprentice.train.val_loss import combine_row_losses, row_losses
 
 __all__ = ["AdapterTrainer", "TrainResult", "train_adapter"]
@@ -89,6 +90,7 @@ def train_adapter(
     """
     lora = lora or LoraConfig()
     train = train or TrainConfig()
+    check_trackers(train)
     if train.launcher.kind == "accelerate" and not in_launched_process():
         adapter_dir = launch_training(
             dataset_dir,
@@ -140,7 +142,9 @@ class AdapterTrainer:
             gradient_accumulation_steps=train.grad_accum,
             mixed_precision="no",
             cpu=not torch.cuda.is_available(),
+            **accelerator_options(train, self.out_dir),
         )
+        self.tracking = Tracking(self.accelerator, train, self.out_dir)
         set_seed(train.seed)
         self.device_type = self.accelerator.device.type
         self.log_path = self.out_dir / "train_log.jsonl"
@@ -278,9 +282,11 @@ class AdapterTrainer:
             enabled=self.progress and self.accelerator.is_main_process,
         )
         self.model.train()
-        self.window = [0.0, 0]  # loss sum and micro-batches since the last logged step
+        self.window = [0.0, 0, 0]  # loss sum, micro-batches and tokens since the last log
         self.start = time.perf_counter() - self.state["elapsed_s"]
-        with self._threads():
+        self.window_start = time.perf_counter()
+        self.tracking.start(self.name, self._tracking_record())
+        with self._threads(), contextlib.closing(self.tracking):
             while self.state["global_step"] < self.total_steps:
                 for batch in self._epoch_batches():
                     self._train_micro_batch(batch)
@@ -321,20 +327,24 @@ class AdapterTrainer:
             self.optimizer.zero_grad(set_to_none=True)
         self.state["batch_in_epoch"] += 1
         mask = batch.get("attention_mask")
-        self.state["tokens"] += int(mask.sum()) if mask is not None else batch["input_ids"].numel()
+        tokens = int(mask.sum()) if mask is not None else batch["input_ids"].numel()
+        self.state["tokens"] += tokens
         self.window[0] += float(loss.detach())
         self.window[1] += 1
+        self.window[2] += tokens
 
     def _after_step(self) -> None:
         train, step, total = self.train_config, self.state["global_step"], self.total_steps
         if step % train.logging_steps == 0 or step == total:
-            elapsed = time.perf_counter() - self.start
+            now = time.perf_counter()
             event = {
                 "step": step,
                 "epoch": self.state["epoch"],
                 "loss": self.window[0] / self.window[1],
                 "lr": self.scheduler.get_last_lr()[0],
-                "tokens_per_s": self.state["tokens"] / max(elapsed, 1e-9),
+                "tokens_per_s": self.state["tokens"] / max(now - self.start, 1e-9),
+                # this process's tokens over the steps since the last logged one
+                "step_tokens_per_s": self.window[2] / max(now - self.window_start, 1e-9),
             }
             self._log_event(event)
             self.bar.set_postfix(
@@ -342,7 +352,7 @@ class AdapterTrainer:
                 tok_s=f"{event['tokens_per_s']:.0f}",
                 refresh=False,
             )
-            self.window = [0.0, 0]
+            self.window, self.window_start = [0.0, 0, 0], time.perf_counter()
         if step % (train.eval_every or self.steps_per_epoch) == 0 or step == total:
             self.last_val = self.evaluate()
             if self.last_val is not None:
@@ -498,6 +508,25 @@ class AdapterTrainer:
         if self.accelerator.is_main_process:
             with open(self.log_path, "a") as f:
                 f.write(json.dumps(event) + "\n")
+        self.tracking.log(event)
+
+    def _tracking_record(self) -> dict[str, Any]:
+        """What the trackers store as the run's parameters: its settings and hashes, as the
+        adapter's manifest records them."""
+        return {
+            "adapter": self.name,
+            "kind": self.kind,
+            "method": "full" if self.train_config.full_finetune else "lora",
+            "base_model": str(self.student.name),
+            "base_model_hash": self.student_hash,
+            "dataset_hash": self.rows.dataset_hash,
+            "predictors": self.rows.predictors,
+            "bf16": self.bf16,
+            "packing": self.packing,
+            "num_processes": self.accelerator.num_processes,
+            "train": self.train_config.model_dump(mode="json"),
+            "lora": self._lora_record(),
+        }
 
     def _threads(self):
         """CPU threads: chosen once per run (see train/cpu.py), reused on resume."""

@@ -1,0 +1,147 @@
+"""Experiment tracking: a training run's metrics and settings sent to TensorBoard, MLflow or
+Weights & Biases (``train.report_to``) through accelerate's trackers.
+
+Off by default: with ``report_to`` empty the Accelerator gets no trackers and nothing here
+runs. When on, the trainer's ``Tracking`` starts a tracker run before its loop (the run's
+settings and hashes become its parameters), logs every event the trainer writes to
+``train_log.jsonl``, and ends the run after the loop. accelerate sends all of it from the
+main process only.
+
+Where the output goes: ``train.tracking_dir``, by default ``<adapter out_dir>/tracking``.
+TensorBoard writes its event files to ``<tracking_dir>/<tracking_project>/``; MLflow logs to
+``MLFLOW_TRACKING_URI`` when that is set (a server, or any store MLflow accepts), else to a
+SQLite database ``<tracking_dir>/mlflow.db``; wandb writes its local files under
+``tracking_dir`` and syncs them as wandb itself is set up to (``WANDB_MODE=offline`` keeps
+them local).
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+from pathlib import Path
+from typing import Any
+
+__all__ = [
+    "TRACKER_PACKAGES",
+    "accelerator_options",
+    "Tracking",
+    "check_trackers",
+    "tracker_params",
+    "tracking_dir",
+]
+
+# tracker -> (module it imports, the pip package that installs it)
+TRACKER_PACKAGES = {
+    "tensorboard": ("tensorboard", "tensorboard"),
+    "mlflow": ("mlflow", "mlflow"),
+    "wandb": ("wandb", "wandb"),
+}
+_MLFLOW_URI = "MLFLOW_TRACKING_URI"
+
+
+def check_trackers(train: Any) -> None:
+    """Refuses, before anything trains, a tracker in ``train.report_to`` whose package is
+    not installed (accelerate would drop it without a word)."""
+    for name in train.report_to:
+        module, package = TRACKER_PACKAGES[name]
+        if importlib.util.find_spec(module) is None:
+            raise ValueError(
+                f"train.report_to names {name!r}, but its package is not installed: "
+                f"pip install {package} (or take {name!r} out of train.report_to)"
+            )
+    # Without a tracking URI the run goes to a SQLite database, which mlflow-skinny cannot open.
+    if (
+        "mlflow" in train.report_to
+        and importlib.util.find_spec("sqlalchemy") is None
+        and _mlflow_uri_unset()
+    ):
+        raise ValueError(
+            "train.report_to names 'mlflow' and no MLFLOW_TRACKING_URI is set, so the run "
+            "would be logged to a SQLite database in train.tracking_dir, which needs the "
+            "full MLflow package: pip install mlflow (or set MLFLOW_TRACKING_URI to your "
+            "tracking server)"
+        )
+
+
+def tracking_dir(train: Any, out_dir: Path) -> Path:
+    """Where the trackers write: ``train.tracking_dir``, or ``out_dir/tracking``."""
+    return Path(train.tracking_dir) if train.tracking_dir else Path(out_dir) / "tracking"
+
+
+def accelerator_options(train: Any, out_dir: Path) -> dict[str, Any]:
+    """``Accelerator`` keyword arguments for the trackers; none when tracking is off."""
+    if not train.report_to:
+        return {}
+    return {"log_with": list(train.report_to), "project_dir": str(tracking_dir(train, out_dir))}
+
+
+def tracker_params(record: dict[str, Any]) -> dict[str, bool | int | float | str]:
+    """Nested settings as flat ``a.b`` keys with values every tracker stores (lists and
+    None as text), e.g. ``{"train": {"seed": 0}}`` -> ``{"train.seed": 0}``."""
+    flat: dict[str, bool | int | float | str] = {}
+    for key, value in record.items():
+        if isinstance(value, dict):
+            flat.update({f"{key}.{k}": v for k, v in tracker_params(value).items()})
+        elif isinstance(value, (bool, int, float, str)):
+            flat[key] = value
+        elif isinstance(value, (list, tuple)):
+            flat[key] = ",".join(str(v) for v in value)
+        else:
+            flat[key] = str(value)
+    return flat
+
+
+class Tracking:
+    """The trackers of one training run; every method does nothing when tracking is off."""
+
+    def __init__(self, accelerator: Any, train: Any, out_dir: Path) -> None:
+        self.accelerator, self.report_to = accelerator, list(train.report_to)
+        self.project, self.folder = train.tracking_project, tracking_dir(train, out_dir)
+        self.set_mlflow_uri = False
+
+    def start(self, name: str, record: dict[str, Any]) -> None:
+        """Opens one tracker run named ``name`` and stores ``record`` (settings, hashes) as
+        its parameters. MLflow without ``MLFLOW_TRACKING_URI`` is pointed at the tracking
+        folder's database for this run only (``close`` takes the setting away again)."""
+        if not self.report_to:
+            return
+        if self.accelerator.is_main_process:
+            self.folder.mkdir(parents=True, exist_ok=True)
+            if "mlflow" in self.report_to and _mlflow_uri_unset():
+                os.environ[_MLFLOW_URI] = f"sqlite:///{self.folder.resolve() / 'mlflow.db'}"
+                self.set_mlflow_uri = True
+        self.accelerator.init_trackers(
+            self.project,
+            config=tracker_params(record),
+            init_kwargs={
+                "mlflow": {"run_name": name},
+                "wandb": {"name": name, "dir": str(self.folder)},
+            },
+        )
+
+    def log(self, event: dict[str, Any]) -> None:
+        """Sends one training-log event (its numbers) to the trackers at its step."""
+        if not self.report_to:
+            return
+        values = {k: v for k, v in event.items() if k != "step" and isinstance(v, (int, float))}
+        self.accelerator.log(values, step=event["step"])
+
+    def close(self) -> None:
+        """Closes the tracker runs (event files flushed, the MLflow run ended)."""
+        if not self.report_to:
+            return
+        self.accelerator.end_training()
+        if self.set_mlflow_uri:
+            os.environ.pop(_MLFLOW_URI, None)
+            self.set_mlflow_uri = False
+
+
+def _mlflow_uri_unset() -> bool:
+    if os.environ.get(_MLFLOW_URI):
+        return False
+    if importlib.util.find_spec("mlflow") is None:
+        return True
+    import mlflow
+
+    return not mlflow.is_tracking_uri_set()

@@ -1,0 +1,136 @@
+"""train.report_to: a few steps of a tiny student, read back from TensorBoard's event files
+and an MLflow store with each library's own reader."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+from pathlib import Path
+
+import pytest
+from pydantic import ValidationError
+
+from apprentice.train.config import LoraConfig, TrainConfig
+from apprentice.train.resume import run_fingerprint
+from apprentice.train.sft import train_adapter
+from apprentice.train.tracking import tracker_params
+
+QUICK = dict(max_steps=4, batch_size=8, learning_rate=1e-3, logging_steps=1, eval_every=2)
+
+
+def _log(out_dir: Path) -> list[dict]:
+    return [json.loads(line) for line in (out_dir / "train_log.jsonl").read_text().splitlines()]
+
+
+def test_tensorboard_gets_every_logged_number_and_the_runs_settings(
+    demo_dataset, tiny_causal, tmp_path
+):
+    pytest.importorskip("tensorboard")
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+    from tensorboard.plugins.hparams import plugin_data_pb2
+
+    train = TrainConfig(**QUICK, report_to=["tensorboard"])
+    result = train_adapter(
+        demo_dataset, tiny_causal, tmp_path, lora=LoraConfig(r=8), train=train, progress=False
+    )
+    events = EventAccumulator(str(tmp_path / "tracking" / "apprentice"))
+    events.Reload()
+    scalars = events.Tags()["scalars"]
+    assert {"loss", "lr", "tokens_per_s", "step_tokens_per_s", "val_loss", "epoch"} <= set(scalars)
+    log = _log(tmp_path)
+    losses = [(e["step"], e["loss"]) for e in log if "loss" in e]
+    assert [(s.step, s.value) for s in events.Scalars("loss")] == [
+        (step, pytest.approx(loss, rel=1e-6)) for step, loss in losses
+    ]
+    assert [s.step for s in events.Scalars("val_loss")] == [2, 4]
+    assert [s.value for s in events.Scalars("val_loss")] == pytest.approx(
+        [e["val_loss"] for e in log if "val_loss" in e], rel=1e-6
+    )
+    assert [s.value for s in events.Scalars("lr")] == pytest.approx(
+        [e["lr"] for e in log if "lr" in e]
+    )
+    assert all(s.value > 0 for s in events.Scalars("step_tokens_per_s"))
+
+    # add_hparams writes the hyperparameters into a run folder of their own
+    (hparams_run,) = {p.parent for p in (tmp_path / "tracking").glob("apprentice/*/events.*")}
+    hp_events = EventAccumulator(str(hparams_run))
+    hp_events.Reload()
+    content = hp_events.PluginTagToContent("hparams")["_hparams_/session_start_info"]
+    hparams = plugin_data_pb2.HParamsPluginData.FromString(content).session_start_info.hparams
+    manifest = result.manifest
+    assert hparams["dataset_hash"].string_value == manifest.dataset_hash
+    assert hparams["base_model_hash"].string_value == manifest.base_model_hash
+    assert hparams["train.learning_rate"].number_value == pytest.approx(1e-3)
+    assert hparams["lora.r"].number_value == 8
+    assert hparams["lora.target_modules"].string_value.startswith("q_proj")
+    assert hparams["adapter"].string_value == "adapter"
+
+
+def test_mlflow_file_store_gets_metrics_params_and_a_run_named_after_the_adapter(
+    demo_dataset, tiny_causal, tmp_path, monkeypatch
+):
+    pytest.importorskip("mlflow")
+    import mlflow
+
+    store = tmp_path / "mlruns"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", store.as_uri())
+    monkeypatch.setenv("MLFLOW_ALLOW_FILE_STORE", "true")  # MLflow 3 refuses file stores else
+    train = TrainConfig(**QUICK, report_to=["mlflow"], tracking_project="tickets")
+    result = train_adapter(
+        demo_dataset, tiny_causal, tmp_path / "out", train=train, name="classify", progress=False
+    )
+    client = mlflow.MlflowClient(tracking_uri=store.as_uri())
+    experiment = client.get_experiment_by_name("tickets")
+    (run,) = client.search_runs([experiment.experiment_id])
+    assert run.info.run_name == "classify" and run.info.status == "FINISHED"
+    params = run.data.params
+    assert params["dataset_hash"] == result.manifest.dataset_hash
+    assert params["base_model_hash"] == result.manifest.base_model_hash
+    assert params["train.max_steps"] == "4" and params["method"] == "lora"
+    history = client.get_metric_history(run.info.run_id, "loss")
+    log = _log(tmp_path / "out")
+    assert [(m.step, m.value) for m in history] == [
+        (e["step"], pytest.approx(e["loss"])) for e in log if "loss" in e
+    ]
+    assert [m.step for m in client.get_metric_history(run.info.run_id, "val_loss")] == [2, 4]
+    assert mlflow.active_run() is None
+
+
+def test_a_tracker_without_its_package_fails_before_training(demo_dataset, tiny_causal, tmp_path):
+    if importlib.util.find_spec("wandb") is not None:
+        pytest.skip("wandb is installed here")
+    train = TrainConfig(**QUICK, report_to=["wandb"])
+    with pytest.raises(ValueError, match=r"names 'wandb', but .* pip install wandb"):
+        train_adapter(demo_dataset, tiny_causal, tmp_path, train=train, progress=False)
+    assert not (tmp_path / "train_log.jsonl").exists()
+
+
+def test_mlflow_without_a_tracking_uri_needs_the_full_package(
+    demo_dataset, tiny_causal, tmp_path, monkeypatch
+):
+    if importlib.util.find_spec("mlflow") is None or importlib.util.find_spec("sqlalchemy"):
+        pytest.skip("needs mlflow-skinny without SQLAlchemy")
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    train = TrainConfig(**QUICK, report_to=["mlflow"])
+    with pytest.raises(ValueError, match=r"no MLFLOW_TRACKING_URI .* pip install mlflow"):
+        train_adapter(demo_dataset, tiny_causal, tmp_path, train=train, progress=False)
+    assert not (tmp_path / "train_log.jsonl").exists()
+
+
+def test_report_to_config():
+    assert TrainConfig().report_to == []
+    assert TrainConfig(report_to="tensorboard").report_to == ["tensorboard"]
+    assert TrainConfig(report_to=["mlflow", "mlflow"]).report_to == ["mlflow"]
+    with pytest.raises(ValidationError, match="comet"):
+        TrainConfig(report_to=["comet"])
+    # tracking changes what is reported, not what is learned: a finished adapter is reused
+    plain, tracked = TrainConfig(), TrainConfig(report_to=["tensorboard"], tracking_dir="/x")
+    same = dict(dataset_hash="d", predictors=["p"], student_hash="s", lora=None)
+    assert run_fingerprint(train=plain, bf16=False, packing=False, **same) == run_fingerprint(
+        train=tracked, bf16=False, packing=False, **same
+    )
+
+
+def test_tracker_params_are_flat_and_plain():
+    record = {"a": {"b": 1, "c": [1, "x"], "d": {"e": None}}, "f": True}
+    assert tracker_params(record) == {"a.b": 1, "a.c": "1,x", "a.d.e": "None", "f": True}
