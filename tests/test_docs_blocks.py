@@ -93,6 +93,16 @@ def _lm_per_predictor(ran: Ran) -> None:
     assert ran.ns["program"].classify.lm is ran.ns["teacher_lm"]
 
 
+def _tracing(ran: Ran) -> None:
+    # One traced run (the second ran with tracing off): the program, its modules, its two
+    # predictors and their two LM calls, each a span of the one trace.
+    spans = ran.ns["memory"].get_finished_spans()
+    assert len({s.context.trace_id for s in spans}) == 1
+    lm_calls = [s for s in spans if "A12345" in str(dict(s.attributes))]
+    assert lm_calls, [s.name for s in spans]
+    assert not any("A54321" in str(dict(s.attributes)) for s in spans)
+
+
 @dataclass(frozen=True)
 class PyBlock:
     check: Callable[[Ran], None]  # what the block must have done
@@ -134,6 +144,23 @@ PYTHON_BLOCKS = {
     ("README.md", "import apprentice as ap #4"): PyBlock(
         _lm_per_predictor,
         (('base_url="http://127.0.0.1:8000/v1"', 'base_url="{url}"', "a served student"),),
+    ),
+    ("README.md", "import apprentice as ap #5"): PyBlock(
+        _tracing,
+        (
+            (
+                "from opentelemetry.exporter.otlp.proto.http.trace_exporter import "
+                "OTLPSpanExporter",
+                "from opentelemetry.sdk.trace.export.in_memory_span_exporter import "
+                "InMemorySpanExporter",
+                "an OTLP collector: the spans are kept in memory and read back",
+            ),
+            (
+                'OTLPSpanExporter("http://localhost:4318/v1/traces")',
+                "(memory := InMemorySpanExporter())",
+                "an OTLP collector",
+            ),
+        ),
     ),
 }
 
@@ -273,6 +300,7 @@ for _key in (
     ".venv/bin/python scripts/bench_local.py --student smollm2 --threads 64 --runs-per-thread 1",
     ".venv/bin/python scripts/bench_slow_clients.py --tricklers 1000 --seconds 30",
     "VLLM_CPU_OMP_THREADS_BIND=0-1 .venv/bin/python scripts/bench_local.py --student smollm2",
+    "git worktree add --detach /tmp/track-base b6e8a98",
 ):
     SHELL_BLOCKS[("docs/benchmarks.md", _key)] = ShellBlock(BENCH)
 
@@ -358,6 +386,9 @@ def _check_apprentice(argv: list[str], block: ShellBlock, capsys) -> int:
 
 def _check_command(command, block: ShellBlock, monkeypatch, capsys) -> int:
     program, *args = command.argv
+    if program == "nice":  # nice -n N COMMAND: COMMAND is checked
+        assert args[0] == "-n" and args[1].lstrip("-").isdigit(), command.line
+        program, *args = args[2:]
     if program in APPRENTICE:
         return _check_apprentice(args, block, capsys)
     if program in PYTHONS and args[:1] == ["-c"]:
@@ -369,6 +400,11 @@ def _check_command(command, block: ShellBlock, monkeypatch, capsys) -> int:
         setup = (ROOT / "scripts" / "setup").read_text()
         for pin in (a for a in args[1:] if "==" in a):
             assert pin in setup, f"{pin} is not the pin scripts/setup names"
+    elif program == "git":  # the tree of an older commit, for a before/after benchmark
+        assert args[:3] == ["worktree", "add", "--detach"], command.line
+        subprocess.run(
+            ["git", "-C", str(ROOT), "cat-file", "-e", f"{args[4]}^{{commit}}"], check=True
+        )
     elif program.startswith("scripts/"):
         script = ROOT / program
         assert script.is_file() and script.stat().st_mode & 0o111, f"{program}: not executable"

@@ -29,6 +29,7 @@ LAYERS = [
             "progress",
             "sandbox",
             "signature",
+            "student_loading",
         },
     ),
     ("lm", {"lm"}),

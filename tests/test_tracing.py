@@ -175,3 +175,18 @@ def test_bad_tracing_arguments_are_refused():
     with pytest.raises(TypeError, match="tracer='yes' is not an OpenTelemetry Tracer"):
         ap.configure(tracer="yes")
     assert ap.settings.tracer is None
+
+
+def test_disable_tracing_exports_what_a_batching_provider_still_holds():
+    from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+    from recipes.demo.task import TicketTriage, teacher
+
+    memory = InMemorySpanExporter()
+    program = TicketTriage()
+    program.set_lm(ap.ScriptedLM(teacher))
+    ap.enable_tracing(memory)  # batching: spans wait for the processor's next round
+    try:
+        program(ticket="I was charged twice for order A12345.")
+    finally:
+        ap.disable_tracing()
+    assert len(memory.get_finished_spans()) >= 5  # program, modules, predictors, LM calls

@@ -48,6 +48,9 @@ _PATHS: contextvars.ContextVar[dict[int, str] | None] = contextvars.ContextVar(
     "apprentice_trace_paths", default=None
 )
 
+# The providers enable_tracing made (disable_tracing flushes them).
+_OWN_PROVIDERS: list[Any] = []
+
 
 def enable_tracing(exporter: Any = None, *, tracer_provider: Any = None, batch: bool = True) -> Any:
     """Sends a span for every program run, module, predictor and LM call from now on, in
@@ -80,6 +83,7 @@ def enable_tracing(exporter: Any = None, *, tracer_provider: Any = None, batch: 
         tracer_provider = TracerProvider(resource=Resource.create({"service.name": "apprentice"}))
         processor = BatchSpanProcessor if batch else SimpleSpanProcessor
         tracer_provider.add_span_processor(processor(exporter))
+        _OWN_PROVIDERS.append(tracer_provider)
     provider = tracer_provider or trace.get_tracer_provider()
     if not callable(getattr(provider, "get_tracer", None)):
         raise TypeError(f"tracer_provider={provider!r} is not an OpenTelemetry TracerProvider")
@@ -89,9 +93,12 @@ def enable_tracing(exporter: Any = None, *, tracer_provider: Any = None, batch: 
 
 
 def disable_tracing() -> None:
-    """No more spans (``ap.configure(tracer=None)``); a provider made by ``enable_tracing``
-    still exports what it holds when it is shut down or the process exits."""
+    """No more spans (``ap.configure(tracer=None)``); the providers ``enable_tracing`` made
+    export the spans they still hold now (a batching processor would wait for its next
+    round or the process's exit). A provider you passed in is yours to flush."""
     configure(tracer=None)
+    while _OWN_PROVIDERS:
+        _OWN_PROVIDERS.pop().force_flush()
 
 
 @contextlib.contextmanager
