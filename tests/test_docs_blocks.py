@@ -288,6 +288,14 @@ SHELL_BLOCKS = {
         "docs/benchmarks.md",
         ".venv/bin/apprentice distill recipes/rotten_tomatoes/smollm2.yaml --run-dir /tmp/rt-smollm2",
     ): ShellBlock(BENCH, dry_runs=1),
+    (
+        "docs/benchmarks.md",
+        ".venv/bin/apprentice distill recipes/demo/smollm2.yaml --run-dir /tmp/demo-chat",
+    ): ShellBlock(BENCH, dry_runs=2),
+    (
+        "docs/benchmarks.md",
+        ".venv/bin/apprentice eval recipes/demo/smollm2.yaml --run-dir /tmp/demo-chat",
+    ): ShellBlock(BENCH + "; scores the two runs of the block above"),
     ("docs/benchmarks.md", "export VLLM_CPU_OMP_THREADS_BIND=0-1"): ShellBlock(
         BENCH + "; needs vLLM", dry_runs=1
     ),
