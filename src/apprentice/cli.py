@@ -240,6 +240,12 @@ def build_parser() -> argparse.ArgumentParser:
         "--merged", type=Path, required=True, metavar="DIR", help="the folder to write (new)"
     )
     export.add_argument(
+        "--trust-remote-code",
+        action="store_true",
+        help="allow a base model trained with student.trust_remote_code to run its own code "
+        "while it is merged (refused without this flag)",
+    )
+    export.add_argument(
         "--adapter",
         default=None,
         metavar="NAME",
@@ -394,7 +400,8 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "export":
             from apprentice.train.export import export_merged
 
-            print(export_merged(_adapter_folder(args.target, args.adapter), args.merged))
+            folder = _adapter_folder(args.target, args.adapter)
+            print(export_merged(folder, args.merged, trust_remote_code=args.trust_remote_code))
             return 0
         if args.command == "convert":
             from apprentice.gguf import convert_gguf

@@ -155,6 +155,26 @@ def test_a_program_bound_to_vllm_scores_what_the_local_binding_scores(smollm2_tr
     assert answers[0] == answers[1]
 
 
+def test_a_merged_export_is_served_by_vllm_as_base_plus_adapter(
+    smollm2, adapters, requests, local_texts, tmp_path_factory, capsys
+):
+    """`apprentice export RUN --merged DIR` (issue 23 item 6): vLLM loads the folder as a
+    plain model, with no LoRA, and answers as the base with the adapter does."""
+    from apprentice.cli import main
+
+    merged = tmp_path_factory.mktemp("export") / "merged"
+    run = adapters["multitask"].parents[2]  # the BootstrapFinetune run directory
+    assert main(["export", str(run), "--merged", str(merged)]) == 0
+    assert capsys.readouterr().out.strip() == str(merged)
+    lm = vllm_lm.VLLMLM(merged, max_new_tokens=NEW_TOKENS, **REAL_VLLM)
+    try:
+        texts = [r.texts[0] for r in lm.generate(requests[:FEW])]
+    finally:
+        ap.release_engines(merged)
+    assert texts == local_texts["multitask"][:FEW]
+    assert texts != local_texts[None][:FEW]  # the adapter's weights are in the folder
+
+
 def test_with_one_or_two_lora_slots_base_rows_never_get_an_adapter(
     smollm2, adapters, requests, local_texts
 ):

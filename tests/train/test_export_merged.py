@@ -69,3 +69,24 @@ def test_export_refuses_a_used_folder_and_a_changed_base(tmp_path, capsys):
     assert not (tmp_path / "new").exists()
     assert main(["export", str(tmp_path), "--merged", str(tmp_path / "new")]) == 1
     assert "neither an adapter folder nor a run directory" in capsys.readouterr().err
+
+
+def test_export_refuses_remote_code_unless_trusted_and_a_hub_base_at_a_branch(tmp_path, capsys):
+    # An adapter folder may come from elsewhere: its manifest must not run code unasked.
+    root = _trained(tmp_path, "train.full_finetune=false")
+    path = root / "adapters" / "multitask" / "adapter" / "manifest.json"
+    manifest = json.loads(path.read_text())
+    path.write_text(json.dumps({**manifest, "base_model_options": {"trust_remote_code": True}}))
+    assert main(["export", str(root), "--merged", str(tmp_path / "a")]) == 1
+    assert "export again with --trust-remote-code" in capsys.readouterr().err
+    assert not (tmp_path / "a").exists()
+    # A hub base merged at a branch: the weights may have moved since training.
+    hub = {
+        **manifest,
+        "base_model": "some-org/some-model",
+        "base_model_options": {"revision": "main"},
+    }
+    path.write_text(json.dumps(hub))
+    assert main(["export", str(root), "--merged", str(tmp_path / "b")]) == 1
+    assert "40-character commit hash (got 'main'" in capsys.readouterr().err
+    assert not (tmp_path / "b").exists()

@@ -60,7 +60,9 @@ def check_lora_config(
 MERGED_STAMP = "apprentice_merged.json"
 
 
-def export_merged(adapter_dir: str | os.PathLike, out_dir: str | os.PathLike) -> Path:
+def export_merged(
+    adapter_dir: str | os.PathLike, out_dir: str | os.PathLike, *, trust_remote_code: bool = False
+) -> Path:
     """Writes the adapter's base model with the adapter folded in (a full finetune: the
     trained model itself) to ``out_dir`` as a ``save_pretrained`` checkpoint with the base
     model's tokenizer and chat template, and ``apprentice_merged.json`` naming what it came
@@ -69,7 +71,10 @@ def export_merged(adapter_dir: str | os.PathLike, out_dir: str | os.PathLike) ->
     content hash is checked; a hub base is merged only at a pinned ``student.revision``).
     The base loads as it trained (the manifest's ``base_model_options``: revision, dtype,
     attention, remote code), but never in 4-bit: a QLoRA adapter is folded into the
-    unquantized base, in the student's dtype."""
+    unquantized base, in the student's dtype, and with transformers' default attention
+    (merging needs no attention kernel). An adapter folder may come from elsewhere: a
+    manifest that asks for the base model's own code (``trust_remote_code``) is refused
+    unless the caller trusts it too (``trust_remote_code=True``, the CLI's flag)."""
     from transformers import AutoModelForCausalLM, AutoModelForSeq2SeqLM, AutoTokenizer
 
     from apprentice.lm.adapter_files import read_adapter
@@ -80,6 +85,13 @@ def export_merged(adapter_dir: str | os.PathLike, out_dir: str | os.PathLike) ->
     adapter_dir, out = Path(adapter_dir), Path(out_dir)
     manifest = read_manifest(adapter_dir)
     loading = StudentLoading.model_validate(manifest.base_model_options)
+    if loading.trust_remote_code and not trust_remote_code:
+        raise PermissionError(
+            f"the adapter in {adapter_dir} was trained with student.trust_remote_code: "
+            f"merging loads {manifest.base_model!r} with the code its files name; if you "
+            "trust that code, export again with --trust-remote-code (nothing was written)"
+        )
+    loading = loading.model_copy(update={"attn_implementation": None})
     if out.exists() and (not out.is_dir() or any(out.iterdir())):
         raise FileExistsError(
             f"{out} already exists and is not an empty folder: give a new folder for the "
@@ -87,11 +99,12 @@ def export_merged(adapter_dir: str | os.PathLike, out_dir: str | os.PathLike) ->
         )
     base = manifest.base_model
     if manifest.method == "lora":
-        if not Path(base).is_dir() and loading.revision is None:
+        if not Path(base).is_dir() and not _a_commit(loading.revision):
             raise FileNotFoundError(
                 f"the adapter's base model {base!r} is not on this machine: it is needed to "
-                "fold the adapter into its weights (a hub base is loaded only when the "
-                "adapter was trained at a pinned student.revision)"
+                "fold the adapter into its weights, and a hub base is loaded only when the "
+                "adapter was trained at a pinned student.revision, a 40-character commit "
+                f"hash (got {loading.revision!r}: a branch or tag may have moved since)"
             )
         found = model_hash(base, loading.revision)
         if found != manifest.base_model_hash:
@@ -128,3 +141,12 @@ def export_merged(adapter_dir: str | os.PathLike, out_dir: str | os.PathLike) ->
         out.rmdir()  # empty, checked above
     os.rename(building, out)
     return out
+
+
+def _a_commit(revision: str | None) -> bool:
+    """Whether ``revision`` is a full commit hash: the one hub revision that cannot move."""
+    return (
+        revision is not None
+        and len(revision) == 40
+        and all(c in "0123456789abcdef" for c in revision.lower())
+    )
