@@ -96,6 +96,15 @@ def test_p_w_p_runs_as_a_stage_and_every_steps_score_is_reported(tmp_path):
     status = {o.stage: o.status for o in again.outcomes}
     assert status["optimize"] == status["eval"] == "reused"
     assert json.loads((root / "optimize/result.json").read_text()) == result
+    # How the weight steps run or report (logging, tracking) is not what they learn.
+    logged = Run.open(TOGETHER, overrides=[*SHORT, "train.logging_steps=7"], run_dir=root)
+    assert logged.optimize().status == "reused"
+
+    # Without the section, the report shows no step table and no stale BetterTogether row.
+    plain = Run.open(TOGETHER, overrides=[*SHORT, "optimize=null"], run_dir=root, progress=False)
+    plain.report()
+    report = (root / "report/report.md").read_text()
+    assert "BetterTogether" not in report and "student (trained)" in report
 
 
 @pytest.mark.slow

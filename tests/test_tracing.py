@@ -142,7 +142,7 @@ def test_off_by_default_and_off_in_a_context_block(exporter):
         program(question="life")
     assert exporter.get_finished_spans() == ()
     tracer = ap.settings.tracer
-    ap.disable_tracing()
+    ap.configure(tracer=None)  # off everywhere; the provider stays up (disable_tracing ends it)
     program(question="life")
     assert exporter.get_finished_spans() == ()
     assert ap.settings.tracer is None
@@ -189,4 +189,8 @@ def test_disable_tracing_exports_what_a_batching_provider_still_holds():
         program(ticket="I was charged twice for order A12345.")
     finally:
         ap.disable_tracing()
-    assert len(memory.get_finished_spans()) >= 5  # program, modules, predictors, LM calls
+    spans = memory.get_finished_spans()
+    assert len(spans) >= 5  # program, modules, predictors, LM calls
+    assert ap.settings.tracer is None
+    program(ticket="My parcel for order A54321 never arrived.")  # off: nothing more
+    assert memory.get_finished_spans() == spans

@@ -61,6 +61,7 @@ def optimize_key(run: Run) -> str:
     from apprentice.fingerprint import code_fingerprint
     from apprentice.recipe import import_object
     from apprentice.traces.bootstrap import dataset_hash, program_hash
+    from apprentice.train.resume import learning_settings
 
     r = run.recipe
     prompt = r.optimize.prompt
@@ -76,7 +77,9 @@ def optimize_key(run: Run) -> str:
         code_fingerprint(run.job.metric),
         run.job.teacher_key,
         proposer_code,
-        r.section_hash("optimize", "student", "bootstrap", "dataset", "lora", "train", "serve"),
+        r.section_hash("optimize", "student", "bootstrap", "dataset", "lora", "serve"),
+        # what the weight steps learn from, not how they run or report (threads, tracking)
+        learning_settings(r.train.model_dump(mode="json")),
         r.eval.untrained_max_new_tokens,
         run.student_path(),
         run._tiny_stamp(),
@@ -130,15 +133,18 @@ def optimize_program(run: Run, key: str) -> dict[str, Any]:
 
 
 def _start_program(run: Run, student: str):
-    """The recipe's program on the untrained student, in the student's prompt format."""
+    """The recipe's program on the untrained student, loaded as the recipe's ``student``
+    section says, in the format its prompted baselines read (the full prompt: a baked one
+    would hide the instructions a prompt step writes)."""
     from apprentice.serve.binding import student_lm, template_options
 
     r = run.recipe
     program = r.make_program()
     options = template_options(r.serve, run.trained_prompt()[1])
     cap = r.eval.untrained_max_new_tokens
-    program.set_lm(student_lm(r.serve, student, max_new_tokens=cap, **options))
-    program.set_format(run.student_format())
+    lm = student_lm(r.serve, student, max_new_tokens=cap, loading=run.student_loading(), **options)
+    program.set_lm(lm)
+    program.set_format(run.prompted_format())
     return program
 
 
@@ -211,4 +217,5 @@ def _weight_optimizer(r: Recipe, metric: Any, student: str, run_dir: Path, progr
         format=r.dataset.format,
         chat_template=r.student.chat_template,
         max_cost_usd=b.max_cost_usd,
+        loading=r.student.loading(),
     )

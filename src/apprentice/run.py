@@ -392,9 +392,10 @@ class Run(Pipeline):
 
         out = self.root / "eval"
         systems = []
+        optimizing = self.recipe.optimize is not None  # else optimize/ is an older run's
         for system in SYSTEMS:
             path = out / f"{system}.json"
-            if path.exists():
+            if path.exists() and (system != "optimized" or optimizing):
                 systems.append(SystemEval.from_dict(json.loads(path.read_text())["eval"]))
         if not systems:
             self.require(out / "trained.json", "eval")
@@ -424,7 +425,7 @@ class Run(Pipeline):
         }
 
         optimized = self.root / "optimize" / "result.json"
-        steps = json.loads(optimized.read_text()) if optimized.exists() else None
+        steps = json.loads(optimized.read_text()) if optimizing and optimized.exists() else None
         final = SYSTEMS["optimized"] if steps is not None else SYSTEMS["trained"]
 
         def run() -> dict[str, Any]:

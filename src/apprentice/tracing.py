@@ -95,10 +95,11 @@ def enable_tracing(exporter: Any = None, *, tracer_provider: Any = None, batch: 
 def disable_tracing() -> None:
     """No more spans (``ap.configure(tracer=None)``); the providers ``enable_tracing`` made
     export the spans they still hold now (a batching processor would wait for its next
-    round or the process's exit). A provider you passed in is yours to flush."""
+    round or the process's exit) and shut down, their threads and exporters with them. A
+    provider you passed in is yours to flush and shut down."""
     configure(tracer=None)
     while _OWN_PROVIDERS:
-        _OWN_PROVIDERS.pop().force_flush()
+        _OWN_PROVIDERS.pop().shutdown()
 
 
 @contextlib.contextmanager

@@ -57,3 +57,15 @@ def test_the_train_stage_retrains_an_adapter_when_the_train_settings_change(tmp_
     manifest = json.loads((root / "adapters/multitask/adapter/manifest.json").read_text())
     # Before: the stage "ran" but kept the adapter trained at learning rate 0.002.
     assert again.status == "ran" and manifest["train_config"]["learning_rate"] == 0.01
+
+
+def test_eval_every_is_part_of_what_a_run_learns_once_early_stopping_reads_it():
+    from apprentice.train.resume import learning_settings
+
+    plain = TrainConfig(eval_every=5).model_dump()
+    assert "eval_every" not in learning_settings(plain)  # it only sets when a loss is logged
+    early = TrainConfig(eval_every=5, early_stopping_patience=2).model_dump()
+    assert learning_settings(early)["eval_every"] == 5  # it decides where the run stops
+    assert "report_to" not in learning_settings(early) and "num_threads" not in learning_settings(
+        early
+    )

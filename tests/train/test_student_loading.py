@@ -225,3 +225,17 @@ def test_training_records_the_options_and_export_merges_in_that_dtype(
     )
     assert again.manifest.base_model_options == {}
     assert again.manifest.created > manifest.created
+
+
+def test_bootstrap_finetune_takes_the_loading_options_to_its_pipeline():
+    # The recipe's optimize stage trains through BootstrapFinetune: the student section's
+    # options must reach that pipeline as they reach the recipe's own.
+    from recipes.demo.task import TicketTriage, make_examples
+
+    import apprentice as ap
+    from apprentice.student_loading import StudentLoading
+
+    optimizer = ap.BootstrapFinetune(student="some/model", loading={"revision": "v1"})
+    job = optimizer._job(TicketTriage(), make_examples(2), ap.ScriptedLM(lambda s, i: {}))
+    assert job.loading == StudentLoading(revision="v1")
+    assert ap.BootstrapFinetune(student="some/model")._job(TicketTriage(), [], None).loading is None

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import os
 from pathlib import Path
 
 import pytest
@@ -13,7 +14,7 @@ from pydantic import ValidationError
 from apprentice.train.config import LoraConfig, TrainConfig
 from apprentice.train.resume import run_fingerprint
 from apprentice.train.sft import train_adapter
-from apprentice.train.tracking import tracker_params
+from apprentice.train.tracking import Tracking, tracker_params
 
 QUICK = dict(max_steps=4, batch_size=8, learning_rate=1e-3, logging_steps=1, eval_every=2)
 
@@ -134,3 +135,20 @@ def test_report_to_config():
 def test_tracker_params_are_flat_and_plain():
     record = {"a": {"b": 1, "c": [1, "x"], "d": {"e": None}}, "f": True}
     assert tracker_params(record) == {"a.b": 1, "a.c": "1,x", "a.d.e": "None", "f": True}
+
+
+def test_a_tracker_that_fails_to_start_leaves_no_mlflow_uri_behind(tmp_path, monkeypatch):
+    # start() points MLflow at the tracking folder for this run only; if the tracker run
+    # never opens, nothing will close it, so the process's setting must go back at once.
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+
+    class TrackingServerDown:  # an Accelerator whose trackers fail to start
+        is_main_process = True
+
+        def init_trackers(self, *args, **kwargs):
+            raise RuntimeError("tracking server down")
+
+    tracking = Tracking(TrackingServerDown(), TrainConfig(report_to=["mlflow"]), tmp_path)
+    with pytest.raises(RuntimeError, match="server down"):
+        tracking.start("multitask", {"train": {"seed": 0}})
+    assert "MLFLOW_TRACKING_URI" not in os.environ

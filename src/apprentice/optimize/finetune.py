@@ -49,6 +49,9 @@ class BootstrapFinetune(Optimizer):
     ``max_cost_usd``: no new teacher run starts once the teacher (an LM with a price table)
     has cost this much in this run_dir; compile stops with what was traced kept, and a
     higher cap goes on from there (``bootstrap.max_cost_usd`` of a recipe).
+    ``loading``: how the base model loads for training and serving (a ``StudentLoading`` or
+    its fields as a dict: revision, dtype, attn_implementation, load_in_4bit,
+    trust_remote_code; a recipe's ``student`` section); None = the defaults.
     """
 
     def __init__(
@@ -72,8 +75,10 @@ class BootstrapFinetune(Optimizer):
         format: str = "auto",
         chat_template: str | None = None,
         max_cost_usd: float | None = None,
+        loading: Any = None,
     ) -> None:
         from apprentice.serve.config import ServeConfig
+        from apprentice.student_loading import StudentLoading
         from apprentice.train.config import LoraConfig, TrainConfig
 
         self.metric = metric
@@ -96,6 +101,9 @@ class BootstrapFinetune(Optimizer):
         self.format = format
         self.chat_template = chat_template
         self.max_cost_usd = max_cost_usd
+        self.loading = (
+            StudentLoading.model_validate(loading) if isinstance(loading, dict) else loading
+        )
         self.results: dict[str, Any] = {}
 
     def compile(self, student, *, trainset, teacher=None, valset=None) -> Module:
@@ -144,6 +152,7 @@ class BootstrapFinetune(Optimizer):
             teacher_key=repr(getattr(teacher, "identity", None) or type(teacher).__name__),
             reset_traces=self.reset_traces,
             lm_options=self.lm_options,
+            loading=self.loading,
             hints={
                 "mismatch": "With BootstrapFinetune: pass reset_traces=True (the old traces "
                 "are moved aside, never deleted), or use another run_dir",

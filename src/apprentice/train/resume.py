@@ -29,6 +29,7 @@ from apprentice.train.export import AdapterManifest, read_manifest
 
 __all__ = [
     "OutDir",
+    "learning_settings",
     "check_out_dir",
     "fingerprint_difference",
     "latest_checkpoint",
@@ -56,6 +57,17 @@ _OPERATIONAL = frozenset(
 )
 
 
+def learning_settings(train_config: dict[str, Any]) -> dict[str, Any]:
+    """The training settings that change what a run learns: all but the operational ones.
+    ``eval_every`` counts once early stopping reads it (it decides where the run stops)."""
+    early = train_config.get("early_stopping_patience") is not None
+    return {
+        k: v
+        for k, v in train_config.items()
+        if k not in _OPERATIONAL or (early and k == "eval_every")
+    }
+
+
 def run_fingerprint(
     *,
     dataset_hash: str,
@@ -74,7 +86,7 @@ def run_fingerprint(
         "dataset": dataset_hash,
         "predictors": sorted(predictors),
         "student": student_hash,
-        "train": {k: v for k, v in train_config.items() if k not in _OPERATIONAL},
+        "train": learning_settings(train_config),
         "lora": lora,
         "bf16": bf16,
         "packing": packing,

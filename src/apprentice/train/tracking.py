@@ -111,14 +111,18 @@ class Tracking:
             if "mlflow" in self.report_to and _mlflow_uri_unset():
                 os.environ[_MLFLOW_URI] = f"sqlite:///{self.folder.resolve() / 'mlflow.db'}"
                 self.set_mlflow_uri = True
-        self.accelerator.init_trackers(
-            self.project,
-            config=tracker_params(record),
-            init_kwargs={
-                "mlflow": {"run_name": name},
-                "wandb": {"name": name, "dir": str(self.folder)},
-            },
-        )
+        try:
+            self.accelerator.init_trackers(
+                self.project,
+                config=tracker_params(record),
+                init_kwargs={
+                    "mlflow": {"run_name": name},
+                    "wandb": {"name": name, "dir": str(self.folder)},
+                },
+            )
+        except BaseException:  # no tracker run to close: the process's setting goes back now
+            self._restore_mlflow_uri()
+            raise
 
     def log(self, event: dict[str, Any]) -> None:
         """Sends one training-log event (its numbers) to the trackers at its step."""
@@ -131,7 +135,12 @@ class Tracking:
         """Closes the tracker runs (event files flushed, the MLflow run ended)."""
         if not self.report_to:
             return
-        self.accelerator.end_training()
+        try:
+            self.accelerator.end_training()
+        finally:
+            self._restore_mlflow_uri()
+
+    def _restore_mlflow_uri(self) -> None:
         if self.set_mlflow_uri:
             os.environ.pop(_MLFLOW_URI, None)
             self.set_mlflow_uri = False
