@@ -297,6 +297,7 @@ class Run(Pipeline):
             code_fingerprint(metric),
             program_hash(r.make_program()),
         )
+        prompted = self.prompted_format()  # may read the student's config: once per eval
         keys = {
             "teacher": stage_hash(base, self.job.teacher_key),
             "untrained": stage_hash(
@@ -304,14 +305,14 @@ class Run(Pipeline):
                 self.student_path(),
                 r.section_hash("student", "serve", "dataset"),
                 self._tiny_stamp(),
-                self.prompted_format().name,
+                prompted.name,
             ),
             "fewshot": stage_hash(
                 base,
                 self.student_path(),
                 r.section_hash("student", "serve", "teacher", "data", "bootstrap", "dataset"),
                 self._tiny_stamp(),
-                self.prompted_format().name,
+                prompted.name,
             ),
             # The train stage's record changes whenever adapters are retrained in place.
             "trained": stage_hash(
@@ -363,7 +364,7 @@ class Run(Pipeline):
                         **options,
                     )
                     program.set_lm(lm)
-                    program.set_format(self.prompted_format())
+                    program.set_format(prompted)
                 elif system == "optimized":
                     program = self.optimized_program()
                 else:
