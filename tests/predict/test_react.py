@@ -12,7 +12,7 @@ from recipes.react_agent.task import ShopAgent, make_examples, metric, teacher
 import apprentice as ap
 from apprentice.dataset import build_dataset, load_dataset_dir
 from apprentice.predict.react import render_trajectory
-from apprentice.traces import bootstrap_traces
+from apprentice.traces import TraceStore, bootstrap_traces
 
 
 def lookup(city: str) -> int:
@@ -202,6 +202,14 @@ def test_each_turn_is_a_row_and_failed_episodes_are_dropped_whole(tmp_path):
     assert 0 < wrong < len(examples)
     assert manifest.drops == {"score below threshold": wrong}
     kept = len(examples) - wrong
+    # Each kept episode is four turns. Checked per episode first, so that a count that is off
+    # (CI once saw 77 react rows for 76) names the episode and the steps it recorded.
+    odd = {
+        t.example_id: [(s.predictor, s.cached, s.completion) for s in t.steps]
+        for t in TraceStore(tmp_path / "traces")
+        if t.score == 1.0 and sum(s.predictor == "agent.react" for s in t.steps) != 4
+    }
+    assert odd == {}
     assert manifest.counts["train"] == {"agent.extract": kept, "agent.react": 4 * kept}
     data, _ = load_dataset_dir(tmp_path / "ds")
     rows = [r for r in data["train"] if r["predictor"] == "agent.react"]
