@@ -268,6 +268,21 @@ SHELL_BLOCKS = {
         },
         dry_runs=3,  # the two `my.yaml` distills and the bootstrap, as recipes/demo/causal.yaml
     ),
+    (
+        "README.md",
+        "apprentice distill my.yaml --trace otlp --trace-endpoint http://localhost:4318",
+    ): ShellBlock(
+        MINUTES + ", sending spans to a collector that is not here (a user's own files: not "
+        "checked)",
+        stand_ins=MY
+        | {
+            "runs/my-run/program.json": None,
+            "my_task:MyProgram": None,
+            "my_task:metric": None,
+            "held_out.jsonl": None,
+        },
+        dry_runs=1,  # the `my.yaml` distill as recipes/demo/causal.yaml: --dry-run sends nothing
+    ),
     ("README.md", "scripts/setup"): ShellBlock(
         "installs packages, downloads GSM8K and needs a GPU and a teacher key"
     ),

@@ -108,6 +108,66 @@ def _add_launcher_arguments(parser: argparse.ArgumentParser) -> None:
     )
 
 
+# The commands that run the program, so have spans to send (the recipe's tracing section).
+TRACED = ("distill", "bootstrap", "optimize", "eval")
+
+
+def _add_trace_arguments(parser: argparse.ArgumentParser) -> None:
+    from apprentice.tracing import EXPORTERS
+
+    group = parser.add_argument_group(
+        "tracing",
+        "OpenTelemetry spans of every program run, module, predictor and LM call; these "
+        "flags override the recipe's tracing section for this command",
+    )
+    group.add_argument(
+        "--trace",
+        choices=EXPORTERS,
+        default=None,
+        metavar="EXPORTER",
+        help="where the spans go: otlp (a collector over OTLP/HTTP), jsonl (a file, one span "
+        "a line), console (stderr), or none (off, whatever the recipe says)",
+    )
+    group.add_argument(
+        "--trace-endpoint",
+        metavar="URL",
+        default=None,
+        help="otlp: the collector, e.g. http://localhost:4318 (default: "
+        "$OTEL_EXPORTER_OTLP_ENDPOINT, else localhost:4318)",
+    )
+    group.add_argument(
+        "--trace-path",
+        metavar="FILE",
+        default=None,
+        help="jsonl: the file the spans are appended to (default: spans.jsonl in the run "
+        "directory, or in --out DIR)",
+    )
+
+
+def _tracing(args: argparse.Namespace, section):
+    """The recipe's tracing section (None: none) with the --trace flags over it."""
+    from pydantic import ValidationError
+
+    from apprentice.tracing import TracingConfig
+
+    flags = {"endpoint": args.trace_endpoint, "path": args.trace_path}
+    if args.trace is None and section is None:
+        given = [f"--trace-{k}" for k, v in flags.items() if v is not None]
+        if given:
+            raise ValueError(f"{given[0]} needs --trace EXPORTER (or a recipe's tracing section)")
+        return None
+    values = section.model_dump() if section is not None else {}
+    if args.trace is not None and args.trace != values.get("exporter"):
+        # Another exporter: the section's endpoint or path were the other one's.
+        values = {"exporter": args.trace, "service_name": values.get("service_name", "apprentice")}
+    values.update({k: v for k, v in flags.items() if v is not None})
+    try:
+        return TracingConfig(**values)
+    except ValidationError as exc:
+        error = exc.errors()[0]
+        raise ValueError(f"--trace: {error['msg'].removeprefix('Value error, ')}") from None
+
+
 def _add_program_file_arguments(parser: argparse.ArgumentParser) -> None:
     group = parser.add_argument_group(
         "a saved program",
@@ -136,24 +196,28 @@ def _add_program_file_arguments(parser: argparse.ArgumentParser) -> None:
 def _eval_program_file(args: argparse.Namespace) -> int:
     from apprentice.eval_file import evaluate_program_file
     from apprentice.evaluate.report import results_table
+    from apprentice.tracing import export_spans
 
     if args.metric is None:
         raise ValueError("give the metric with --metric pkg.module:fn")
     if args.overrides or args.run_dir is not None:
         raise ValueError("--set and --run-dir are for recipes and runs, not a program file")
-    result = evaluate_program_file(
-        args.target,
-        program=args.program,
-        data=args.data,
-        metric=args.metric,
-        inputs=[f.strip() for f in args.inputs.split(",")] if args.inputs else None,
-        split=args.split,
-        limit=args.limit,
-        num_threads=args.threads,
-        out_dir=args.out,
-        trusted=args.trusted,
-        progress=not args.quiet,
-    )
+    tracing = _tracing(args, None)
+    spans = args.out / "spans.jsonl" if args.out is not None else None
+    with export_spans(tracing, default_path=spans):
+        result = evaluate_program_file(
+            args.target,
+            program=args.program,
+            data=args.data,
+            metric=args.metric,
+            inputs=[f.strip() for f in args.inputs.split(",")] if args.inputs else None,
+            split=args.split,
+            limit=args.limit,
+            num_threads=args.threads,
+            out_dir=args.out,
+            trusted=args.trusted,
+            progress=not args.quiet,
+        )
     print(results_table([result]))
     return 0
 
@@ -199,6 +263,8 @@ def build_parser() -> argparse.ArgumentParser:
             _add_launcher_arguments(p)
         if name == "eval":
             _add_program_file_arguments(p)
+        if name in TRACED:
+            _add_trace_arguments(p)
         if name in ("bootstrap", "distill"):
             p.add_argument(
                 "--dry-run",
@@ -312,6 +378,7 @@ def _short(stage: str, s: dict) -> str:
 
 def _run_stage(args) -> int:
     from apprentice.run import STAGES, Run, locate
+    from apprentice.tracing import export_spans
 
     if getattr(args, "dry_run", False):
         from apprentice.estimate import estimate_teacher
@@ -329,13 +396,15 @@ def _run_stage(args) -> int:
         allow_key_hosts=tuple(args.allow_key_hosts),
         reset_traces=getattr(args, "reset_traces", False),
     )
+    tracing = _tracing(args, run.recipe.tracing) if args.command in TRACED else None
     start = time.perf_counter()
-    if args.command == "distill":
-        run.distill()
-    else:
-        getattr(run, args.command)()
-        if args.command == "train":  # a trained student is bound, as before bind was a stage
-            run.bind()
+    with export_spans(tracing, default_path=run.root / "spans.jsonl"):
+        if args.command == "distill":
+            run.distill()
+        else:
+            getattr(run, args.command)()
+            if args.command == "train":  # a trained student is bound, as before bind was a stage
+                run.bind()
     print()
     print(_summary(run.outcomes))
     done = {o.stage for o in run.outcomes}

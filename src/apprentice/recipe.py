@@ -34,6 +34,7 @@ from apprentice.recipe_sections import (
     ServeConfig,
     StudentConfig,
     TeacherConfig,
+    TracingConfig,
 )
 from apprentice.train.config import LoraConfig, TrainConfig
 
@@ -69,6 +70,11 @@ class Recipe(ConfigSection):
         None,
         description="BetterTogether: prompt and weight steps composed by a strategy string, "
         "after the plain distillation (apprentice optimize); absent: no such stage",
+    )
+    tracing: TracingConfig | None = Field(
+        None,
+        description="OpenTelemetry spans of every program run of bootstrap, optimize and eval "
+        "(tracing.py): {exporter: otlp | jsonl | console, ...}; absent: no spans",
     )
     run_dir: str | None = Field(None, description="default: runs/<name> beside the recipe's cwd")
 

@@ -21,6 +21,7 @@ from pydantic import (
 from apprentice.config import ConfigSection
 from apprentice.serve.config import ServeConfig
 from apprentice.student_loading import StudentLoading
+from apprentice.tracing import TracingConfig
 
 __all__ = [
     "BootstrapConfig",
@@ -33,6 +34,7 @@ __all__ = [
     "StudentConfig",
     "TeacherConfig",
     "TinyStudent",
+    "TracingConfig",
 ]
 
 

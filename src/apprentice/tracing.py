@@ -18,6 +18,10 @@ Spans and their attributes:
 
 Any OpenTelemetry exporter works: the SDK's console or in-memory exporters, OTLP (Jaeger,
 Tempo, Phoenix, MLflow Tracing's OTLP endpoint).
+
+A command switches it on from a ``TracingConfig`` (a recipe's ``tracing`` section, or the
+``--trace`` flags): ``with export_spans(config, default_path=...):`` traces the block, then
+flushes and switches off. Nothing of OpenTelemetry is imported while it is off.
 """
 
 from __future__ import annotations
@@ -25,9 +29,15 @@ from __future__ import annotations
 import contextlib
 import contextvars
 import json
+import sys
 from collections.abc import Iterator
-from typing import TYPE_CHECKING, Any
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Literal
+from urllib.parse import urlsplit
 
+from pydantic import Field, field_validator, model_validator
+
+from apprentice.config import ConfigSection
 from apprentice.formats.values import to_jsonable
 from apprentice.settings import configure
 
@@ -35,8 +45,11 @@ if TYPE_CHECKING:
     from apprentice.lm.base import Request, Response
 
 __all__ = [
+    "EXPORTERS",
+    "TracingConfig",
     "disable_tracing",
     "enable_tracing",
+    "export_spans",
     "lm_span",
     "module_span",
     "record_outputs",
@@ -52,22 +65,26 @@ _PATHS: contextvars.ContextVar[dict[int, str] | None] = contextvars.ContextVar(
 _OWN_PROVIDERS: list[Any] = []
 
 
-def enable_tracing(exporter: Any = None, *, tracer_provider: Any = None, batch: bool = True) -> Any:
+def enable_tracing(
+    exporter: Any = None,
+    *,
+    tracer_provider: Any = None,
+    batch: bool = True,
+    service_name: str = "apprentice",
+) -> Any:
     """Sends a span for every program run, module, predictor and LM call from now on, in
     every thread (``ap.configure``), and returns the OpenTelemetry tracer.
 
     ``exporter``: a span exporter (``InMemorySpanExporter()``, ``OTLPSpanExporter(...)``,
     ``ConsoleSpanExporter()``), given its own tracer provider, through a batching span
-    processor (``batch=False``: each span exported when it ends). Or ``tracer_provider``:
-    one you set up. Neither: OpenTelemetry's global provider (``trace.set_tracer_provider``).
+    processor (``batch=False``: each span exported when it ends), its spans from the service
+    ``service_name``. Or ``tracer_provider``: one you set up. Neither: OpenTelemetry's global
+    provider (``trace.set_tracer_provider``).
     """
     try:
         from opentelemetry import trace
     except ImportError:
-        raise ImportError(
-            "tracing needs OpenTelemetry: pip install opentelemetry-sdk (and an exporter, "
-            "e.g. opentelemetry-exporter-otlp)"
-        ) from None
+        raise ImportError(_MISSING.format(package="opentelemetry-api")) from None
     if exporter is not None and tracer_provider is not None:
         raise ValueError("pass exporter= or tracer_provider=, not both")
     if exporter is not None:
@@ -76,11 +93,14 @@ def enable_tracing(exporter: Any = None, *, tracer_provider: Any = None, batch: 
                 f"exporter={exporter!r} is not a span exporter (it has no export() method); "
                 "pass e.g. opentelemetry.sdk.trace.export.ConsoleSpanExporter()"
             )
-        from opentelemetry.sdk.resources import Resource
-        from opentelemetry.sdk.trace import TracerProvider
-        from opentelemetry.sdk.trace.export import BatchSpanProcessor, SimpleSpanProcessor
+        try:
+            from opentelemetry.sdk.resources import Resource
+            from opentelemetry.sdk.trace import TracerProvider
+            from opentelemetry.sdk.trace.export import BatchSpanProcessor, SimpleSpanProcessor
+        except ImportError:
+            raise ImportError(_MISSING.format(package="opentelemetry-sdk")) from None
 
-        tracer_provider = TracerProvider(resource=Resource.create({"service.name": "apprentice"}))
+        tracer_provider = TracerProvider(resource=Resource.create({"service.name": service_name}))
         processor = BatchSpanProcessor if batch else SimpleSpanProcessor
         tracer_provider.add_span_processor(processor(exporter))
         _OWN_PROVIDERS.append(tracer_provider)
@@ -100,6 +120,113 @@ def disable_tracing() -> None:
     configure(tracer=None)
     while _OWN_PROVIDERS:
         _OWN_PROVIDERS.pop().shutdown()
+
+
+# -- switched on by a command: a recipe's tracing section or the --trace flags -----------------
+
+EXPORTERS = ("otlp", "jsonl", "console", "none")
+
+_MISSING = "tracing needs the {package} package: pip install 'apprentice[tracing]'"
+
+
+class TracingConfig(ConfigSection):
+    """Where the spans of a command's program runs go: a recipe's ``tracing`` section, or
+    ``--trace EXPORTER`` (``--trace-endpoint``, ``--trace-path``) on the commands that run
+    the program. Absent: no spans."""
+
+    exporter: Literal["otlp", "jsonl", "console", "none"] = Field(
+        description="otlp: to a collector over OTLP/HTTP (Jaeger, Tempo, Phoenix, MLflow); "
+        "jsonl: one JSON span a line, appended to a file; console: printed to stderr; "
+        "none: off (--trace none switches off a recipe's tracing for one command)"
+    )
+    endpoint: str | None = Field(
+        None,
+        description="otlp: the collector's URL, e.g. http://localhost:4318/v1/traces (a URL "
+        "without a path gets /v1/traces); default: $OTEL_EXPORTER_OTLP_TRACES_ENDPOINT, else "
+        "$OTEL_EXPORTER_OTLP_ENDPOINT + /v1/traces, else http://localhost:4318/v1/traces",
+    )
+    path: str | None = Field(
+        None,
+        description="jsonl: the file (relative: to the working directory); default: "
+        "spans.jsonl in the run directory",
+    )
+    service_name: str = Field(
+        "apprentice", min_length=1, description="the spans' service.name resource attribute"
+    )
+
+    @field_validator("endpoint")
+    @classmethod
+    def _an_http_url(cls, endpoint: str | None) -> str | None:
+        if endpoint is not None:
+            parts = urlsplit(endpoint)
+            if parts.scheme not in ("http", "https") or not parts.netloc:
+                raise ValueError(
+                    f"{endpoint!r} is not an http(s) URL; OTLP over HTTP needs e.g. "
+                    "http://localhost:4318/v1/traces"
+                )
+        return endpoint
+
+    @model_validator(mode="after")
+    def _options_of_its_exporter(self) -> TracingConfig:
+        for option, exporter in (("endpoint", "otlp"), ("path", "jsonl")):
+            if getattr(self, option) is not None and self.exporter != exporter:
+                raise ValueError(
+                    f"{option} is for the {exporter} exporter, not {self.exporter!r}: drop "
+                    f"{option}, or set exporter: {exporter}"
+                )
+        return self
+
+
+@contextlib.contextmanager
+def export_spans(
+    config: TracingConfig | None, *, default_path: Path | None = None
+) -> Iterator[None]:
+    """Spans of every program run in the block go where ``config`` says (``default_path``:
+    the jsonl file when ``config.path`` is unset); when the block ends, however it ends,
+    they are flushed and tracing is off again. ``None`` or ``exporter: none``: nothing at
+    all happens, and nothing is imported."""
+    if config is None or config.exporter == "none":
+        yield
+        return
+    with contextlib.ExitStack() as stack:
+        exporter = _exporter(config, default_path, stack)
+        enable_tracing(exporter, service_name=config.service_name)
+        stack.callback(disable_tracing)  # runs first: flushes into the file, then it closes
+        yield
+
+
+def _exporter(config: TracingConfig, default_path: Path | None, stack: contextlib.ExitStack):
+    try:
+        from opentelemetry.sdk.trace.export import ConsoleSpanExporter
+    except ImportError:
+        raise ImportError(_MISSING.format(package="opentelemetry-sdk")) from None
+    if config.exporter == "otlp":
+        try:
+            from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
+        except ImportError:
+            package = "opentelemetry-exporter-otlp-proto-http"
+            raise ImportError(_MISSING.format(package=package)) from None
+        return OTLPSpanExporter(endpoint=_traces_endpoint(config.endpoint))
+    if config.exporter == "console":
+        return ConsoleSpanExporter(out=sys.stderr)  # stdout is the command's own output
+    path = Path(config.path) if config.path is not None else default_path
+    if path is None:
+        raise ValueError(
+            "the jsonl exporter needs a file for its spans: give --trace-path FILE (a "
+            "recipe's tracing.path)"
+        )
+    path.parent.mkdir(parents=True, exist_ok=True)
+    out = stack.enter_context(path.open("a", encoding="utf-8"))
+    return ConsoleSpanExporter(out=out, formatter=lambda span: span.to_json(indent=None) + "\n")
+
+
+def _traces_endpoint(endpoint: str | None) -> str | None:
+    """The OTLP/HTTP traces URL of ``endpoint``: a collector's bare URL gets ``/v1/traces``,
+    as ``OTEL_EXPORTER_OTLP_ENDPOINT`` does; None stays None (the exporter reads the
+    environment)."""
+    if endpoint is None or urlsplit(endpoint).path not in ("", "/"):
+        return endpoint
+    return endpoint.rstrip("/") + "/v1/traces"
 
 
 @contextlib.contextmanager
