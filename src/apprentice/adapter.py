@@ -40,6 +40,7 @@ from pathlib import Path
 from typing import Any
 
 __all__ = [
+    "MERGED_STAMP",
     "VLLM_LORA_RANKS",
     "AdapterManifest",
     "Servability",
@@ -58,6 +59,8 @@ __all__ = [
 SCHEMA = "apprentice.adapter"
 VERSION = 1
 CONFIG = "adapter_config.json"
+# Beside an ``export --merged`` model: what it came from, and how its base loaded.
+MERGED_STAMP = "apprentice_merged.json"
 
 log = logging.getLogger(__name__)
 

@@ -4,25 +4,45 @@ quantization (QLoRA) and remote code.
 ``StudentLoading`` is the recipe's ``student:`` options that say how (not which) base is
 loaded; the trainer, the local and vLLM engines and ``export --merged`` all take one and
 turn it into the keyword arguments their loader wants, so one setting reaches every load.
-It sits low (it imports only ``apprentice.config`` and ``apprentice.files``): the LM layer
+It sits low (it imports only ``apprentice.config``, ``apprentice.files`` and
+``apprentice.adapter``): the LM layer
 and the trainer both use it.
 
 Only the options that differ from the defaults enter hashes, manifests and saved LM
 configs (``changed``), so a student loaded as before keeps the keys it had.
+
+Serving loads the base as the student trained: ``trained_options`` reads what the adapters'
+manifests (and a full finetune's or merged model's own files) recorded, and
+``serving_loading`` takes each option from there unless the caller set it. The LM layer
+(``LocalLM``, ``VLLMLM``) and ``apprentice serve`` all go through these two.
 """
 
 from __future__ import annotations
 
 import importlib.util
+import json
+import logging
 import os
+from collections.abc import Callable, Mapping
+from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import Field
+from pydantic import Field, ValidationError
 
+from apprentice.adapter import MERGED_STAMP, read_manifest
 from apprentice.config import ConfigSection
 from apprentice.files import looks_like_local_path
 
-__all__ = ["QLORA_INSTALL", "StudentLoading", "check_4bit_runs"]
+__all__ = [
+    "QLORA_INSTALL",
+    "StudentLoading",
+    "check_4bit_runs",
+    "serving_loading",
+    "trained_options",
+    "why_no_4bit",
+]
+
+log = logging.getLogger(__name__)
 
 QLORA_INSTALL = "pip install 'apprentice[qlora]' (bitsandbytes)"
 
@@ -38,7 +58,7 @@ class StudentLoading(ConfigSection):
     dtype: Literal["auto", "float32", "bfloat16", "float16"] = Field(
         "auto",
         description="dtype the base is loaded in for training (and export --merged); auto = "
-        "the checkpoint's own. Serving uses serve.dtype",
+        "the checkpoint's own. Serving loads it in this dtype too, unless serve.dtype names one",
     )
     attn_implementation: str | None = Field(
         None,
@@ -104,6 +124,13 @@ class StudentLoading(ConfigSection):
             options["device_map"] = {"": device or f"cuda:{int(os.environ.get('LOCAL_RANK', 0))}"}
         return options
 
+    def serving_dtype(self, dtype: Any) -> Any:
+        """The dtype to serve in: ``dtype`` when it names one (not None or "auto"), else the
+        one the student trained in (this config's, unless auto), else ``dtype`` as it is."""
+        if dtype is not None and dtype != "auto":
+            return dtype
+        return self.dtype if self.dtype != "auto" else dtype
+
     def check(self, student: str, *, here: bool = True) -> None:
         """Refuses options that cannot apply to ``student`` (a path, hub name or ``.gguf``),
         before anything is loaded: a revision of a local folder or GGUF file, remote code
@@ -144,3 +171,133 @@ def check_4bit_runs() -> None:
             f"student.load_in_4bit (QLoRA) needs bitsandbytes, which is not installed: "
             f"{QLORA_INSTALL}, or set student.load_in_4bit: false"
         )
+
+
+def why_no_4bit(device: str | None = None) -> str | None:
+    """Why bitsandbytes' 4-bit layers cannot run here, on ``device`` (None: this process's
+    GPU); None when they can."""
+    import torch
+
+    if device is not None and not str(device).startswith("cuda"):
+        return f"bitsandbytes' 4-bit layers need a CUDA GPU, and the device is {device!r}"
+    if not torch.cuda.is_available():
+        return "bitsandbytes' 4-bit layers need a CUDA GPU, and none is visible here"
+    if importlib.util.find_spec("bitsandbytes") is None:
+        return f"bitsandbytes is not installed: {QLORA_INSTALL}"
+    return None
+
+
+# -- serving a base as its student trained ------------------------------------------------------
+def trained_options(
+    base_model: str | os.PathLike, adapters: Mapping[str, str | os.PathLike] | None = None
+) -> dict[str, dict[str, Any]]:
+    """How the base was loaded to train what is served on it, as apprentice's files recorded
+    it: ``{label: base_model_options}`` for each adapter folder with a manifest, and for
+    ``base_model`` itself when it is a full finetune's folder (its manifest) or an ``export
+    --merged`` one (its ``apprentice_merged.json``): those without the hub revision (a
+    folder has none) and unquantized (they hold whole weights). Folders without those files
+    (a plain PEFT folder, a hub name) add nothing."""
+    found: dict[str, dict[str, Any]] = {}
+    base = Path(str(base_model)).expanduser()
+    if (base / "manifest.json").is_file():
+        manifest = _manifest_or_none(base)
+        if manifest is not None and manifest.method == "full":
+            found[f"full finetune {manifest.name!r}"] = _folder_options(manifest.base_model_options)
+    elif (base / MERGED_STAMP).is_file():
+        stamp = json.loads((base / MERGED_STAMP).read_text())
+        found[f"merged model {base.name!r}"] = _folder_options(stamp.get("base_model_options"))
+    for name, path in (adapters or {}).items():
+        folder = Path(path).expanduser()
+        manifest = _manifest_or_none(folder) if (folder / "manifest.json").is_file() else None
+        if manifest is not None and manifest.method == "lora":
+            found[f"adapter {name!r}"] = dict(manifest.base_model_options)
+    return found
+
+
+def _manifest_or_none(folder: Path):
+    try:
+        return read_manifest(folder)
+    except (ValueError, TypeError):  # not an apprentice manifest: it records nothing
+        return None
+
+
+def _folder_options(options: Mapping[str, Any] | None) -> dict[str, Any]:
+    return {k: v for k, v in (options or {}).items() if k not in ("revision", "load_in_4bit")}
+
+
+def serving_loading(
+    given: StudentLoading | Mapping[str, Any] | None,
+    trained: Mapping[str, Mapping[str, Any]],
+    base_model: str | os.PathLike,
+    *,
+    why_no_4bit: Callable[[], str | None] | None = None,
+) -> StudentLoading:
+    """How to load ``base_model`` to serve what trained on it: each option as ``given`` set
+    it (the fields it was made with: an explicit option wins), else as ``trained``
+    (``trained_options``) recorded it, else the default. Every option is set in the result.
+
+    What the trained options ask is checked here, in one line each: remote code is never
+    taken from a file (the caller must set ``trust_remote_code``); a hub revision of a base
+    served from a local folder is dropped (the folder has none); 4-bit where this backend
+    cannot load it (``why_no_4bit`` says why) is served unquantized, with a warning. Asked
+    for explicitly, 4-bit that cannot load fails instead."""
+    if not isinstance(given, StudentLoading):
+        given = StudentLoading.model_validate(dict(given or {}))
+    recorded = {label: _recorded(label, options) for label, options in trained.items()}
+    values = {}
+    for field, info in StudentLoading.model_fields.items():
+        if field in given.model_fields_set:
+            values[field] = getattr(given, field)
+            continue
+        seen = {label: getattr(loading, field) for label, loading in recorded.items()}
+        if len(set(seen.values())) > 1:
+            said = ", ".join(f"{label} with {field}={value!r}" for label, value in seen.items())
+            raise ValueError(
+                f"{said} trained on {str(base_model)!r}: one engine loads its base one way; "
+                f"serve them apart, or set {field} to load it one way"
+            )
+        values[field] = next(iter(seen.values())) if seen else info.default
+    who = ", ".join(recorded) or "the student"
+    if values["trust_remote_code"] and "trust_remote_code" not in given.model_fields_set:
+        raise PermissionError(
+            f"{who} trained with trust_remote_code: loading {str(base_model)!r} runs the Python "
+            "code in its files, which is never taken from a file alone; if you trust it, set "
+            "trust_remote_code (apprentice serve --trust-remote-code, or "
+            "loading={'trust_remote_code': True})"
+        )
+    local = looks_like_local_path(str(base_model)) or Path(str(base_model)).expanduser().exists()
+    if values["revision"] is not None and "revision" not in given.model_fields_set and local:
+        log.warning(
+            "%s trained on revision %s of a hub model; %s is a local folder, which has no "
+            "revisions: it is loaded as it is (make sure it holds that revision)",
+            who,
+            values["revision"],
+            base_model,
+        )
+        values["revision"] = None
+    if values["load_in_4bit"] and why_no_4bit is not None:
+        reason = why_no_4bit()
+        if reason is not None and "load_in_4bit" in given.model_fields_set:
+            raise ValueError(
+                f"load_in_4bit is set, and {str(base_model)!r} cannot load in 4-bit here: "
+                f"{reason}; unset load_in_4bit (apprentice serve --no-load-in-4bit)"
+            )
+        if reason is not None:
+            log.warning(
+                "%s trained on a 4-bit base (load_in_4bit), which cannot load here: %s; "
+                "serving the unquantized base instead (answers may differ slightly)",
+                who,
+                reason,
+            )
+            values["load_in_4bit"] = False
+    return StudentLoading(**values)
+
+
+def _recorded(label: str, options: Mapping[str, Any]) -> StudentLoading:
+    try:
+        return StudentLoading.model_validate(dict(options))
+    except ValidationError as exc:
+        raise ValueError(
+            f"{label} records base_model_options {dict(options)!r} that apprentice cannot "
+            f"read: {exc.errors()[0]['msg']}"
+        ) from None

@@ -57,6 +57,40 @@ OPTIONS = frozenset(
         "quantization",
     }
 )
+# vllm/model_executor/layers/quantization/__init__.py, QuantizationMethods: vLLM 0.32 has no
+# "bitsandbytes" (config/model.py, _verify_quantization refuses any other name)
+QUANTIZATION_METHODS = (
+    "awq",
+    "auto_awq",
+    "fp8",
+    "fbgemm_fp8",
+    "fp_quant",
+    "modelopt",
+    "modelopt_fp4",
+    "modelopt_mxfp8",
+    "modelopt_mixed",
+    "auto_gptq",
+    "gptq",
+    "gptq_marlin",
+    "awq_marlin",
+    "humming",
+    "compressed-tensors",
+    "experts_int8",
+    "quark",
+    "moe_wna16",
+    "torchao",
+    "inc",
+    "mxfp4",
+    "gpt_oss_mxfp4",
+    "deepseek_v4_fp8",
+    "online",
+    "fp8_per_tensor",
+    "fp8_per_block",
+    "fp8_per_channel",
+    "int8_per_channel_weight_only",
+    "nvfp4_per_token",
+    "mxfp8",
+)
 BLOCK = 4  # tokens per KV block (vLLM's default is 16; small prompts here)
 ANSWER_TOKENS = 8  # every answer's length in tokens, when max_tokens does not cut it
 
@@ -296,6 +330,12 @@ def _check_options(options: dict) -> None:
             raise TypeError(f"EngineArgs.__init__() got an unexpected keyword argument '{name}'")
     if options.get("dtype", "auto") not in DTYPES:
         raise ValueError(f"validation error for ModelConfig\ndtype\n  {_one_of(DTYPES)}")
+    quantization = options.get("quantization")
+    if quantization is not None and quantization not in QUANTIZATION_METHODS:
+        raise ValueError(
+            f"Unknown quantization method: {quantization}. Must be one of "
+            f"{list(QUANTIZATION_METHODS)}."
+        )
     if options.get("max_lora_rank", 16) not in MAX_LORA_RANKS:
         raise ValueError(
             f"1 validation error for LoRAConfig\nmax_lora_rank\n  {_one_of(MAX_LORA_RANKS)}"
@@ -430,6 +470,11 @@ def install(monkeypatch) -> types.SimpleNamespace:
     platforms = types.ModuleType("vllm.platforms")
     platforms.current_platform = types.SimpleNamespace(is_cpu=lambda: False)
     modules["vllm.platforms"] = platforms
+    quantization = types.ModuleType("vllm.model_executor.layers.quantization")
+    quantization.QUANTIZATION_METHODS = list(QUANTIZATION_METHODS)
+    modules["vllm.model_executor"] = types.ModuleType("vllm.model_executor")
+    modules["vllm.model_executor.layers"] = types.ModuleType("vllm.model_executor.layers")
+    modules["vllm.model_executor.layers.quantization"] = quantization
     for name, module in modules.items():
         monkeypatch.setitem(sys.modules, name, module)
     return types.SimpleNamespace(made=LLM.made)

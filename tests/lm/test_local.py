@@ -17,6 +17,7 @@ from apprentice.lm import local_batch
 from apprentice.lm.base import LMError, Request
 from apprentice.lm.local import LocalLM, get_engine
 from apprentice.lm.registry import lm_from_config
+from trained_base import HUB_NAME, REVISION, adapter_trained_with, hub_alias
 
 TEXTS = [
     "Hi, I was charged twice for order A12345, please refund the extra payment.",
@@ -434,3 +435,62 @@ def test_loading_options_reach_the_engine_and_the_saved_config(students):
 def test_a_revision_of_a_local_base_is_refused(students):
     with pytest.raises(ValueError, match=r"student.revision 'v1'.*local path"):
         make_lm(students, loading={"revision": "v1"})
+
+
+# -- the base loads as its adapters trained (their manifests' base_model_options) ------------------
+def test_the_base_loads_as_the_adapters_manifest_says(students, tmp_path, monkeypatch):
+    import torch
+
+    from apprentice.lm.engines import release_engines
+
+    base, adapters = students["causal"]
+    loads = hub_alias(monkeypatch, base)
+    trained = {"dtype": "bfloat16", "revision": REVISION, "attn_implementation": "eager"}
+    a = adapter_trained_with(adapters["a"], tmp_path / "a", trained)
+    try:
+        lm = LocalLM(HUB_NAME, adapters={"a": a}, adapter="a", max_new_tokens=MAX_NEW)
+        [model_call] = loads["AutoModelForCausalLM"]
+        assert model_call["revision"] == REVISION and model_call["dtype"] == torch.bfloat16
+        assert model_call["attn_implementation"] == "eager"
+        assert {c["revision"] for c in loads["AutoConfig"] + loads["AutoTokenizer"]} == {REVISION}
+        network = lm.engine.network.get_base_model()
+        assert network.dtype == torch.bfloat16 and lm.identity["dtype"] == "bfloat16"
+        assert network.config._attn_implementation == "eager"
+        assert lm.generate([ask("Order A12345 never came.")])[0].texts[0]
+        assert lm.to_config()["loading"] == trained  # a saved program loads it the same way
+        # an option the caller sets wins; the others still come from the manifest
+        other = "fedcba9876543210fedcba9876543210fedcba98"
+        mine = LocalLM(HUB_NAME, adapters={"a": a}, dtype="float32", loading={"revision": other})
+        assert mine.engine is not lm.engine
+        assert loads["AutoModelForCausalLM"][-1]["revision"] == other
+        assert mine.engine.network.get_base_model().dtype == torch.float32
+        assert mine.loading.attn_implementation == "eager"
+    finally:
+        release_engines(HUB_NAME)
+
+
+def test_a_4bit_adapter_is_served_unquantized_on_a_cpu_with_a_warning(students, tmp_path, caplog):
+    import torch
+
+    if torch.cuda.is_available():
+        pytest.skip("a machine without CUDA")
+    base, adapters = students["causal"]
+    trained = {"load_in_4bit": True}
+    a = adapter_trained_with(adapters["a"], tmp_path / "a", trained, base_model=str(base))
+    with caplog.at_level("WARNING", logger="apprentice.student_loading"):
+        lm = LocalLM(base, adapters={"a": a}, adapter="a", max_new_tokens=MAX_NEW)
+    assert not lm.loading.load_in_4bit
+    assert "adapter 'a' trained on a 4-bit base (load_in_4bit)" in caplog.text
+    assert "need a CUDA GPU" in caplog.text
+    # asked for by the caller, it fails instead, naming the option
+    with pytest.raises(ValueError, match=r"load_in_4bit is set.*CUDA GPU"):
+        LocalLM(base, adapters={"a": a}, loading={"load_in_4bit": True})
+
+
+def test_remote_code_named_by_a_manifest_needs_the_callers_word(students, tmp_path):
+    base, adapters = students["causal"]
+    a = adapter_trained_with(
+        adapters["a"], tmp_path / "a", {"trust_remote_code": True}, base_model=str(base)
+    )
+    with pytest.raises(PermissionError, match=r"adapter 'a' trained with trust_remote_code"):
+        LocalLM(base, adapters={"a": a})

@@ -27,6 +27,7 @@ from apprentice.lm.base import Request
 from apprentice.lm.engine import AdapterLoadError
 from apprentice.lm.registry import lm_from_config
 from apprentice.lm.vllm import VLLMLM
+from trained_base import HUB_NAME, REVISION, adapter_trained_with, hub_alias
 
 TEXTS = ["Where is order A12345? It has not arrived.", "I was charged twice."] * 5
 
@@ -258,17 +259,62 @@ def test_an_error_after_generate_fails_its_requests_and_the_engine_serves_on(mod
 
 
 def test_the_students_loading_options_reach_vllm(models, fake_vllm):
-    """trust_remote_code reaches vllm.LLM; dtype and attention are not vLLM's (serve.dtype
-    is its dtype), so they neither reach it nor make another engine."""
-    lm = VLLMLM(models["causal"], loading={"trust_remote_code": True, "dtype": "bfloat16"})
+    """trust_remote_code and the student's dtype reach vllm.LLM (VLLMLM's own dtype is
+    auto: the student's serves); the attention kernel is not vLLM's."""
+    lm = VLLMLM(
+        models["causal"],
+        loading={"trust_remote_code": True, "dtype": "bfloat16", "attn_implementation": "eager"},
+    )
     [llm] = fake_vllm.made
     assert llm.options["trust_remote_code"] is True
-    assert llm.options["dtype"] == "auto"  # VLLMLM's own dtype, not the student's bf16
+    assert llm.options["dtype"] == "bfloat16"
     assert "revision" not in llm.options and "quantization" not in llm.options
+    assert "attn_implementation" not in llm.options
     assert lm.with_adapter(None).engine is lm.engine
     config = json.loads(json.dumps(lm.to_config()))
-    assert config["loading"] == {"trust_remote_code": True, "dtype": "bfloat16"}
+    assert config["loading"] == {
+        "trust_remote_code": True,
+        "dtype": "bfloat16",
+        "attn_implementation": "eager",
+    }
     assert lm_from_config(config, trusted=True).engine is lm.engine
+    # an explicit dtype wins over the student's: another engine, refused while this one runs
+    with pytest.raises(ValueError, match=r"dtype='float32' \(running: 'bfloat16'\)"):
+        VLLMLM(models["causal"], dtype="float32", loading=config["loading"])
+
+
+def test_the_base_loads_as_the_adapters_manifest_says(models, fake_vllm, tmp_path, monkeypatch):
+    """The manifest's revision and dtype reach vllm.LLM (and the tokenizer), unless set."""
+    loads = hub_alias(monkeypatch, models["causal"])
+    trained = {"dtype": "bfloat16", "revision": REVISION}
+    a = adapter_trained_with(models["a"], tmp_path / "a", trained)
+    lm = VLLMLM(HUB_NAME, adapters={"a": a}, adapter="a")
+    [llm] = fake_vllm.made
+    assert llm.model == HUB_NAME and llm.options["dtype"] == "bfloat16"
+    assert llm.options["revision"] == llm.options["tokenizer_revision"] == REVISION
+    assert {c["revision"] for c in loads["AutoTokenizer"] + loads["AutoConfig"]} == {REVISION}
+    assert lm.to_config()["dtype"] == "bfloat16" and lm.to_config()["loading"] == trained
+    lm.close()
+    VLLMLM(HUB_NAME, adapters={"a": a}, dtype="float32")  # an explicit dtype wins
+    assert fake_vllm.made[-1].options["dtype"] == "float32"
+    assert fake_vllm.made[-1].options["revision"] == REVISION
+
+
+def test_a_4bit_adapter_is_served_unquantized_where_vllm_has_no_bitsandbytes(
+    models, fake_vllm, tmp_path, caplog
+):
+    """vLLM 0.32 has no bitsandbytes quantization (fake_vllm.QUANTIZATION_METHODS)."""
+    a = adapter_trained_with(
+        models["a"], tmp_path / "a", {"load_in_4bit": True}, base_model=str(models["causal"])
+    )
+    with caplog.at_level("WARNING", logger="apprentice.student_loading"):
+        lm = VLLMLM(models["causal"], adapters={"a": a}, adapter="a")
+    assert "quantization" not in fake_vllm.made[-1].options
+    assert "adapter 'a' trained on a 4-bit base (load_in_4bit)" in caplog.text
+    assert "has no bitsandbytes quantization" in caplog.text
+    lm.close()
+    with pytest.raises(ValueError, match=r"load_in_4bit is set.*no bitsandbytes quantization"):
+        VLLMLM(models["causal"], adapters={"a": a}, loading={"load_in_4bit": True})
 
 
 def test_vllm_arguments_for_a_pinned_4bit_hub_student():

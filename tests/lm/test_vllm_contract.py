@@ -333,6 +333,12 @@ REFUSED_OPTIONS = {
         ValueError,
         "Input should be 'auto', 'half', 'float16', 'bfloat16', 'float' or 'float32'",
     ),
+    # load_in_4bit's bitsandbytes: vLLM 0.32 has no such quantization method
+    "bitsandbytes": (
+        {"quantization": "bitsandbytes"},
+        ValueError,
+        "Unknown quantization method: bitsandbytes.",
+    ),
 }
 
 
@@ -353,6 +359,7 @@ def test_the_stand_ins_tables_are_the_installed_vllms():
     from vllm.config.model import ModelDType
     from vllm.engine.arg_utils import EngineArgs
     from vllm.lora.request import LoRARequest
+    from vllm.model_executor.layers.quantization import QUANTIZATION_METHODS
     from vllm.v1.core.kv_cache_utils import _gen_lora_extra_hash_keys
 
     assert typing.get_args(MaxLoRARanks) == fake_vllm.MAX_LORA_RANKS
@@ -361,6 +368,7 @@ def test_the_stand_ins_tables_are_the_installed_vllms():
     assert fake_vllm.SAMPLING_EPS == sampling_params._SAMPLING_EPS
     assert fake_vllm.MAX_TEMP == sampling_params._MAX_TEMP
     assert fake_vllm.MAX_N == envs.VLLM_MAX_N_SEQUENCES
+    assert tuple(QUANTIZATION_METHODS) == fake_vllm.QUANTIZATION_METHODS
     # the prefix cache's key for a request's adapter: its name and its path
     for args in (None, ("a", 1, "/adapters/a")):
         real = _gen_lora_extra_hash_keys(

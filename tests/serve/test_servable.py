@@ -1,5 +1,6 @@
 """What ``apprentice serve TARGET`` finds to serve: run directories, one adapter, a full
-finetune, a plain PEFT directory; and the CLI's refusals."""
+finetune, a plain PEFT directory; the CLI's refusals; and how it loads the base: as the
+adapters' manifests say, unless its command line says otherwise."""
 
 from __future__ import annotations
 
@@ -15,6 +16,7 @@ from apprentice.lm.local import LocalLM
 from apprentice.serve.cli import add_serve_arguments, local_server, run_serve
 from apprentice.serve.servable import find_servable
 from apprentice.train.export import AdapterManifest, read_manifest, write_manifest
+from trained_base import HUB_NAME, REVISION, adapter_trained_with
 
 
 def test_a_run_directory_serves_its_adapters_on_their_base(students):
@@ -111,3 +113,94 @@ def test_model_ids_are_names_and_paths_stay_private(students, tmp_path):
     lora = find_servable(student.run_dir)
     assert lora.name == student.base.name  # a local base: its directory's name
     assert find_servable("org/some-model").name == "org/some-model"  # a hub name as it is
+
+
+# -- the base loads as the adapters trained (their manifests' base_model_options) -----------------
+def _run_trained_with(student, root, options: dict, base_model: str | None = None):
+    """A run directory of the student's adapters a and b, whose manifests say the base
+    (``base_model``, default the student's folder) trained loaded with ``options``."""
+    for name, folder in student.adapters.items():
+        adapter_trained_with(
+            folder,
+            root / "adapters" / name / "adapter",
+            options,
+            base_model=base_model or str(student.base),
+            name=name,
+        )
+    return root
+
+
+def test_the_local_server_loads_the_base_as_the_run_trained(students, tmp_path):
+    import torch
+
+    run = _run_trained_with(students["causal"], tmp_path / "run", {"dtype": "bfloat16"})
+    servable = find_servable(run)
+    for argv, dtype in (((), torch.bfloat16), (("--dtype", "float32"), torch.float32)):
+        server = local_server(_args(str(run), "--port", "0", *argv), servable, None, run)
+        try:
+            assert server.lm.engine.network.get_base_model().dtype == dtype
+        finally:
+            server.close()
+
+
+def test_the_vllm_command_line_loads_the_base_as_the_run_trained(students, tmp_path, monkeypatch):
+    """The argv of the supervised ``vllm serve`` (nothing is started): the manifests'
+    revision and dtype, unless the command line sets them."""
+    from apprentice.serve.vllm_backend import vllm_server
+
+    monkeypatch.setattr("apprentice.serve.vllm_server._cpu_build", lambda: False)
+    trained = {"dtype": "bfloat16", "revision": REVISION}
+    run = _run_trained_with(students["causal"], tmp_path / "run", trained, base_model=HUB_NAME)
+    servable = find_servable(run)
+    argv = vllm_server(_args(str(run)), servable, "k").argv()
+    assert argv[argv.index("serve") - 2 : argv.index("serve") + 2] == [
+        "-m",
+        "apprentice.serve.vllm_launcher",
+        "serve",
+        HUB_NAME,
+    ]
+    assert _flag(argv, "--revision") == REVISION and _flag(argv, "--dtype") == "bfloat16"
+    assert "--trust-remote-code" not in argv and "--quantization" not in argv
+    mine = vllm_server(
+        _args(str(run), "--dtype", "float16", "--revision", "v2"), servable, "k"
+    ).argv()
+    assert _flag(mine, "--revision") == "v2" and _flag(mine, "--dtype") == "float16"
+
+
+def test_vllm_serve_asks_for_remote_code_and_says_when_4bit_cannot_load(
+    students, tmp_path, monkeypatch, caplog
+):
+    from apprentice.lm import vllm
+    from apprentice.serve.vllm_backend import vllm_server
+
+    monkeypatch.setattr("apprentice.serve.vllm_server._cpu_build", lambda: False)
+    remote = _run_trained_with(students["causal"], tmp_path / "remote", {"trust_remote_code": True})
+    with pytest.raises(PermissionError, match="trust_remote_code.*--trust-remote-code"):
+        vllm_server(_args(str(remote)), find_servable(remote), "k")
+    trusted = vllm_server(_args(str(remote), "--trust-remote-code"), find_servable(remote), "k")
+    assert "--trust-remote-code" in trusted.argv()
+    # 4-bit: vLLM 0.32 has no bitsandbytes (and its CPU build no 4-bit layers at all)
+    no_bnb = "the installed vLLM (vllm 0.32.0) has no bitsandbytes quantization"
+    monkeypatch.setattr(vllm, "vllm_4bit_problem", lambda: no_bnb)
+    qlora = _run_trained_with(students["causal"], tmp_path / "qlora", {"load_in_4bit": True})
+    with caplog.at_level("WARNING", logger="apprentice.student_loading"):
+        argv = vllm_server(_args(str(qlora)), find_servable(qlora), "k").argv()
+    assert "--quantization" not in argv and no_bnb in caplog.text
+    with pytest.raises(ValueError, match="load_in_4bit is set.*no bitsandbytes"):
+        vllm_server(_args(str(qlora), "--load-in-4bit"), find_servable(qlora), "k")
+    # where vLLM can, it is asked for
+    monkeypatch.setattr(vllm, "vllm_4bit_problem", lambda: None)
+    argv = vllm_server(_args(str(qlora)), find_servable(qlora), "k").argv()
+    assert _flag(argv, "--quantization") == "bitsandbytes"
+
+
+def test_the_cli_names_a_manifests_remote_code_in_one_line(students, tmp_path, capsys):
+    remote = _run_trained_with(students["causal"], tmp_path / "remote", {"trust_remote_code": True})
+    assert run_serve(_args(str(remote), "--port", "0")) == 2
+    [line] = capsys.readouterr().err.strip().splitlines()
+    assert line.startswith("apprentice serve: adapter 'a', adapter 'b' trained with")
+    assert "--trust-remote-code" in line
+
+
+def _flag(argv: list[str], name: str) -> str:
+    return argv[argv.index(name) + 1]

@@ -6,6 +6,7 @@ from __future__ import annotations
 import importlib.util
 import json
 import os
+import re
 from pathlib import Path
 
 import pytest
@@ -34,7 +35,9 @@ def test_tensorboard_gets_every_logged_number_and_the_runs_settings(
     result = train_adapter(
         demo_dataset, tiny_causal, tmp_path, lora=LoraConfig(r=8), train=train, progress=False
     )
-    events = EventAccumulator(str(tmp_path / "tracking" / "apprentice"))
+    (run,) = (tmp_path / "tracking" / "apprentice").iterdir()  # the run's own folder
+    assert re.fullmatch(r"adapter-\d{8}-\d{6}", run.name)
+    events = EventAccumulator(str(run))
     events.Reload()
     scalars = events.Tags()["scalars"]
     assert {"loss", "lr", "tokens_per_s", "step_tokens_per_s", "val_loss", "epoch"} <= set(scalars)
@@ -53,7 +56,7 @@ def test_tensorboard_gets_every_logged_number_and_the_runs_settings(
     assert all(s.value > 0 for s in events.Scalars("step_tokens_per_s"))
 
     # add_hparams writes the hyperparameters into a run folder of their own
-    (hparams_run,) = {p.parent for p in (tmp_path / "tracking").glob("apprentice/*/events.*")}
+    (hparams_run,) = {p.parent for p in run.glob("*/events.*")}
     hp_events = EventAccumulator(str(hparams_run))
     hp_events.Reload()
     content = hp_events.PluginTagToContent("hparams")["_hparams_/session_start_info"]
@@ -83,7 +86,8 @@ def test_mlflow_file_store_gets_metrics_params_and_a_run_named_after_the_adapter
     client = mlflow.MlflowClient(tracking_uri=store.as_uri())
     experiment = client.get_experiment_by_name("tickets")
     (run,) = client.search_runs([experiment.experiment_id])
-    assert run.info.run_name == "classify" and run.info.status == "FINISHED"
+    assert re.fullmatch(r"classify-\d{8}-\d{6}", run.info.run_name)
+    assert run.info.status == "FINISHED"
     params = run.data.params
     assert params["dataset_hash"] == result.manifest.dataset_hash
     assert params["base_model_hash"] == result.manifest.base_model_hash
@@ -95,6 +99,83 @@ def test_mlflow_file_store_gets_metrics_params_and_a_run_named_after_the_adapter
     ]
     assert [m.step for m in client.get_metric_history(run.info.run_id, "val_loss")] == [2, 4]
     assert mlflow.active_run() is None
+
+
+def _scalars(run: Path, tag: str) -> list[tuple[int, float]]:
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    events = EventAccumulator(str(run))
+    events.Reload()
+    return [(s.step, s.value) for s in events.Scalars(tag)]
+
+
+def _logged(log: Path, key: str) -> list[tuple[int, float]]:
+    """(step, value) of ``key`` in the training log file ``log``."""
+    events = [json.loads(line) for line in log.read_text().splitlines()]
+    return [(e["step"], pytest.approx(e[key], rel=1e-6)) for e in events if key in e]
+
+
+def test_each_training_run_is_a_tensorboard_run_of_its_own_in_a_shared_folder(
+    demo_dataset, tiny_causal, tmp_path
+):
+    """Two adapters of one run (multitask: false) and a retraining of one of them, all
+    tracked into one tracking_dir: three TensorBoard runs, each with only its own curve.
+    Before, all three wrote into <tracking_dir>/apprentice/, which TensorBoard shows as one
+    run with every step logged three times."""
+    pytest.importorskip("tensorboard")
+    shared = str(tmp_path / "tb")
+    train = TrainConfig(**QUICK, report_to=["tensorboard"], tracking_dir=shared)
+    for name in ("classify", "reply"):
+        train_adapter(
+            demo_dataset, tiny_causal, tmp_path / name, train=train, name=name, progress=False
+        )
+    first = {run.name: run for run in (tmp_path / "tb" / "apprentice").iterdir()}
+    assert sorted(n.split("-")[0] for n in first) == ["classify", "reply"]
+    retrain = train.model_copy(update={"learning_rate": 2e-3})  # another training run
+    train_adapter(
+        demo_dataset,
+        tiny_causal,
+        tmp_path / "classify",
+        train=retrain,
+        name="classify",
+        progress=False,
+    )
+    runs = {run.name: run for run in (tmp_path / "tb" / "apprentice").iterdir()}
+    (again,) = set(runs) - set(first)
+    assert again.startswith("classify-") and len(runs) == 3
+    (stale_log,) = (tmp_path / "classify" / ".stale").glob("train_log.*.jsonl")
+    logs = {
+        again: tmp_path / "classify" / "train_log.jsonl",  # the retraining's
+        next(n for n in first if n.startswith("classify")): stale_log,  # set aside by it
+        next(n for n in first if n.startswith("reply")): tmp_path / "reply" / "train_log.jsonl",
+    }
+    for name, run in runs.items():
+        logged = _logged(logs[name], "loss")
+        assert _scalars(run, "loss") == logged  # steps 1..4 once: nobody else's
+        assert [step for step, _ in logged] == [1, 2, 3, 4]
+
+
+def test_a_resumed_training_run_continues_its_tensorboard_run(
+    demo_dataset, tiny_causal, tmp_path, monkeypatch
+):
+    pytest.importorskip("tensorboard")
+    from apprentice.train import sft
+
+    saved = sft.save_checkpoint
+
+    def save_then_die(*args, **kwargs):
+        saved(*args, **kwargs)
+        raise RuntimeError("killed after the checkpoint")
+
+    train = TrainConfig(**QUICK, save_every=2, report_to=["tensorboard"])
+    monkeypatch.setattr(sft, "save_checkpoint", save_then_die)
+    with pytest.raises(RuntimeError, match="killed"):
+        train_adapter(demo_dataset, tiny_causal, tmp_path, train=train, progress=False)
+    monkeypatch.setattr(sft, "save_checkpoint", saved)
+    train_adapter(demo_dataset, tiny_causal, tmp_path, train=train, progress=False)
+    (run,) = (tmp_path / "tracking" / "apprentice").iterdir()
+    assert [step for step, _ in _scalars(run, "loss")] == [1, 2, 3, 4]
+    assert _scalars(run, "loss") == _logged(tmp_path / "train_log.jsonl", "loss")
 
 
 def test_a_tracker_without_its_package_fails_before_training(demo_dataset, tiny_causal, tmp_path):
@@ -148,7 +229,8 @@ def test_a_tracker_that_fails_to_start_leaves_no_mlflow_uri_behind(tmp_path, mon
         def init_trackers(self, *args, **kwargs):
             raise RuntimeError("tracking server down")
 
-    tracking = Tracking(TrackingServerDown(), TrainConfig(report_to=["mlflow"]), tmp_path)
+    tracking = Tracking(TrainConfig(report_to=["mlflow"]), tmp_path)
+    tracking.accelerator = TrackingServerDown()
     with pytest.raises(RuntimeError, match="server down"):
         tracking.start("multitask", {"train": {"seed": 0}})
     assert "MLFLOW_TRACKING_URI" not in os.environ

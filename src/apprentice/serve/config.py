@@ -28,7 +28,9 @@ class ServeConfig(ConfigSection):
     max_batch_size: int = Field(64, ge=1, description="requests that share one generate call")
     max_new_tokens: int = Field(256, ge=1)
     dtype: Literal["auto", "float32", "bfloat16", "float16"] = Field(
-        "auto", description="weights and activations; auto: float32 on a CPU, bf16 on a GPU"
+        "auto",
+        description="weights and activations; auto: the dtype the student trained in (its "
+        "manifest), else float32 on a CPU, bf16 on a GPU",
     )
     # vllm
     kv_cache_gib: float | None = Field(

@@ -9,19 +9,26 @@ the base, with no adapters.
 What a server calls a model (``Servable.name``, ``model_id``) is a name, never a path: the
 run's name for a full finetune, the hub name or the directory's name for a base model.
 Clients send it as ``model``; the server's file layout stays private.
+
+The base loads as the adapters trained (``Servable.loading``): their manifests'
+``base_model_options`` (revision, dtype, attention, 4-bit, remote code), each one unless
+the command line sets it (``given_loading``).
 """
 
 from __future__ import annotations
 
 import json
 import os
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from apprentice.adapter import AdapterManifest, read_manifest
 from apprentice.files import looks_like_local_path
+from apprentice.student_loading import StudentLoading, serving_loading, trained_options
 
-__all__ = ["Servable", "find_servable", "model_id"]
+__all__ = ["Servable", "find_servable", "given_loading", "model_id"]
 
 
 @dataclass(frozen=True)
@@ -38,6 +45,17 @@ class Servable:
     def __post_init__(self) -> None:
         if not self.name:
             object.__setattr__(self, "name", model_id(self.base_model))
+
+    def loading(
+        self,
+        given: StudentLoading | None = None,
+        *,
+        why_no_4bit: Callable[[], str | None] | None = None,
+    ) -> StudentLoading:
+        """How the base loads: as ``given`` sets it, else as the adapters (or the full
+        finetune) trained (``student_loading.serving_loading``)."""
+        trained = trained_options(self.base_model, self.adapters)
+        return serving_loading(given, trained, self.base_model, why_no_4bit=why_no_4bit)
 
     def vllm_problems(self) -> list[str]:
         """Why vLLM could not serve this (empty when it can), from the manifests."""
@@ -60,6 +78,15 @@ def model_id(model: str | os.PathLike) -> str:
     if looks_like_local_path(text):
         return Path(text).expanduser().resolve().name or text
     return text
+
+
+def given_loading(args: Any) -> StudentLoading:
+    """The loading options an ``apprentice serve`` command line sets (``--revision``,
+    ``--attn-implementation``, ``--load-in-4bit`` / ``--no-load-in-4bit``,
+    ``--trust-remote-code``): only those given, so the manifests fill in the rest."""
+    names = ("revision", "attn_implementation", "load_in_4bit", "trust_remote_code")
+    given = {name: getattr(args, name, None) for name in names}
+    return StudentLoading(**{name: value for name, value in given.items() if value is not None})
 
 
 def find_servable(path: str | os.PathLike) -> Servable:

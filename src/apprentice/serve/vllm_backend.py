@@ -5,7 +5,8 @@ vLLM would load any ``lora_path`` it is sent, so it never gets the public addres
 listens with a random key that only the gateway knows, and the gateway enforces
 ``--adapter-root``. The servable's adapters are loaded through the gateway's staging too,
 so every adapter's reported hash is that of the bytes vLLM was given. ``--dtype`` and
-``--kv-cache-gib`` reach vLLM (``VLLMServer``: float32 and 1 GiB of RAM on its CPU build);
+``--kv-cache-gib`` reach vLLM (``VLLMServer``: float32 and 1 GiB of RAM on its CPU build),
+and the base loads as its adapters trained (``vllm_server``);
 requests naming the base model go through the zero adapter where the server has one.
 """
 
@@ -19,7 +20,7 @@ from typing import Any
 
 from apprentice.lm.base import LMRequestError
 
-__all__ = ["run_vllm_backend", "start_vllm_backend"]
+__all__ = ["run_vllm_backend", "start_vllm_backend", "vllm_server"]
 
 GiB = 1 << 30
 
@@ -95,26 +96,11 @@ def start_vllm_backend(
     (default: ``serve.vllm_launcher``), or a stand-in's."""
     import secrets
 
-    from apprentice.adapter import smallest_lora_rank
     from apprentice.serve.vllm_gateway import Gateway
-    from apprentice.serve.vllm_server import VLLMServer
 
-    ranks = [m.lora_config.get("r", 0) for m in servable.manifests.values() if m.lora_config]
-    rank = args.max_lora_rank or smallest_lora_rank(max([16, *ranks]))
-    run_dir = servable.run_dir or Path.cwd()
     private_key = secrets.token_urlsafe(32)
-    server = VLLMServer(
-        servable.base_model,
-        log_path=args.log_file or run_dir / "logs" / "vllm_server.log",
-        max_lora_rank=rank,
-        max_loras=args.max_loras or max(4, len(servable.adapters)),
-        api_key=private_key,
-        served_model_name=args.served_model_name or servable.name,
-        dtype=getattr(args, "dtype", None) or "auto",
-        kv_cache_gib=kv_cache_gib(args),
-        command=command,
-        extra_args=[*_parallel_args(args), *extra_args],
-    ).start()
+    server = vllm_server(args, servable, private_key, command=command, extra_args=extra_args)
+    server.start()
     gateway = None
     try:
         gateway = Gateway(
@@ -140,3 +126,40 @@ def start_vllm_backend(
         server.stop()
         raise
     return server, gateway.start()
+
+
+def vllm_server(
+    args: Any,
+    servable: Any,
+    private_key: str | None,
+    *,
+    command: Sequence[str] | None = None,
+    extra_args: Sequence[str] = (),
+):
+    """The ``VLLMServer`` (not started) for ``apprentice serve --backend vllm``: its base
+    loaded as the adapters trained (``Servable.loading``: revision, dtype, remote code,
+    4-bit where this vLLM can), each option unless the command line sets it."""
+    from apprentice.adapter import smallest_lora_rank
+    from apprentice.lm.vllm import vllm_4bit_problem
+    from apprentice.serve.servable import given_loading
+    from apprentice.serve.vllm_server import VLLMServer
+
+    ranks = [m.lora_config.get("r", 0) for m in servable.manifests.values() if m.lora_config]
+    rank = args.max_lora_rank or smallest_lora_rank(max([16, *ranks]))
+    run_dir = servable.run_dir or Path.cwd()
+    # vLLM's own limits on 4-bit; a stand-in command (the tests') has none
+    problem = vllm_4bit_problem if command is None else None
+    loading = servable.loading(given_loading(args), why_no_4bit=problem)
+    return VLLMServer(
+        servable.base_model,
+        log_path=args.log_file or run_dir / "logs" / "vllm_server.log",
+        max_lora_rank=rank,
+        max_loras=args.max_loras or max(4, len(servable.adapters)),
+        api_key=private_key,
+        served_model_name=args.served_model_name or servable.name,
+        dtype=getattr(args, "dtype", None) or "auto",
+        kv_cache_gib=kv_cache_gib(args),
+        loading=loading,
+        command=command,
+        extra_args=[*_parallel_args(args), *extra_args],
+    )

@@ -53,6 +53,7 @@ from pathlib import Path
 from typing import Any
 
 from apprentice.lm.base import LMRequestError
+from apprentice.student_loading import StudentLoading
 
 __all__ = ["VLLMServer", "free_port", "launcher_command"]
 
@@ -82,7 +83,10 @@ class VLLMServer:
     ``kv_cache_gib``: KV cache memory (RAM on the CPU build, 1 GiB unless given; on a GPU
     None leaves it to vLLM's ``--gpu-memory-utilization``). ``base_lora``: base-model
     requests go through the zero adapter (see the module docstring); None: on the CPU build
-    with the default command.
+    with the default command. ``loading`` (a ``StudentLoading``): how the base loads, as
+    it is (``apprentice serve`` fills it from the manifests): ``--revision``,
+    ``--trust-remote-code`` and ``--quantization bitsandbytes`` for ``load_in_4bit`` (refused
+    where the installed vLLM cannot run it); its dtype serves unless ``dtype`` names one.
     """
 
     def __init__(
@@ -99,6 +103,7 @@ class VLLMServer:
         dtype: str = "auto",
         kv_cache_gib: float | None = None,
         base_lora: bool | None = None,
+        loading: StudentLoading | None = None,
         command: Sequence[str] | None = None,
         extra_args: Sequence[str] = (),
         startup_timeout: float = 900.0,
@@ -107,8 +112,16 @@ class VLLMServer:
         from apprentice.lm.vllm import engine_dtype, engine_kv_cache_gib, kv_cache_bytes
         from apprentice.serve.servable import model_id
 
+        self.loading = loading or StudentLoading()
+        dtype = self.loading.serving_dtype(dtype)
         if dtype not in DTYPES:
             raise ValueError(f"dtype must be one of {DTYPES}, got {dtype!r}")
+        if self.loading.load_in_4bit and command is None:
+            from apprentice.lm.vllm import vllm_4bit_problem
+
+            problem = vllm_4bit_problem()
+            if problem is not None:
+                raise ValueError(f"load_in_4bit is set, and {problem}; unset load_in_4bit")
         cpu = _cpu_build()
         self.base_model = str(base_model)
         self.model_name = served_model_name or model_id(self.base_model)
@@ -162,6 +175,12 @@ class VLLMServer:
         ]
         if self.kv_cache_bytes is not None:
             argv += ["--kv-cache-memory-bytes", str(self.kv_cache_bytes)]
+        if self.loading.revision is not None:  # vLLM reads the tokenizer at it too
+            argv += ["--revision", self.loading.revision]
+        if self.loading.trust_remote_code:
+            argv.append("--trust-remote-code")
+        if self.loading.load_in_4bit:
+            argv += ["--quantization", "bitsandbytes"]
         if self.model_name != self.base_model:
             argv += ["--served-model-name", self.model_name]
         return argv + self.extra_args
@@ -210,7 +229,7 @@ class VLLMServer:
         from apprentice.serve.zero_lora import ZERO_LORA, write_zero_lora
 
         self._zero_dir = Path(tempfile.mkdtemp(prefix="apprentice-zero-lora-"))
-        write_zero_lora(self.base_model, self._zero_dir)
+        write_zero_lora(self.base_model, self._zero_dir, hub_options=self.loading.hub_options())
         body = {"lora_name": ZERO_LORA, "lora_path": str(self._zero_dir)}
         self._post("/v1/load_lora_adapter", body, "load the zero adapter for base requests")
         self.base_adapter = ZERO_LORA

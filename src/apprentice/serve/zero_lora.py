@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
 __all__ = ["ZERO_LORA", "write_zero_lora"]
 
@@ -22,15 +23,18 @@ ZERO_LORA = "zero-lora"  # the name base-model requests are served under on the 
 TARGETS = ("q_proj", "v_proj")
 
 
-def write_zero_lora(base_model: str, folder: Path, *, rank: int = 1) -> Path:
+def write_zero_lora(
+    base_model: str, folder: Path, *, rank: int = 1, hub_options: dict[str, Any] | None = None
+) -> Path:
     """Writes the zero adapter for ``base_model`` (a model directory or hub name) into
     ``folder`` as a PEFT directory; returns ``folder``. Its shapes come from the model's
-    config (a Llama-style attention with ``q_proj`` / ``v_proj``)."""
+    config (a Llama-style attention with ``q_proj`` / ``v_proj``), read with ``hub_options``
+    (the served revision and remote code)."""
     import torch
     from safetensors.torch import save_file
     from transformers import AutoConfig
 
-    config = AutoConfig.from_pretrained(base_model)
+    config = AutoConfig.from_pretrained(base_model, **(hub_options or {}))
     config = getattr(config, "text_config", None) or config
     needed = ("hidden_size", "num_attention_heads", "num_hidden_layers")
     missing = [name for name in needed if not isinstance(getattr(config, name, None), int)]

@@ -137,7 +137,7 @@ class TrainConfig(ConfigSection):
         "apprentice",
         min_length=1,
         description="the TensorBoard subfolder, MLflow experiment or wandb project; each "
-        "adapter is one run in it, named after the adapter",
+        "training run is one run in it, named <adapter>-<start time>",
     )
 
     @field_validator("num_threads")

@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from apprentice.adapter import (
+    MERGED_STAMP,
     AdapterManifest,
     Servability,
     adapter_hash,
@@ -55,9 +56,6 @@ def check_lora_config(
         lora_modules=vllm_lora_modules(model) if model is not None else None,
         peft_config={"lora_alpha": lora.alpha, "use_rslora": lora.use_rslora},
     )
-
-
-MERGED_STAMP = "apprentice_merged.json"
 
 
 def export_merged(

@@ -52,7 +52,7 @@ from apprentice.train.model import (
 )
 from apprentice.train.resume import check_out_dir, run_fingerprint, save_checkpoint
 from apprentice.train.students import load_student, model_hash
-from apprentice.train.tracking import Tracking, accelerator_options, check_trackers
+from apprentice.train.tracking import Tracking, check_trackers
 from apprentice.train.val_loss import combine_row_losses, row_losses
 
 __all__ = ["AdapterTrainer", "TrainResult", "train_adapter"]
@@ -138,13 +138,14 @@ class AdapterTrainer:
         self.lora, self.train_config, self.name, self.progress = lora, train, name, progress
         # cpu=True on GPU-less machines also lets `accelerate launch --multi_gpu --num_processes N`
         # run N CPU processes on gloo (accelerate only picks MULTI_CPU when told it is on CPU).
+        self.tracking = Tracking(train, self.out_dir)
         self.accelerator = Accelerator(
             gradient_accumulation_steps=train.grad_accum,
             mixed_precision="no",
             cpu=not torch.cuda.is_available(),
-            **accelerator_options(train, self.out_dir),
+            **self.tracking.accelerator_options(),
         )
-        self.tracking = Tracking(self.accelerator, train, self.out_dir)
+        self.tracking.accelerator = self.accelerator
         set_seed(train.seed)
         self.device_type = self.accelerator.device.type
         self.log_path = self.out_dir / "train_log.jsonl"
@@ -285,7 +286,9 @@ class AdapterTrainer:
         self.window = [0.0, 0, 0]  # loss sum, micro-batches and tokens since the last log
         self.start = time.perf_counter() - self.state["elapsed_s"]
         self.window_start = time.perf_counter()
-        self.tracking.start(self.name, self._tracking_record())
+        # One tracker run per training run; a resumed run keeps its name (its checkpoint's)
+        self.state.setdefault("tracking_run", self.tracking.run_name(self.name))
+        self.tracking.start(self.state["tracking_run"], self._tracking_record())
         with self._threads(), contextlib.closing(self.tracking):
             while self.state["global_step"] < self.total_steps:
                 for batch in self._epoch_batches():

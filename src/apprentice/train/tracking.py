@@ -8,23 +8,30 @@ settings and hashes become its parameters), logs every event the trainer writes 
 main process only.
 
 Where the output goes: ``train.tracking_dir``, by default ``<adapter out_dir>/tracking``.
-TensorBoard writes its event files to ``<tracking_dir>/<tracking_project>/``; MLflow logs to
-``MLFLOW_TRACKING_URI`` when that is set (a server, or any store MLflow accepts), else to a
-SQLite database ``<tracking_dir>/mlflow.db``; wandb writes its local files under
-``tracking_dir`` and syncs them as wandb itself is set up to (``WANDB_MODE=offline`` keeps
-them local).
+Each training run is one tracker run named ``<adapter>-<start time>`` (``run_name``), as
+TRL and accelerate name theirs: TensorBoard writes its event files to
+``<tracking_dir>/<tracking_project>/<run name>/``, so the adapters of one recipe (one per
+predictor group) and each retraining of an adapter are runs of their own even in a shared
+``tracking_dir`` (TensorBoard shows every folder of event files as one run, and mixes what
+two trainings write into one). A run resumed from its checkpoint keeps its name, so its
+curves continue in the same folder. MLflow logs to ``MLFLOW_TRACKING_URI`` when that is
+set (a server, or any store MLflow accepts), else to a SQLite database
+``<tracking_dir>/mlflow.db``, in experiment ``tracking_project``, one MLflow run per training
+run under the same name (a resumed one is a new MLflow run under its old name); wandb
+writes its local files under ``tracking_dir`` and syncs them as wandb itself is set up to
+(``WANDB_MODE=offline`` keeps them local).
 """
 
 from __future__ import annotations
 
 import importlib.util
 import os
+import time
 from pathlib import Path
 from typing import Any
 
 __all__ = [
     "TRACKER_PACKAGES",
-    "accelerator_options",
     "Tracking",
     "check_trackers",
     "tracker_params",
@@ -69,13 +76,6 @@ def tracking_dir(train: Any, out_dir: Path) -> Path:
     return Path(train.tracking_dir) if train.tracking_dir else Path(out_dir) / "tracking"
 
 
-def accelerator_options(train: Any, out_dir: Path) -> dict[str, Any]:
-    """``Accelerator`` keyword arguments for the trackers; none when tracking is off."""
-    if not train.report_to:
-        return {}
-    return {"log_with": list(train.report_to), "project_dir": str(tracking_dir(train, out_dir))}
-
-
 def tracker_params(record: dict[str, Any]) -> dict[str, bool | int | float | str]:
     """Nested settings as flat ``a.b`` keys with values every tracker stores (lists and
     None as text), e.g. ``{"train": {"seed": 0}}`` -> ``{"train.seed": 0}``."""
@@ -93,19 +93,52 @@ def tracker_params(record: dict[str, Any]) -> dict[str, bool | int | float | str
 
 
 class Tracking:
-    """The trackers of one training run; every method does nothing when tracking is off."""
+    """The trackers of one training run; every method does nothing when tracking is off.
 
-    def __init__(self, accelerator: Any, train: Any, out_dir: Path) -> None:
-        self.accelerator, self.report_to = accelerator, list(train.report_to)
+    ``tracking = Tracking(train, out_dir)``; the ``Accelerator`` is made with
+    ``tracking.accelerator_options()`` and handed over (``tracking.accelerator = ...``);
+    then ``start``, ``log`` for each event, ``close``."""
+
+    def __init__(self, train: Any, out_dir: Path) -> None:
+        self.accelerator: Any = None
+        self.report_to = list(train.report_to)
         self.project, self.folder = train.tracking_project, tracking_dir(train, out_dir)
         self.set_mlflow_uri = False
+        self.tensorboard = None
+        if "tensorboard" in self.report_to:
+            from accelerate.tracking import TensorBoardTracker
 
-    def start(self, name: str, record: dict[str, Any]) -> None:
-        """Opens one tracker run named ``name`` and stores ``record`` (settings, hashes) as
-        its parameters. MLflow without ``MLFLOW_TRACKING_URI`` is pointed at the tracking
-        folder's database for this run only (``close`` takes the setting away again)."""
+            # Ours, not accelerate's by name, so that each training run gets a folder of its
+            # own: its run_name (project/run) is set in start(), before the tracker starts
+            # and joins it to the tracking folder.
+            self.tensorboard = TensorBoardTracker(self.project, str(self.folder))
+
+    def accelerator_options(self) -> dict[str, Any]:
+        """``Accelerator`` keyword arguments for the trackers; none when tracking is off."""
+        if not self.report_to:
+            return {}
+        trackers = [self.tensorboard if n == "tensorboard" else n for n in self.report_to]
+        return {"log_with": trackers, "project_dir": str(self.folder)}
+
+    def run_name(self, adapter: str) -> str:
+        """A new training run's name: ``<adapter>-<YYYYmmdd-HHMMSS>``, with ``-2``, ``-3``...
+        when a run of that name already wrote to this tracking folder."""
+        stamp = f"{adapter}-{time.strftime('%Y%m%d-%H%M%S')}"
+        name, count = stamp, 1
+        while (self.folder / self.project / name).exists():
+            count += 1
+            name = f"{stamp}-{count}"
+        return name
+
+    def start(self, run: str, record: dict[str, Any]) -> None:
+        """Opens one tracker run named ``run`` (``run_name``; TensorBoard's folder
+        ``<project>/<run>``) and stores ``record`` (settings, hashes) as its parameters.
+        MLflow without ``MLFLOW_TRACKING_URI`` is pointed at the tracking folder's database
+        for this run only (``close`` takes the setting away again)."""
         if not self.report_to:
             return
+        if self.tensorboard is not None:
+            self.tensorboard.run_name = f"{self.project}/{run}"
         if self.accelerator.is_main_process:
             self.folder.mkdir(parents=True, exist_ok=True)
             if "mlflow" in self.report_to and _mlflow_uri_unset():
@@ -116,8 +149,8 @@ class Tracking:
                 self.project,
                 config=tracker_params(record),
                 init_kwargs={
-                    "mlflow": {"run_name": name},
-                    "wandb": {"name": name, "dir": str(self.folder)},
+                    "mlflow": {"run_name": run},
+                    "wandb": {"name": run, "dir": str(self.folder)},
                 },
             )
         except BaseException:  # no tracker run to close: the process's setting goes back now
