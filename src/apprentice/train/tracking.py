@@ -10,9 +10,9 @@ main process only.
 Where the output goes: ``train.tracking_dir``, by default ``<adapter out_dir>/tracking``.
 TensorBoard writes its event files to ``<tracking_dir>/<tracking_project>/``; MLflow logs to
 ``MLFLOW_TRACKING_URI`` when that is set (a server, or any store MLflow accepts), else to a
-SQLite database ``<tracking_dir>/mlflow.db``; wandb writes its local files under
-``tracking_dir`` and syncs them as wandb itself is set up to (``WANDB_MODE=offline`` keeps
-them local).
+SQLite database ``<tracking_dir>/mlflow.db``; wandb writes its run to ``<tracking_dir>/wandb/``
+and syncs it as wandb itself is set up to (``WANDB_MODE=offline``: no network or login, and
+``wandb sync`` uploads the run later).
 """
 
 from __future__ import annotations
@@ -48,7 +48,8 @@ def check_trackers(train: Any) -> None:
         if importlib.util.find_spec(module) is None:
             raise ValueError(
                 f"train.report_to names {name!r}, but its package is not installed: "
-                f"pip install {package} (or take {name!r} out of train.report_to)"
+                f"pip install {package} (apprentice's extra installs every tracker: "
+                f"pip install 'apprentice[tracking]'), or take {name!r} out of train.report_to"
             )
     # Without a tracking URI the run goes to a SQLite database, which mlflow-skinny cannot open.
     if (
