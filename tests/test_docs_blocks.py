@@ -13,7 +13,8 @@ item 1), so an example in the docs cannot rot unnoticed.
   real argparse parser (an unknown flag or a renamed subcommand fails), its recipe loads
   with its ``--set`` and launcher overrides (the loader refuses an unknown key), and a
   ``distill`` / ``bootstrap`` whose data is on this machine runs for real with
-  ``--dry-run``; a ``scripts/*.py`` command is parsed by that script's own argparse; a
+  ``--dry-run``; a ``scripts/*.py`` command is parsed by that script's own argparse, a
+  ``wandb`` command by wandb's own CLI (the subcommand and its options exist); a
   ``scripts/`` shell script exists and passes ``bash -n``; a pinned ``pip install`` pin is
   the one scripts/setup installs; ``python -c`` code compiles. A placeholder path
   (``my.yaml``) is checked as the real file its ``stand_ins`` entry names, or not at all
@@ -290,6 +291,14 @@ SHELL_BLOCKS = {
         "a server that runs until stopped, on a trained run"
     ),
     ("docs/training.md", "apprentice train recipes/demo/causal.yaml"): ShellBlock(MINUTES),
+    (
+        "docs/training.md",
+        "WANDB_MODE=offline apprentice distill recipes/demo/causal.yaml --set train.report_to=wandb",
+    ): ShellBlock(
+        MINUTES + "; wandb sync uploads, with a login",
+        stand_ins={"runs/demo-causal/adapters/multitask/tracking/wandb/offline-run-*": None},
+        dry_runs=1,
+    ),
     ("docs/training.md", "apprentice train RECIPE --num-processes 4"): ShellBlock(
         MINUTES + " on several GPUs",
         stand_ins={"RECIPE": "recipes/demo/causal.yaml", "accel.yaml": None},
@@ -377,6 +386,19 @@ def _check_run_dir(path: str) -> None:
     assert parts[0] == "runs" and parts[1] in _recipe_names(), f"{path}: no recipe makes it"
 
 
+def _parse_like_wandb(argv: list[str]) -> None:
+    """``wandb SUBCOMMAND [ARGS]`` parsed by wandb's own CLI (click), which runs nothing."""
+    pytest.importorskip("wandb")  # the tracking extra
+    import click
+    from wandb.cli.cli import cli
+
+    name, command, args, ctx = "wandb", cli, list(argv), None
+    while isinstance(command, click.Group):  # `wandb leet inspect`: a group in a group
+        ctx = command.make_context(name, list(args), parent=ctx)
+        name, command, args = command.resolve_command(ctx, args)
+    command.make_context(name, args, parent=ctx)
+
+
 def _check_apprentice(argv: list[str], block: ShellBlock, capsys) -> int:
     """Parses with the real CLI parser, loads the recipe with its overrides; returns 1 when
     it ran the command for real with --dry-run."""
@@ -427,6 +449,8 @@ def _check_command(command, block: ShellBlock, monkeypatch, capsys) -> int:
         setup = (ROOT / "scripts" / "setup").read_text()
         for pin in (a for a in args[1:] if "==" in a):
             assert pin in setup, f"{pin} is not the pin scripts/setup names"
+    elif program == "wandb":  # wandb's own click parser: the subcommand and its options exist
+        _parse_like_wandb([a for a in args if _stand_in(a, block) is not None])
     elif program == "git":  # the tree of an older commit, for a before/after benchmark
         assert args[:3] == ["worktree", "add", "--detach"], command.line
         subprocess.run(

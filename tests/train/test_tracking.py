@@ -1,5 +1,5 @@
-"""train.report_to: a few steps of a tiny student, read back from TensorBoard's event files
-and an MLflow store with each library's own reader."""
+"""train.report_to: a few steps of a tiny student, read back from TensorBoard's event files,
+an MLflow store and a wandb offline run with each library's own reader."""
 
 from __future__ import annotations
 
@@ -7,6 +7,8 @@ import importlib.util
 import json
 import os
 import re
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -178,11 +180,74 @@ def test_a_resumed_training_run_continues_its_tensorboard_run(
     assert _scalars(run, "loss") == _logged(tmp_path / "train_log.jsonl", "loss")
 
 
-def test_a_tracker_without_its_package_fails_before_training(demo_dataset, tiny_causal, tmp_path):
-    if importlib.util.find_spec("wandb") is not None:
-        pytest.skip("wandb is installed here")
+def _wandb_records(run_dir: Path) -> list[dict]:
+    """The records of a run's .wandb file as wandb's own reader prints them (one JSON object
+    a line: run, config, history, exit, ...)."""
+    command = [sys.executable, "-m", "wandb", "leet", "inspect", "--json", str(run_dir)]
+    out = subprocess.run(command, capture_output=True, text=True, timeout=120, check=True)
+    return [json.loads(line) for line in out.stdout.splitlines()]
+
+
+def test_wandb_offline_run_gets_every_logged_number_and_the_runs_settings(
+    demo_dataset, tiny_causal, tmp_path, monkeypatch
+):
+    pytest.importorskip("wandb")
+    # offline: no network, no API key, no login; wandb's own settings and caches stay here
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    monkeypatch.delenv("WANDB_API_KEY", raising=False)
+    for var in ("WANDB_CONFIG_DIR", "WANDB_CACHE_DIR", "WANDB_DATA_DIR"):
+        monkeypatch.setenv(var, str(tmp_path / "wandb-home" / var.lower()))
+    train = TrainConfig(**QUICK, report_to=["wandb"], tracking_project="tickets")
+    out = tmp_path / "out"
+    result = train_adapter(
+        demo_dataset, tiny_causal, out, train=train, name="classify", progress=False
+    )
+    (run_dir,) = (out / "tracking" / "wandb").glob("offline-run-*")
+    records = _wandb_records(run_dir)
+    (run,) = [r["run"] for r in records if r["type"] == "run"]
+    assert run["display_name"].startswith("classify-") and run["project"] == "tickets"
+    assert run["telemetry"]["feature"]["offline"] is True
+    config = {}
+    for r in records:
+        if r["type"] == "config":
+            config.update(r["config"].get("update", {}))
+    manifest = result.manifest
+    assert config["dataset_hash"] == manifest.dataset_hash
+    assert config["base_model_hash"] == manifest.base_model_hash
+    assert config["adapter"] == "classify" and config["method"] == "lora"
+    assert config["train.max_steps"] == 4 and config["train.learning_rate"] == pytest.approx(1e-3)
+    assert config["lora.target_modules"].startswith("q_proj")
+
+    history = {
+        r["history"]["step"]["num"]: r["history"]["item"] for r in records if r["type"] == "history"
+    }
+    log = _log(out)
+    assert sorted(history) == [1, 2, 3, 4]
+    for row in history.values():
+        assert {"loss", "lr", "epoch", "tokens_per_s", "step_tokens_per_s"} <= set(row)
+        assert row["step_tokens_per_s"] > 0
+    assert [(s, history[s]["loss"]) for s in history] == [
+        (e["step"], pytest.approx(e["loss"], rel=1e-6)) for e in log if "loss" in e
+    ]
+    assert [history[s]["lr"] for s in history] == pytest.approx([e["lr"] for e in log if "lr" in e])
+    assert [s for s in history if "val_loss" in history[s]] == [2, 4]
+    assert [history[s]["val_loss"] for s in (2, 4)] == pytest.approx(
+        [e["val_loss"] for e in log if "val_loss" in e], rel=1e-6
+    )
+    assert [r["exit"].get("exit_code", 0) for r in records if r["type"] == "exit"] == [0]
+    import wandb
+
+    assert wandb.run is None  # the run was finished, not left open for the next adapter
+
+
+def test_a_tracker_without_its_package_fails_before_training(
+    demo_dataset, tiny_causal, tmp_path, monkeypatch
+):
+    monkeypatch.setitem(sys.modules, "wandb", None)  # as if wandb were not installed
     train = TrainConfig(**QUICK, report_to=["wandb"])
-    with pytest.raises(ValueError, match=r"names 'wandb', but .* pip install wandb"):
+    with pytest.raises(
+        ValueError, match=r"names 'wandb', but .* pip install wandb .*apprentice\[tracking\]"
+    ):
         train_adapter(demo_dataset, tiny_causal, tmp_path, train=train, progress=False)
     assert not (tmp_path / "train_log.jsonl").exists()
 

@@ -18,8 +18,8 @@ curves continue in the same folder. MLflow logs to ``MLFLOW_TRACKING_URI`` when 
 set (a server, or any store MLflow accepts), else to a SQLite database
 ``<tracking_dir>/mlflow.db``, in experiment ``tracking_project``, one MLflow run per training
 run under the same name (a resumed one is a new MLflow run under its old name); wandb
-writes its local files under ``tracking_dir`` and syncs them as wandb itself is set up to
-(``WANDB_MODE=offline`` keeps them local).
+writes its run to ``<tracking_dir>/wandb/`` and syncs it as wandb itself is set up to
+(``WANDB_MODE=offline``: no network or login, and ``wandb sync`` uploads the run later).
 """
 
 from __future__ import annotations
@@ -55,7 +55,8 @@ def check_trackers(train: Any) -> None:
         if importlib.util.find_spec(module) is None:
             raise ValueError(
                 f"train.report_to names {name!r}, but its package is not installed: "
-                f"pip install {package} (or take {name!r} out of train.report_to)"
+                f"pip install {package} (apprentice's extra installs every tracker: "
+                f"pip install 'apprentice[tracking]'), or take {name!r} out of train.report_to"
             )
     # Without a tracking URI the run goes to a SQLite database, which mlflow-skinny cannot open.
     if (
