@@ -1,5 +1,5 @@
-"""The fenced code blocks of the docs, and the commands of a shell block, for
-tests/test_docs_blocks.py.
+"""The fenced code blocks of the docs, the commands of a shell block, and running those
+commands as written or finding the test that runs them, for tests/test_docs_blocks.py.
 
 A block is known by its file and its first line (comment and spacing dropped); a second
 block of a file with the same first line gets " #2" after it, and so on.
@@ -7,8 +7,12 @@ block of a file with the same first line gets " #2" after it, and so on.
 
 from __future__ import annotations
 
+import ast
+import os
 import re
 import shlex
+import subprocess
+import sys
 import textwrap
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -88,6 +92,11 @@ class Command:
     env: dict[str, str] = field(default_factory=dict)  # NAME=value words before the program
     line: str = ""  # as written, continuations joined
 
+    @property
+    def text(self) -> str:
+        """Its words as the shell splits them, without a comment: its key in a table."""
+        return " ".join([*(f"{k}={v}" for k, v in self.env.items()), *self.argv])
+
 
 _ASSIGN = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*=")
 _UNSUPPORTED = {"|", "||", "&&", ";", "&", ">", ">>", "<", "2>&1"}
@@ -127,3 +136,69 @@ def commands_of(text: str) -> list[Command]:
                 argv.append(word)
         commands.append(Command(argv, env, " ".join(raw.split())))
     return commands
+
+
+# -- running a shell block's commands ----------------------------------------------------------
+@dataclass(frozen=True)
+class RunHere:
+    """A command run as written: what it must print, and leave where it ran."""
+
+    prints: str
+    makes: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class Elsewhere:
+    """A command not run here that the named test runs end to end: ``shows`` is how that test
+    writes it (text its source must hold), ``differs`` what it changes from the docs."""
+
+    test: str  # tests/path.py::test_name
+    shows: tuple[str, ...]
+    differs: str
+
+
+def check_elsewhere(where: Elsewhere) -> None:
+    """The named test exists and its source writes the command as ``shows`` says."""
+    path, name = where.test.split("::")
+    source = (ROOT / path).read_text()
+    found = [
+        node
+        for node in ast.walk(ast.parse(source))
+        if isinstance(node, ast.FunctionDef) and node.name == name
+    ]
+    assert found, f"{where.test}: no such test (it is named as running a docs command)"
+    body = ast.get_source_segment(source, found[0])
+    missing = [text for text in where.shows if text not in body]
+    assert not missing, f"{where.test} no longer holds {missing}: does it still run the command?"
+
+
+def run_as_written(commands: list[Command], expected: dict[str, RunHere], cwd: Path) -> None:
+    """Runs each command that ``expected`` names, in order, in ``cwd``, as a shell would: the
+    programs on PATH are this Python's environment's (its ``apprentice`` console script), and
+    the repository is on PYTHONPATH (src/, and the root for recipes/)."""
+    bin_dir = Path(sys.executable).parent
+    assert (bin_dir / "apprentice").is_file(), (
+        f"no apprentice script in {bin_dir}: pip install -e ."
+    )
+    env = {
+        **os.environ,
+        "PATH": os.pathsep.join([str(bin_dir), os.environ.get("PATH", "")]),
+        "PYTHONPATH": os.pathsep.join([str(ROOT / "src"), str(ROOT)]),
+    }
+    for command in commands:
+        if command.text not in expected:
+            continue
+        want = expected[command.text]
+        done = subprocess.run(
+            command.argv,
+            cwd=cwd,
+            env={**env, **command.env},
+            capture_output=True,
+            text=True,
+            timeout=600,
+        )
+        said = f"{command.line}\n{done.stdout[-3000:]}\n{done.stderr[-3000:]}"
+        assert done.returncode == 0, said
+        assert want.prints in done.stdout, f"{want.prints!r} not printed by {said}"
+        missing = [path for path in want.makes if not (cwd / path).exists()]
+        assert not missing, f"{command.line} left no {missing}"

@@ -7,19 +7,31 @@ item 1), so an example in the docs cannot rot unnoticed.
   machine, PYTHON_BLOCKS lists each text substitution made and why; every substituted
   text must still be in the block. The stand-in endpoint is a loopback OpenAI-compatible
   server (tests/lm/stub_server.py) answering as the demo's rule teacher does.
-- A shell block is listed in SHELL_BLOCKS with why it is not run as written (all of them
-  today run for minutes, install packages or need a GPU, data or a key). Each of its
-  commands is still checked for what can rot: an ``apprentice`` command goes through the
-  real argparse parser (an unknown flag or a renamed subcommand fails), its recipe loads
-  with its ``--set`` and launcher overrides (the loader refuses an unknown key), and a
-  ``distill`` / ``bootstrap`` whose data is on this machine runs for real with
-  ``--dry-run``; a ``scripts/*.py`` command is parsed by that script's own argparse, a
-  ``wandb`` command by wandb's own CLI (the subcommand and its options exist); a
-  ``scripts/`` shell script exists and passes ``bash -n``; a pinned ``pip install`` pin is
-  the one scripts/setup installs; ``python -c`` code compiles. A placeholder path
-  (``my.yaml``) is checked as the real file its ``stand_ins`` entry names, or not at all
-  where the entry says None (a user's own file, or an output).
-- A block in neither table fails: classify a new block there (docs/README's testing note).
+- A shell block is listed in SHELL_BLOCKS, and each of its commands is one of:
+  - run here (``run``): as written, in block order, each a subprocess in a temporary
+    working directory (this environment's ``apprentice`` first on PATH, the repository on
+    PYTHONPATH); it must exit 0, print what its entry says and leave the files it names.
+    The user's own files such commands name (``my.yaml``, ``my_task``, ``held_out.jsonl``)
+    are made real there, USER_FILES says as what; a run directory or output they name
+    (``runs/my-run``, ``eval/``) is what the commands before made. A block that works on
+    an earlier block's run continues in a copy of that block's directory (``after``).
+    These are slow tests (about a minute together: a tiny student trains).
+  - run elsewhere (``elsewhere``): the named test runs it end to end, in the form that
+    entry shows (text the test's source must still hold) and differing from the docs as
+    its ``differs`` says (a free port for 8000, a SmolLM2 run for a gsm8k one, ...).
+  - run nowhere: the block's ``why`` says why (minutes of training, a benchmark, packages
+    to install, a GPU, data or a key); a block with no such command has no ``why``.
+  Every command not run here is still checked for what can rot: an ``apprentice`` command
+  goes through the real argparse parser (an unknown flag or a renamed subcommand fails),
+  its recipe loads with its ``--set`` and launcher overrides (the loader refuses an
+  unknown key), and a ``distill`` / ``bootstrap`` whose data is on this machine runs for
+  real with ``--dry-run``; a ``scripts/*.py`` command is parsed by that script's own
+  argparse, a ``wandb`` command by wandb's own CLI (the subcommand and its
+  options exist); a ``scripts/`` shell script exists and passes ``bash -n``; a pinned ``pip
+  install`` pin is the one scripts/setup installs; ``python -c`` code compiles. There a
+  placeholder path (``my.yaml``) is checked as the real file its ``stand_ins`` entry
+  names, or not at all where the entry says None (a user's own file, or an output).
+- A block in neither table fails: classify a new block there (README's testing note).
 - A YAML block is a recipe fragment: merged into recipes/demo/causal.yaml, it must load.
 - docs/notes/ is not read: dated research notes, not instructions for a user.
 """
@@ -29,8 +41,10 @@ from __future__ import annotations
 import argparse
 import contextlib
 import io
+import json
 import re
 import runpy
+import shutil
 import subprocess
 import sys
 from collections.abc import Callable
@@ -40,7 +54,18 @@ from pathlib import Path
 import pytest
 import yaml
 
-from doc_blocks import PYTHON, ROOT, SHELL, blocks_of, commands_of, keyed
+from doc_blocks import (
+    PYTHON,
+    ROOT,
+    SHELL,
+    Elsewhere,
+    RunHere,
+    blocks_of,
+    check_elsewhere,
+    commands_of,
+    keyed,
+    run_as_written,
+)
 
 DOCS = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
 BLOCKS = keyed([b for path in DOCS for b in blocks_of(path)])
@@ -245,62 +270,148 @@ def test_python_block(key, request, tmp_path, monkeypatch):
 # -- shell -----------------------------------------------------------------------------------
 @dataclass(frozen=True)
 class ShellBlock:
-    why: str  # why the block is checked rather than run as written
+    why: str  # why its commands that run neither here nor elsewhere run nowhere ("": none)
+    run: dict[str, RunHere] = field(default_factory=dict)  # Command.text -> run here, in order
+    elsewhere: dict[str, Elsewhere] = field(default_factory=dict)  # Command.text -> its test
+    after: tuple[str, str] | None = None  # runs where that block's run left its directory
     stand_ins: dict[str, str | None] = field(default_factory=dict)  # see the module docstring
-    dry_runs: int = 0  # its distill/bootstrap commands that run for real with --dry-run
+    dry_runs: int = 0  # commands not run here whose distill/bootstrap runs with --dry-run
 
 
-MINUTES = "runs for minutes (a teacher run and training)"
+# A user's own files, which the commands a block runs here name: made in its working
+# directory (_user_files), each standing for what a reader's would be.
+MY_RECIPE = ["name=my-run", "train.full_finetune=false", "serve.max_new_tokens=8"]
+MY_RECIPE += ["eval.untrained=false", "eval.num_threads=2"]
+USER_FILES = {
+    "my.yaml": "recipes/demo/causal.yaml shrunk to seconds (tests/tiny_run.py's SHORT, then "
+    "MY_RECIPE: LoRA, 8 new tokens, no untrained eval), named my-run: so runs/my-run",
+    "my_task.py": "my_task:MyProgram and my_task:metric: the demo's TicketTriage and metric",
+    "held_out.jsonl": "4 demo tickets (seed 11), not the training set's",
+}
+
 BENCH = "a benchmark: minutes on a quiet box, and its numbers mean nothing on a busy one"
 MY = {"my.yaml": "recipes/demo/causal.yaml", "runs/my-run": None}
+MINE = MY | {
+    "runs/my-run/program.json": None,
+    "my_task:MyProgram": None,
+    "my_task:metric": None,
+    "held_out.jsonl": None,
+}
+MY_EVAL = "apprentice eval runs/my-run/program.json --program my_task:MyProgram --data "
+MY_EVAL += "held_out.jsonl --metric my_task:metric --out eval/"
+SERVE_LOCAL = Elsewhere(
+    "tests/train/test_real_student.py::test_a_served_real_student_is_a_teacher_over_http",
+    ('"apprentice.cli", "serve", str(root / "run"), "--port"',),
+    "a SmolLM2 run, a free port for 8000, the local backend as the default (no --backend)",
+)
+LAUNCH = "tests/train/test_launch.py::"
+LAUNCH += "test_apprentice_train_runs_under_accelerate_launch_with_two_processes"
+FOUR_PROCESSES = Elsewhere(
+    LAUNCH,
+    ('main(["train", str(root), "--num-processes", "2"',),
+    "2 CPU processes (gloo) for 4 GPUs, on a run of the demo recipe shrunk",
+)
 SHELL_BLOCKS = {
-    ("README.md", "scripts/demo"): ShellBlock("creates .venv, installs, distils for minutes"),
+    ("README.md", "scripts/demo"): ShellBlock(
+        "scripts/demo sets up .venv (installs packages) and distils the demo recipe (4-13 "
+        "min); scripts/test sets up .venv and runs this whole suite: CI runs it (.ci/run), "
+        "no test does"
+    ),
     ("README.md", ".venv/bin/apprentice distill recipes/demo/smollm2.yaml"): ShellBlock(
-        MINUTES, dry_runs=1
+        "trains SmolLM2 for 9-28 min on 2 CPU cores; no test distils this recipe", dry_runs=1
     ),
     ("README.md", "apprentice distill recipes/gsm8k/llama.yaml"): ShellBlock(
-        MINUTES + "; gsm8k needs a GPU, its data and a key (a user's own files: not checked)",
-        stand_ins=MY
-        | {
-            "runs/my-run/program.json": None,
-            "my_task:MyProgram": None,
-            "my_task:metric": None,
-            "held_out.jsonl": None,
+        "the gsm8k distill needs a GPU, the GSM8K data and a teacher key",
+        run={
+            "apprentice distill my.yaml --set train.epochs=1 --set teacher.model=gpt-4o": (
+                RunHere("report: runs/my-run/report/report.md", ("runs/my-run/program.json",))
+            ),
+            "apprentice distill my.yaml --dry-run": RunHere("teacher estimate (dry run"),
+            "apprentice bootstrap my.yaml": RunHere("run directory: runs/my-run"),
+            "apprentice report runs/my-run": RunHere("report  ran", ("runs/my-run/report",)),
+            "apprentice export runs/my-run --merged my-student/": RunHere(
+                "my-student", ("my-student/config.json", "my-student/model.safetensors")
+            ),
+            MY_EVAL: RunHere("| program.json |", ("eval/eval.json", "eval/report.md")),
         },
-        dry_runs=3,  # the two `my.yaml` distills and the bootstrap, as recipes/demo/causal.yaml
+        elsewhere={
+            "apprentice train my.yaml --num-processes 4": FOUR_PROCESSES,
+            "apprentice serve runs/my-run --backend local --port 8000": SERVE_LOCAL,
+        },
+        stand_ins=MY,
     ),
     (
         "README.md",
         "apprentice distill my.yaml --trace otlp --trace-endpoint http://localhost:4318",
     ): ShellBlock(
-        MINUTES + ", sending spans to a collector that is not here (a user's own files: not "
-        "checked)",
-        stand_ins=MY
-        | {
-            "runs/my-run/program.json": None,
-            "my_task:MyProgram": None,
-            "my_task:metric": None,
-            "held_out.jsonl": None,
+        "",
+        run={
+            # The eval runs again (the block above bootstrapped without the distill's --set
+            # teacher.model), so it writes spans: a reused stage would write none.
+            "apprentice eval runs/my-run --trace jsonl --trace-path eval-spans.jsonl": RunHere(
+                "run directory: runs/my-run", ("eval-spans.jsonl",)
+            ),
         },
+        elsewhere={
+            "apprentice distill my.yaml --trace otlp --trace-endpoint http://localhost:4318": (
+                Elsewhere(
+                    "tests/test_tracing_commands.py::"
+                    "test_the_otlp_exporter_posts_the_spans_to_a_collector",
+                    ('"--trace", "otlp", "--trace-endpoint", url',),
+                    "bootstrap (the stage that runs the program) rather than distill, of the "
+                    "demo recipe shrunk; a loopback collector on a free port for localhost:4318",
+                )
+            ),
+            f"{MY_EVAL} --trace jsonl": Elsewhere(
+                "tests/test_tracing_commands.py::"
+                "test_a_recipe_tracing_section_writes_a_span_for_every_run_module_and_lm_call",
+                ('"eval", str(root / "program.json"), "--program"', '"--trace", "jsonl", "--out"'),
+                "in process, the demo's class and metric for my_task's (this block's previous "
+                "command runs here, and the one above without --trace)",
+            ),
+        },
+        after=("README.md", "apprentice distill recipes/gsm8k/llama.yaml"),
+        stand_ins=MINE,
         dry_runs=1,  # the `my.yaml` distill as recipes/demo/causal.yaml: --dry-run sends nothing
     ),
     ("README.md", "scripts/setup"): ShellBlock(
-        "installs packages, downloads GSM8K and needs a GPU and a teacher key"
+        "installs packages (vLLM's CUDA build among them), downloads GSM8K from the Hub, and "
+        "the distill needs a GPU and a teacher key"
     ),
     ("README.md", "apprentice serve runs/demo-causal --backend local --port 8000"): ShellBlock(
-        "a server that runs until stopped, on a trained run"
+        "",
+        elsewhere={
+            "apprentice serve runs/demo-causal --backend local --port 8000": SERVE_LOCAL,
+            "apprentice serve runs/gsm8k-llama --backend vllm": Elsewhere(
+                "tests/serve/test_vllm_real_server.py::"
+                "test_apprentice_serve_backend_vllm_serves_until_sigterm",
+                ('"apprentice.cli", "serve", str(root / "run")', '"--backend", "vllm"'),
+                "a SmolLM2 run on vLLM's CPU build (a vllm test), a free port",
+            ),
+        },
     ),
-    ("docs/training.md", "apprentice train recipes/demo/causal.yaml"): ShellBlock(MINUTES),
+    ("docs/training.md", "apprentice train recipes/demo/causal.yaml"): ShellBlock(
+        "trains the demo's 4-layer student for 70 epochs: minutes (tests train it shrunk)"
+    ),
     (
         "docs/training.md",
         "WANDB_MODE=offline apprentice distill recipes/demo/causal.yaml --set train.report_to=wandb",
     ): ShellBlock(
-        MINUTES + "; wandb sync uploads, with a login",
+        "distills the demo for minutes; wandb sync uploads, with a login",
         stand_ins={"runs/demo-causal/adapters/multitask/tracking/wandb/offline-run-*": None},
         dry_runs=1,
     ),
     ("docs/training.md", "apprentice train RECIPE --num-processes 4"): ShellBlock(
-        MINUTES + " on several GPUs",
+        "--accelerate-config needs a user's accelerate config for their GPUs; no test "
+        "launches from a config file",
+        elsewhere={
+            "apprentice train RECIPE --num-processes 4": FOUR_PROCESSES,
+            "apprentice train RECIPE --launcher none": Elsewhere(
+                LAUNCH,
+                ('"train", str(root), "--launcher", "none"',),
+                "a run directory of the demo recipe shrunk for RECIPE",
+            ),
+        },
         stand_ins={"RECIPE": "recipes/demo/causal.yaml", "accel.yaml": None},
         dry_runs=1,  # the distill, its launcher options included
     ),
@@ -323,6 +434,9 @@ SHELL_BLOCKS = {
     ("docs/benchmarks.md", "export VLLM_CPU_OMP_THREADS_BIND=0-1"): ShellBlock(
         BENCH + "; needs vLLM", dry_runs=1
     ),
+    ("docs/benchmarks.md", "git worktree add --detach /tmp/track-base b6e8a98"): ShellBlock(
+        BENCH + "; its `git worktree add` writes a worktree into the repository's .git"
+    ),
 }
 for _key in (
     ".venv/bin/python scripts/bench_overhead.py --rounds 5 --json overhead.json",
@@ -336,7 +450,6 @@ for _key in (
     ".venv/bin/python scripts/bench_local.py --student smollm2 --threads 64 --runs-per-thread 1",
     ".venv/bin/python scripts/bench_slow_clients.py --tricklers 1000 --seconds 30",
     "VLLM_CPU_OMP_THREADS_BIND=0-1 .venv/bin/python scripts/bench_local.py --student smollm2",
-    "git worktree add --detach /tmp/track-base b6e8a98",
 ):
     SHELL_BLOCKS[("docs/benchmarks.md", _key)] = ShellBlock(BENCH)
 
@@ -468,16 +581,76 @@ def _check_command(command, block: ShellBlock, monkeypatch, capsys) -> int:
 SHELL_KEYS = [k for k, b in BLOCKS.items() if b.lang in SHELL]
 
 
-@pytest.mark.parametrize("key", SHELL_KEYS, ids=lambda k: f"{k[0]}:{BLOCKS[k].line}")
-def test_shell_block(key, monkeypatch, capsys):
+def _user_files(cwd: Path) -> None:
+    """USER_FILES, made in ``cwd``."""
+    from recipes.demo.task import make_examples
+
+    from apprentice.recipe import apply_overrides
+    from tiny_run import RECIPE, SHORT
+
+    recipe = apply_overrides(yaml.safe_load(RECIPE.read_text()), [*SHORT, *MY_RECIPE])
+    (cwd / "my.yaml").write_text(yaml.safe_dump(recipe, sort_keys=False))
+    (cwd / "my_task.py").write_text(
+        "from recipes.demo.task import TicketTriage as MyProgram, metric  # noqa: F401\n"
+    )
+    tickets = make_examples(4, seed=11)
+    (cwd / "held_out.jsonl").write_text("".join(json.dumps(e.to_dict()) + "\n" for e in tickets))
+    assert {p.name for p in cwd.iterdir()} == set(USER_FILES)
+
+
+@pytest.fixture(scope="module")
+def ran_here(tmp_path_factory):
+    """The working directory where a block's commands ran as written (once a module), by key:
+    a new one holding USER_FILES, or a copy of the one its ``after`` block left."""
+    done: dict[tuple[str, str], Path] = {}
+
+    def run(key: tuple[str, str]) -> Path:
+        if key not in done:
+            block = SHELL_BLOCKS[key]
+            cwd = tmp_path_factory.mktemp("shell")
+            if block.after:
+                shutil.copytree(run(block.after), cwd, dirs_exist_ok=True)
+            else:
+                _user_files(cwd)
+            run_as_written(commands_of(BLOCKS[key].text), block.run, cwd)
+            done[key] = cwd
+        return done[key]
+
+    return run
+
+
+def _runs_here(key) -> bool:
+    return bool(key in SHELL_BLOCKS and SHELL_BLOCKS[key].run)
+
+
+@pytest.mark.parametrize(
+    "key",
+    [
+        pytest.param(k, marks=[pytest.mark.slow] if _runs_here(k) else [], id=BLOCKS[k].where())
+        for k in SHELL_KEYS
+    ],
+)
+def test_shell_block(key, request, monkeypatch, capsys):
     assert key in SHELL_BLOCKS, f"{BLOCKS[key].where()} {key}: classify it in SHELL_BLOCKS"
     block = SHELL_BLOCKS[key]
     text = BLOCKS[key].text
     for placeholder in block.stand_ins:
         assert placeholder in text, f"{key}: stand-in for {placeholder!r}, not in the block"
+    commands = commands_of(text)
+    named = {**block.run, **block.elsewhere}
+    unknown = set(named) - {c.text for c in commands}
+    assert not unknown, f"{key}: {sorted(unknown)} are not commands of the block"
+    assert not set(block.run) & set(block.elsewhere), f"{key}: run here and elsewhere?"
+    nowhere = [c.line for c in commands if c.text not in named]
+    assert bool(block.why) == bool(nowhere), f"{key}: `why` must say why {nowhere} run nowhere"
+    for where in block.elsewhere.values():
+        check_elsewhere(where)
     monkeypatch.syspath_prepend(str(ROOT))  # recipes name recipes.demo.task & co
-    ran = sum(_check_command(c, block, monkeypatch, capsys) for c in commands_of(text))
+    checked = [c for c in commands if c.text not in block.run]
+    ran = sum(_check_command(c, block, monkeypatch, capsys) for c in checked)
     assert ran == block.dry_runs, f"{key}: {ran} dry runs, the table says {block.dry_runs}"
+    if block.run:
+        request.getfixturevalue("ran_here")(key)
 
 
 # -- every block is known -----------------------------------------------------------------------
