@@ -117,6 +117,23 @@ def test_an_edited_metric_rescores_the_eval(tmp_path, monkeypatch):
     assert again.status == "ran" and again.summary["teacher"] == 1.0
 
 
+def test_eval_settings_that_change_no_score_rescore_nothing(tmp_path):
+    """Switching a baseline on or off, or the threads, leaves every score already on disk
+    valid. Before, the whole eval section was in every system's key: a SmolLM2 ReAct run
+    scored its untrained student again (19 minutes) because eval.fewshot was set to 0."""
+    root = tmp_path / "run"
+    overrides = [*SMALL, "eval.untrained=false", "eval.num_threads=2"]
+    run = Run.open(RECIPE, overrides=overrides, run_dir=root, progress=False)
+    run.recipe.make_program().save(root / "program.json")  # an (unbound) "trained" program
+    assert run.eval().status == "ran"
+    files = {p.name: p.read_text() for p in (root / "eval").glob("*.json")}
+    assert sorted(files) == ["teacher.json", "trained.json"]
+    changed = [*SMALL, "eval.untrained=false", "eval.num_threads=3", "eval.teacher=true"]
+    again = Run.open(RECIPE, overrides=changed, run_dir=root, progress=False).eval()
+    assert again.status == "reused"
+    assert {p.name: p.read_text() for p in (root / "eval").glob("*.json")} == files
+
+
 # -- the trust model: a recipe runs code; reading a run does not ------------------------------
 POISON = """\
 import pathlib

@@ -290,10 +290,13 @@ class Run(Pipeline):
         metric = r.make_metric()
 
         # The metric's and program's code, not only their import paths: fixing either
-        # re-scores every system.
+        # re-scores every system. Of the eval section, each system's key holds only what
+        # changes its score (the untrained cap, the number of demos): switching a baseline
+        # off, or changing num_threads, re-scores nothing, and a retrained student re-scores
+        # only itself (scoring the baselines again cost a SmolLM2 ReAct run 19 minutes).
         base = stage_hash(
             dataset_hash(devset),
-            r.section_hash("eval", "metric", "program"),
+            r.section_hash("metric", "program"),
             code_fingerprint(metric),
             program_hash(r.make_program()),
         )
@@ -306,6 +309,7 @@ class Run(Pipeline):
                 r.section_hash("student", "serve", "dataset"),
                 self._tiny_stamp(),
                 prompted.name,
+                r.eval.untrained_max_new_tokens,
             ),
             "fewshot": stage_hash(
                 base,
@@ -313,6 +317,8 @@ class Run(Pipeline):
                 r.section_hash("student", "serve", "teacher", "data", "bootstrap", "dataset"),
                 self._tiny_stamp(),
                 prompted.name,
+                r.eval.untrained_max_new_tokens,
+                r.eval.fewshot,
             ),
             # The train stage's record changes whenever adapters are retrained in place.
             "trained": stage_hash(
