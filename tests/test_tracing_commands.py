@@ -16,23 +16,15 @@ import pytest
 
 from apprentice.cli import main
 from apprentice.settings import current_tracer
+from tiny_run import RECIPE as DEMO
+from tiny_run import ROOT
+from tiny_run import SHORT as TINY_SHORT
 
 pytest.importorskip("opentelemetry.sdk")
 
-ROOT = Path(__file__).resolve().parents[1]
-DEMO = ROOT / "recipes/demo/causal.yaml"
 SMALL = ["data.train.args.n=3", "bootstrap.concurrency=2"]
-# tiny_run.SHORT, for a whole distill in seconds
-SHORT = [
-    "data.train.args.n=8",
-    "data.dev.args.n=2",
-    "bootstrap.concurrency=2",
-    "student.tiny.hidden_size=32",
-    "student.tiny.num_layers=1",
-    "train.max_steps=2",
-    "train.batch_size=4",
-    "eval.num_threads=2",
-]
+# The demo shrunk to seconds (tiny_run), for a whole distill
+SHORT = [*TINY_SHORT, "eval.num_threads=2"]
 
 
 def _recipe(tmp_path: Path, tracing: str) -> Path:
